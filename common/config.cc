@@ -1,0 +1,211 @@
+#include "common/config.h"
+
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "common/env.h"
+
+namespace fedps {
+namespace {
+
+// Binds one TOML key to one Options field, with a type check.
+using Setter = std::function<Status(const toml::node&, const std::string& where)>;
+
+Setter Bind(std::string* field) {
+  return [field](const toml::node& n, const std::string& where) -> Status {
+    if (!n.is_string()) return InvalidArgument(where + " must be a string");
+    *field = n.as_string()->get();
+    return Status::Ok();
+  };
+}
+Setter Bind(int64_t* field) {
+  return [field](const toml::node& n, const std::string& where) -> Status {
+    if (!n.is_integer()) return InvalidArgument(where + " must be an integer");
+    *field = n.as_integer()->get();
+    return Status::Ok();
+  };
+}
+Setter Bind(uint64_t* field) {
+  return [field](const toml::node& n, const std::string& where) -> Status {
+    if (!n.is_integer() || n.as_integer()->get() < 0)
+      return InvalidArgument(where + " must be a non-negative integer");
+    *field = static_cast<uint64_t>(n.as_integer()->get());
+    return Status::Ok();
+  };
+}
+Setter Bind(double* field) {
+  return [field](const toml::node& n, const std::string& where) -> Status {
+    if (n.is_floating_point()) {
+      *field = n.as_floating_point()->get();
+    } else if (n.is_integer()) {
+      *field = static_cast<double>(n.as_integer()->get());
+    } else {
+      return InvalidArgument(where + " must be a number");
+    }
+    return Status::Ok();
+  };
+}
+Setter Bind(bool* field) {
+  return [field](const toml::node& n, const std::string& where) -> Status {
+    if (!n.is_boolean()) return InvalidArgument(where + " must be true or false");
+    *field = n.as_boolean()->get();
+    return Status::Ok();
+  };
+}
+// tie_embeddings: a boolean in TOML, -1 ("from the preset") when absent.
+Setter BindTristate(int* field) {
+  return [field](const toml::node& n, const std::string& where) -> Status {
+    if (!n.is_boolean()) return InvalidArgument(where + " must be true or false");
+    *field = n.as_boolean()->get() ? 1 : 0;
+    return Status::Ok();
+  };
+}
+
+using Section = std::map<std::string, Setter>;
+
+std::map<std::string, Section> Schema(RunConfig& c) {
+  std::map<std::string, Section> s;
+  s["run"] = {{"id", Bind(&c.run.id)}, {"dir", Bind(&c.run.dir)}, {"seed", Bind(&c.run.seed)}};
+  auto& m = c.model;
+  s["model"] = {{"preset", Bind(&m.preset)},         {"vocab_size", Bind(&m.vocab_size)},
+                {"d_model", Bind(&m.d_model)},       {"n_layers", Bind(&m.n_layers)},
+                {"n_heads", Bind(&m.n_heads)},       {"n_kv_heads", Bind(&m.n_kv_heads)},
+                {"ffn_hidden", Bind(&m.ffn_hidden)}, {"max_seq_len", Bind(&m.max_seq_len)},
+                {"rope_theta", Bind(&m.rope_theta)}, {"norm_eps", Bind(&m.norm_eps)},
+                {"tie_embeddings", BindTristate(&m.tie_embeddings)},
+                {"init_std", Bind(&m.init_std)}};
+  s["tokenizer"] = {{"vocab_size", Bind(&c.tokenizer.vocab_size)},
+                    {"max_training_bytes", Bind(&c.tokenizer.max_training_bytes)}};
+  s["data"] = {{"prepared", Bind(&c.data.prepared)},
+               {"tokenizer", Bind(&c.data.tokenizer)},
+               {"domains", Bind(&c.data.domains)}};
+  auto& t = c.train;
+  s["train"] = {{"device", Bind(&t.device)},
+                {"seq_len", Bind(&t.seq_len)},
+                {"micro_batch", Bind(&t.micro_batch)},
+                {"grad_accum", Bind(&t.grad_accum)},
+                {"steps", Bind(&t.steps)},
+                {"time_budget_s", Bind(&t.time_budget_s)},
+                {"lr", Bind(&t.lr)},
+                {"min_lr_ratio", Bind(&t.min_lr_ratio)},
+                {"warmup_steps", Bind(&t.warmup_steps)},
+                {"schedule", Bind(&t.schedule)},
+                {"decay_fraction", Bind(&t.decay_fraction)},
+                {"weight_decay", Bind(&t.weight_decay)},
+                {"beta1", Bind(&t.beta1)},
+                {"beta2", Bind(&t.beta2)},
+                {"eps", Bind(&t.eps)},
+                {"grad_clip", Bind(&t.grad_clip)},
+                {"log_every", Bind(&t.log_every)},
+                {"eval_every", Bind(&t.eval_every)},
+                {"eval_batches", Bind(&t.eval_batches)},
+                {"checkpoint_every", Bind(&t.checkpoint_every)},
+                {"keep_checkpoints", Bind(&t.keep_checkpoints)},
+                {"bf16", Bind(&t.bf16)},
+                {"threads", Bind(&t.threads)}};
+  return s;
+}
+
+Status Validate(const RunConfig& c, const std::string& origin) {
+  auto bad = [&](const std::string& key, const std::string& why) {
+    return InvalidArgument(origin + ": " + key + " " + why);
+  };
+  if (c.run.id.empty()) return bad("run.id", "must not be empty");
+  for (char ch : c.run.id) {
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.'))
+      return bad("run.id", "may hold only letters, digits, '-', '_' and '.'");
+  }
+  if (c.run.dir.empty()) return bad("run.dir", "must not be empty");
+  const auto& m = c.model;
+  for (auto [key, v] : {std::pair{"vocab_size", m.vocab_size}, {"d_model", m.d_model},
+                        {"n_layers", m.n_layers}, {"n_heads", m.n_heads},
+                        {"n_kv_heads", m.n_kv_heads}, {"ffn_hidden", m.ffn_hidden},
+                        {"max_seq_len", m.max_seq_len}}) {
+    if (v < 0) return bad(std::string("model.") + key, "must be >= 0 (0 = from the preset)");
+  }
+  if (m.rope_theta < 0) return bad("model.rope_theta", "must be > 0");
+  if (m.norm_eps < 0) return bad("model.norm_eps", "must be > 0");
+  if (!(m.init_std > 0)) return bad("model.init_std", "must be > 0");
+  if (c.tokenizer.vocab_size < 64 || c.tokenizer.vocab_size > (1 << 20))
+    return bad("tokenizer.vocab_size", "must be in [64, 1048576]");
+  if (c.tokenizer.max_training_bytes < 1024) return bad("tokenizer.max_training_bytes", "must be >= 1024");
+  const auto& t = c.train;
+  if (t.seq_len < 2) return bad("train.seq_len", "must be >= 2");
+  if (t.micro_batch < 1) return bad("train.micro_batch", "must be >= 1");
+  if (t.grad_accum < 1) return bad("train.grad_accum", "must be >= 1");
+  if (t.steps < 1) return bad("train.steps", "must be >= 1");
+  if (t.time_budget_s < 0) return bad("train.time_budget_s", "must be >= 0");
+  if (!(t.lr > 0)) return bad("train.lr", "must be > 0");
+  if (t.min_lr_ratio < 0 || t.min_lr_ratio > 1) return bad("train.min_lr_ratio", "must be in [0, 1]");
+  if (t.warmup_steps < 0) return bad("train.warmup_steps", "must be >= 0");
+  if (t.schedule != "cosine" && t.schedule != "wsd" && t.schedule != "constant")
+    return bad("train.schedule", "must be one of cosine, wsd, constant (got \"" + t.schedule + "\")");
+  if (t.decay_fraction < 0 || t.decay_fraction > 1) return bad("train.decay_fraction", "must be in [0, 1]");
+  if (t.weight_decay < 0) return bad("train.weight_decay", "must be >= 0");
+  if (t.beta1 < 0 || t.beta1 >= 1) return bad("train.beta1", "must be in [0, 1)");
+  if (t.beta2 < 0 || t.beta2 >= 1) return bad("train.beta2", "must be in [0, 1)");
+  if (!(t.eps > 0)) return bad("train.eps", "must be > 0");
+  if (t.grad_clip < 0) return bad("train.grad_clip", "must be >= 0");
+  if (t.log_every < 1) return bad("train.log_every", "must be >= 1");
+  if (t.eval_every < 0) return bad("train.eval_every", "must be >= 0");
+  if (t.eval_batches < 1) return bad("train.eval_batches", "must be >= 1");
+  if (t.checkpoint_every < 0) return bad("train.checkpoint_every", "must be >= 0");
+  if (t.keep_checkpoints < 1) return bad("train.keep_checkpoints", "must be >= 1");
+  if (t.threads < 0) return bad("train.threads", "must be >= 0");
+  if (t.device != "auto" && t.device != "cpu" && t.device.rfind("cuda", 0) != 0)
+    return bad("train.device", "must be auto, cpu, cuda or cuda:N (got \"" + t.device + "\")");
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<RunConfig> ParseConfig(const std::string& toml_text, const std::string& origin) {
+  RunConfig config;
+  config.path = origin;
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << origin << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+       << e.description();
+    return InvalidArgument(os.str());
+  }
+  auto schema = Schema(config);
+  for (const auto& [section_key, section_node] : root) {
+    std::string section(section_key.str());
+    auto it = schema.find(section);
+    if (it == schema.end()) {
+      std::string known;
+      for (const auto& [name, unused] : schema) known += (known.empty() ? "" : ", ") + name;
+      return InvalidArgument(origin + ": unknown section [" + section + "] (known: " + known + ")");
+    }
+    if (!section_node.is_table())
+      return InvalidArgument(origin + ": " + section + " must be a [" + section + "] table");
+    for (const auto& [key_name, value] : *section_node.as_table()) {
+      std::string key(key_name.str());
+      std::string where = origin + ": " + section + "." + key;
+      if (auto line = value.source().begin.line; line > 0) {
+        where = origin + ":" + std::to_string(line) + ": " + section + "." + key;
+      }
+      auto setter = it->second.find(key);
+      if (setter == it->second.end()) {
+        return InvalidArgument(origin + ": unknown key " + section + "." + key);
+      }
+      RETURN_IF_ERROR(setter->second(value, where));
+    }
+  }
+  RETURN_IF_ERROR(Validate(config, origin));
+  return config;
+}
+
+StatusOr<RunConfig> LoadConfig(const std::string& path) {
+  auto text = Env::Default()->ReadFile(path);
+  if (!text.ok()) return InvalidArgument("cannot read config: " + text.status().message());
+  return ParseConfig(*text, path);
+}
+
+}  // namespace fedps

@@ -1,0 +1,15 @@
+// SHA-256 of bytes and files (OpenSSL), as lowercase hex.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace fedps {
+
+std::string Sha256Hex(std::string_view bytes);
+// Streams the file; does not load it whole.
+StatusOr<std::string> Sha256File(const std::string& path);
+
+}  // namespace fedps

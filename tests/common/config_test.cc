@@ -1,0 +1,85 @@
+#include "common/config.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/testing/temp_dir.h"
+
+namespace fedps {
+namespace {
+
+TEST(ConfigTest, DefaultsAndOverrides) {
+  auto c = ParseConfig(R"(
+[run]
+id = "t1"
+seed = 7
+[model]
+preset = "20m"
+tie_embeddings = true
+[train]
+lr = 1e-3
+steps = 50
+)", "x.toml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->run.id, "t1");
+  EXPECT_EQ(c->run.seed, 7u);
+  EXPECT_EQ(c->model.preset, "20m");
+  EXPECT_EQ(c->model.tie_embeddings, 1);
+  EXPECT_EQ(c->model.d_model, 0);
+  EXPECT_DOUBLE_EQ(c->train.lr, 1e-3);
+  EXPECT_EQ(c->train.steps, 50);
+  EXPECT_EQ(c->train.micro_batch, 8);  // default
+}
+
+TEST(ConfigTest, UnknownKeyNamesKeyAndFile) {
+  auto c = ParseConfig("[train]\nlearning_rate = 0.1\n", "configs/typo.toml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("configs/typo.toml"), std::string::npos);
+  EXPECT_NE(c.status().message().find("train.learning_rate"), std::string::npos);
+}
+
+TEST(ConfigTest, UnknownSectionIsAnError) {
+  auto c = ParseConfig("[trian]\nlr = 0.1\n", "a.toml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("[trian]"), std::string::npos);
+}
+
+TEST(ConfigTest, WrongTypeNamesKeyAndLine) {
+  auto c = ParseConfig("[train]\n\nsteps = \"many\"\n", "b.toml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("b.toml:3"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("train.steps must be an integer"), std::string::npos);
+}
+
+TEST(ConfigTest, ImpossibleValuesAreRejected) {
+  for (const char* text : {"[train]\nlr = -1.0\n", "[train]\nschedule = \"linear\"\n",
+                           "[train]\nmicro_batch = 0\n", "[run]\nid = \"a b\"\n",
+                           "[model]\nn_heads = -2\n", "[train]\ndevice = \"tpu\"\n"}) {
+    auto c = ParseConfig(text, "c.toml");
+    EXPECT_FALSE(c.ok()) << text;
+    EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(ConfigTest, SyntaxErrorHasPosition) {
+  auto c = ParseConfig("[train\nlr = 1\n", "d.toml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("d.toml:1"), std::string::npos) << c.status().message();
+}
+
+TEST(ConfigTest, MissingFileIsAClearError) {
+  testing::ScopedTempDir dir;
+  auto c = LoadConfig(dir.File("absent.toml"));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("absent.toml"), std::string::npos);
+}
+
+TEST(ConfigTest, ShippedConfigsParse) {
+  for (const char* name : {"tiny.toml"}) {
+    auto c = LoadConfig(testing::SourceDir() + "/configs/" + name);
+    EXPECT_TRUE(c.ok()) << name << ": " << c.status().ToString();
+  }
+}
+
+}  // namespace
+}  // namespace fedps
