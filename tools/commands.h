@@ -1,0 +1,27 @@
+// fedps-ctl's subcommands. Each tools/cmd_*.cc adds its subcommands to the root
+// CLI11 app and returns, per subcommand, the function that runs it. main() parses
+// the command line, runs the one chosen and turns a failed Status into one
+// readable line on stderr and exit code 1.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "common/status.h"
+
+namespace fedps::tools {
+
+struct Command {
+  CLI::App* app;                // the subcommand (checked with `*app` after parsing)
+  std::function<Status()> run;  // runs it; options were bound to captured state
+};
+using CommandList = std::vector<Command>;
+
+// tools/cmd_data.cc: tokenizer train, prepare, partition (and later corpus build).
+void AddDataCommands(CLI::App& root, CommandList& commands);
+// tools/cmd_train.cc: train (centralised baseline), eval, export, generate.
+void AddTrainCommands(CLI::App& root, CommandList& commands);
+
+}  // namespace fedps::tools
