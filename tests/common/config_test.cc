@@ -75,7 +75,7 @@ TEST(ConfigTest, MissingFileIsAClearError) {
 }
 
 TEST(ConfigTest, ShippedConfigsParse) {
-  for (const char* name : {"tiny.toml"}) {
+  for (const char* name : {"tiny.toml", "demo.toml"}) {
     auto c = LoadConfig(testing::SourceDir() + "/configs/" + name);
     EXPECT_TRUE(c.ok()) << name << ": " << c.status().ToString();
   }
