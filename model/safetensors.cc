@@ -1,1 +1,100 @@
-// placeholder: implemented by the foundation issue
+// LibTorch <-> safetensors glue: see safetensors.h.
+#include "model/safetensors.h"
+
+#include <cstring>
+
+namespace fedps {
+namespace {
+
+struct Pair {
+  c10::ScalarType torch;
+  DType dtype;
+};
+constexpr Pair kPairs[] = {
+    {c10::ScalarType::Float, DType::kF32},  {c10::ScalarType::Half, DType::kF16},
+    {c10::ScalarType::BFloat16, DType::kBF16}, {c10::ScalarType::Double, DType::kF64},
+    {c10::ScalarType::Long, DType::kI64},   {c10::ScalarType::Int, DType::kI32},
+    {c10::ScalarType::Short, DType::kI16},  {c10::ScalarType::UInt16, DType::kU16},
+    {c10::ScalarType::Byte, DType::kU8},    {c10::ScalarType::Char, DType::kI8},
+    {c10::ScalarType::Bool, DType::kBool},
+};
+
+}  // namespace
+
+StatusOr<DType> DTypeFromTorch(c10::ScalarType t) {
+  for (const auto& p : kPairs) {
+    if (p.torch == t) return p.dtype;
+  }
+  return InvalidArgument(std::string("safetensors: unsupported tensor dtype ") + c10::toString(t));
+}
+
+StatusOr<c10::ScalarType> TorchFromDType(DType d) {
+  for (const auto& p : kPairs) {
+    if (p.dtype == d) return p.torch;
+  }
+  return InvalidArgument("safetensors: no torch dtype for " + std::string(DTypeName(d)));
+}
+
+StatusOr<TensorRef> TensorRefFromTorch(const torch::Tensor& t) {
+  if (!t.defined()) return InvalidArgument("safetensors: undefined tensor");
+  if (!t.device().is_cpu() || t.layout() != torch::kStrided || !t.is_contiguous())
+    return InvalidArgument("safetensors: tensor must be a contiguous dense CPU tensor");
+  ASSIGN_OR_RETURN(DType d, DTypeFromTorch(t.scalar_type()));
+  TensorRef r;
+  r.dtype = d;
+  r.shape = t.sizes().vec();
+  r.data = t.numel() > 0 ? t.data_ptr() : nullptr;
+  r.bytes = static_cast<size_t>(t.numel()) * t.element_size();
+  return r;
+}
+
+StatusOr<torch::Tensor> TensorFromBytes(const TensorBytes& b) {
+  ASSIGN_OR_RETURN(c10::ScalarType st, TorchFromDType(b.dtype));
+  const int64_t numel = b.numel();
+  if (numel < 0 || static_cast<uint64_t>(numel) * DTypeSize(b.dtype) != b.data.size())
+    return InvalidArgument("safetensors: byte count does not match the shape");
+  try {
+    torch::Tensor t = torch::empty(b.shape, torch::TensorOptions().dtype(st));
+    if (!b.data.empty()) std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
+    return t;
+  } catch (const std::exception& e) {
+    return Internal(std::string("safetensors: cannot allocate tensor: ") + e.what());
+  }
+}
+
+Status SaveTensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                   const std::map<std::string, std::string>& metadata) {
+  std::vector<torch::Tensor> keep;  // owns the contiguous CPU copies during the write
+  std::vector<std::pair<std::string, TensorRef>> refs;
+  keep.reserve(tensors.size());
+  try {
+    for (const auto& [name, t] : tensors) {
+      if (!t.defined()) return InvalidArgument("safetensors " + path + ": tensor " + name + " is undefined");
+      keep.push_back(t.detach().to(torch::kCPU).contiguous());
+      auto ref = TensorRefFromTorch(keep.back());
+      if (!ref.ok()) return ref.status().WithContext(path + ": " + name);
+      refs.emplace_back(name, std::move(ref).value());
+    }
+  } catch (const std::exception& e) {
+    return Internal("safetensors " + path + ": " + e.what());
+  }
+  return WriteSafetensors(path, refs, metadata);
+}
+
+StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> LoadTensors(
+    const std::string& path, std::map<std::string, std::string>* metadata) {
+  ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensors(path));
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  out.reserve(file.tensors.size());
+  for (auto& [name, bytes] : file.tensors) {
+    auto t = TensorFromBytes(bytes);
+    if (!t.ok()) return t.status().WithContext(path + ": " + name);
+    out.emplace_back(name, std::move(t).value());
+    bytes.data.clear();
+    bytes.data.shrink_to_fit();  // keeps peak memory near one copy of the file
+  }
+  if (metadata) *metadata = std::move(file.metadata);
+  return out;
+}
+
+}  // namespace fedps

@@ -50,7 +50,6 @@ struct TokenizerTrainOptions {
   // Where tokenizer.model is written (atomically); "" keeps it in memory only
   // (PrepareDataset writes a copy into its output folder).
   std::string output_path;
-  int threads = 0;  // SentencePiece trainer threads; 0: hardware concurrency
 };
 
 class Tokenizer {

@@ -89,6 +89,9 @@ void LocalTrainer::OptimizerStep(double lr) {
     std::vector<at::Tensor> g{grads.narrow(0, begin, end - begin)};
     std::vector<at::Tensor> m{exp_avg_.narrow(0, begin, end - begin)};
     std::vector<at::Tensor> v{exp_avg_sq_.narrow(0, begin, end - begin)};
+    // The fused kernel expects the step count already incremented (as
+    // torch.optim does before calling it): bias correction uses 1 - beta^step.
+    step.add_(1);
     std::vector<at::Tensor> s{step};
     at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, opts_.beta1, opts_.beta2, wd, opts_.eps,
                       /*amsgrad=*/false, /*maximize=*/false);

@@ -73,6 +73,7 @@ struct TrainArgs {
   std::string config;
   bool resume = false;
   int64_t steps = 0;
+  int64_t stop_at_step = 0;
   std::string device;
   std::string run_dir;
 };
@@ -166,11 +167,15 @@ Status RunTrain(const TrainArgs& args) {
     return metrics->Write("checkpoint", {{"step", so.step}, {"path", path}});
   };
 
+  // A fresh run evaluates the initial model, so curves start at step 0.
+  if (!resume_from && t.eval_every > 0) RETURN_IF_ERROR(evaluate());
   const auto start = std::chrono::steady_clock::now();
   const int64_t first_step = trainer->global_step();
-  while (trainer->global_step() < t.steps) {
+  // --stop-at-step ends the run early (checkpointed, resumable) without changing the schedule.
+  const int64_t end_step = args.stop_at_step > 0 ? std::min(args.stop_at_step, t.steps) : t.steps;
+  while (trainer->global_step() < end_step) {
     int64_t step = trainer->global_step();
-    int64_t next = t.steps;
+    int64_t next = end_step;
     if (t.eval_every > 0) next = std::min(next, (step / t.eval_every + 1) * t.eval_every);
     if (t.checkpoint_every > 0) next = std::min(next, (step / t.checkpoint_every + 1) * t.checkpoint_every);
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -197,8 +202,8 @@ Status RunTrain(const TrainArgs& args) {
     tokens_done += r.tokens;
     int64_t now = trainer->global_step();
     bool stop = r.stopped_by_budget;
-    if ((t.eval_every > 0 && now % t.eval_every == 0) && now < t.steps) RETURN_IF_ERROR(evaluate());
-    if ((t.checkpoint_every > 0 && now % t.checkpoint_every == 0) && now < t.steps) RETURN_IF_ERROR(checkpoint());
+    if ((t.eval_every > 0 && now % t.eval_every == 0) && now < end_step) RETURN_IF_ERROR(evaluate());
+    if ((t.checkpoint_every > 0 && now % t.checkpoint_every == 0) && now < end_step) RETURN_IF_ERROR(checkpoint());
     if (stop) {
       std::fprintf(stderr, "[train] time budget of %.0f s reached at step %ld\n", t.time_budget_s, long(now));
       break;
@@ -328,7 +333,9 @@ void AddTrainCommands(CLI::App& root, CommandList& commands) {
     auto* cmd = root.add_subcommand("train", "Train the centralised baseline on pooled data (same trainer as the clients)");
     cmd->add_option("-c,--config", args->config, "Run config (TOML), e.g. configs/tiny.toml")->required();
     cmd->add_flag("--resume", args->resume, "Continue from the run folder's newest valid checkpoint");
-    cmd->add_option("--steps", args->steps, "Override train.steps");
+    cmd->add_option("--steps", args->steps, "Override train.steps (the schedule's length)");
+    cmd->add_option("--stop-at-step", args->stop_at_step,
+                    "Stop (with a checkpoint) at this global step; --resume continues the same schedule");
     cmd->add_option("--device", args->device, "Override train.device (auto, cpu, cuda, cuda:N)");
     cmd->add_option("--run-dir", args->run_dir, "Override run.dir");
     commands.push_back({cmd, [args] { return RunTrain(*args); }});

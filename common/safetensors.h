@@ -1,0 +1,91 @@
+// The safetensors file format, torch-free (shards, checkpoints, the Hugging Face export).
+//
+// Layout: 8-byte little-endian header length N, N bytes of JSON
+//   {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+//    "__metadata__": {"key": "value", ...}}
+// (padded with spaces to a multiple of 8 so the data is aligned), then the raw little-endian
+// tensor bytes; data_offsets are relative to the start of that byte buffer. The format is
+// tiny and fixed, so it is written here rather than pulled in as a dependency; files we write
+// load with Python's `safetensors` and Hugging Face, and files they write load here.
+//
+// Writing streams the tensors straight from the caller's memory into a temporary file beside
+// the target, fsyncs it and renames it over the target (Env::Rename), so a reader sees the
+// old file or the new one. Reading validates everything before trusting it: header length
+// sane and within the file, JSON well formed, known dtypes, non-negative shapes, byte ranges
+// inside the data area, non-overlapping, and size == numel * dtype size. Failures are
+// DataLoss (a damaged or foreign file) naming the file; tensor bytes are read with pread into
+// their own buffers so a file is held in memory once.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/env.h"
+#include "common/status.h"
+
+namespace fedps {
+
+enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kU16, kU8, kI8, kBool };
+
+// "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "U16", "U8", "I8", "BOOL".
+std::string_view DTypeName(DType d);
+StatusOr<DType> DTypeFromName(std::string_view name);
+size_t DTypeSize(DType d);
+
+// A tensor to write, viewed in the caller's memory (which must outlive the write).
+struct TensorRef {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t bytes = 0;  // must equal numel * DTypeSize(dtype)
+};
+
+// A tensor read back, owning its bytes.
+struct TensorBytes {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::string data;
+  int64_t numel() const;
+};
+
+// One tensor's place in a file (absolute file offsets).
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t file_offset = 0;
+  uint64_t bytes = 0;
+};
+
+// The header only: entries in file order (by data offset), and metadata.
+struct SafetensorsIndex {
+  std::vector<SafetensorsEntry> entries;
+  std::map<std::string, std::string> metadata;
+  uint64_t file_size = 0;
+  const SafetensorsEntry* Find(std::string_view name) const;
+};
+
+struct SafetensorsFile {
+  // In file order (by data offset).
+  std::vector<std::pair<std::string, TensorBytes>> tensors;
+  std::map<std::string, std::string> metadata;
+  const TensorBytes* Find(std::string_view name) const;
+};
+
+// Writes `tensors` in the given order. InvalidArgument on empty / duplicate names, the
+// reserved name "__metadata__", negative dims or a byte count that does not match the shape.
+Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std::string, TensorRef>>& tensors,
+                        const std::map<std::string, std::string>& metadata, Env* env = Env::Default());
+
+// Parses and validates the header (reads only the header).
+StatusOr<SafetensorsIndex> ReadSafetensorsIndex(const std::string& path);
+// Reads and validates the whole file. `env` is accepted for symmetry with the write
+// (reads use pread directly, see the file comment).
+StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path, Env* env = Env::Default());
+
+}  // namespace fedps

@@ -1,0 +1,159 @@
+#include "compression/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace fedps::codec_internal {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "fedps codecs assume little-endian");
+
+// Adds 1.5 * 2^23 and takes it away again: rounds to nearest even for |x| < 2^22
+// in the default rounding mode, vectorisable where nearbyint is a libm call.
+inline float RoundSmall(float x) {
+  constexpr float kMagic = 12582912.0f;
+  return (x + kMagic) - kMagic;
+}
+
+// A residual that cannot be fed back (the decoded value is not finite) is dropped.
+// (A bit test rather than std::isfinite, which GCC keeps as a branch.)
+inline float Residual(float x, float decoded) {
+  const uint32_t r = std::bit_cast<uint32_t>(x - decoded);
+  const uint32_t finite = (std::bit_cast<uint32_t>(decoded) & 0x7F800000u) != 0x7F800000u;
+  return std::bit_cast<float>(r & (0u - finite));
+}
+
+// The largest scale whose 127 multiple is finite: the encoder never exceeds it and
+// the decoder refuses more, so decoded int8 values are always finite.
+const uint32_t kMaxInt8ScaleBits = [] {
+  float s = std::numeric_limits<float>::max() / 127.0f;
+  while (!(127.0f * s <= std::numeric_limits<float>::max())) s = std::nextafter(s, 0.0f);
+  return std::bit_cast<uint32_t>(s);
+}();
+
+}  // namespace
+
+void EncodeFp32(const float* v, float* r, size_t n, uint8_t* planes) {
+  uint8_t* p0 = planes;
+  uint8_t* p1 = planes + n;
+  uint8_t* p2 = planes + 2 * n;
+  uint8_t* p3 = planes + 3 * n;
+  for (size_t i = 0; i < n; ++i) {
+    float x = v[i];
+    if (r != nullptr) {
+      x += r[i];
+      r[i] = 0.0f;
+    }
+    const uint32_t b = std::bit_cast<uint32_t>(x);
+    p0[i] = static_cast<uint8_t>(b >> 24);
+    p1[i] = static_cast<uint8_t>(b >> 16);
+    p2[i] = static_cast<uint8_t>(b >> 8);
+    p3[i] = static_cast<uint8_t>(b);
+  }
+}
+
+void DecodeFp32(const uint8_t* planes, size_t n, float* out) {
+  const uint8_t* p0 = planes;
+  const uint8_t* p1 = planes + n;
+  const uint8_t* p2 = planes + 2 * n;
+  const uint8_t* p3 = planes + 3 * n;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t b = (uint32_t{p0[i]} << 24) | (uint32_t{p1[i]} << 16) |
+                       (uint32_t{p2[i]} << 8) | uint32_t{p3[i]};
+    out[i] = std::bit_cast<float>(b);
+  }
+}
+
+void EncodeBf16(const float* v, float* r, size_t n, uint8_t* planes) {
+  uint8_t* hi = planes;
+  uint8_t* lo = planes + n;
+  if (r == nullptr) {
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t b = FloatToBf16(v[i]);
+      hi[i] = static_cast<uint8_t>(b >> 8);
+      lo[i] = static_cast<uint8_t>(b);
+    }
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const float x = v[i] + r[i];
+    const uint16_t b = FloatToBf16(x);
+    hi[i] = static_cast<uint8_t>(b >> 8);
+    lo[i] = static_cast<uint8_t>(b);
+    r[i] = Residual(x, Bf16ToFloat(b));
+  }
+}
+
+void DecodeBf16(const uint8_t* planes, size_t n, float* out) {
+  const uint8_t* hi = planes;
+  const uint8_t* lo = planes + n;
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = std::bit_cast<float>((uint32_t{hi[i]} << 24) | (uint32_t{lo[i]} << 16));
+  }
+}
+
+size_t EncodeInt8(const float* v, float* r, size_t n, size_t block, uint8_t* raw) {
+  const size_t blocks = static_cast<size_t>(Int8Blocks(n, block));
+  uint8_t* scales = raw;
+  auto* q = reinterpret_cast<int8_t*>(raw + 4 * blocks);
+  for (size_t b = 0; b < blocks; ++b) {
+    const size_t begin = b * block;
+    const size_t len = std::min(block, n - begin);
+    const float* vb = v + begin;
+    float* rb = r == nullptr ? nullptr : r + begin;
+    // absmax on the magnitude bits: for finite floats their order is the order of
+    // |x|, and any value >= 0x7F800000 means Inf or NaN. An integer max vectorises.
+    uint32_t max_bits = 0;
+    if (rb == nullptr) {
+      for (size_t i = 0; i < len; ++i) {
+        max_bits = std::max(max_bits, std::bit_cast<uint32_t>(vb[i]) & 0x7FFFFFFFu);
+      }
+    } else {
+      for (size_t i = 0; i < len; ++i) {
+        max_bits = std::max(max_bits, std::bit_cast<uint32_t>(vb[i] + rb[i]) & 0x7FFFFFFFu);
+      }
+    }
+    if (max_bits >= 0x7F800000u) {
+      for (size_t i = 0; i < len; ++i) {
+        if (!std::isfinite(rb == nullptr ? vb[i] : vb[i] + rb[i])) return begin + i;
+      }
+    }
+    const float absmax = std::bit_cast<float>(max_bits);
+    // Blocks of (near-)denormal magnitude code as zeros: 127 / absmax would overflow.
+    const bool zero = absmax < kInt8MinAbsmax;
+    const float scale =
+        zero ? 0.0f : std::min(absmax / 127.0f, std::bit_cast<float>(kMaxInt8ScaleBits));
+    const float inv = zero ? 0.0f : 127.0f / absmax;
+    std::memcpy(scales + 4 * b, &scale, sizeof(scale));
+    int8_t* qb = q + begin;
+    for (size_t i = 0; i < len; ++i) {
+      const float x = rb == nullptr ? vb[i] : vb[i] + rb[i];
+      const float rounded = std::clamp(RoundSmall(x * inv), -127.0f, 127.0f);
+      const auto code = static_cast<int8_t>(rounded);
+      qb[i] = code;
+      if (rb != nullptr) rb[i] = Residual(x, static_cast<float>(code) * scale);
+    }
+  }
+  return n;
+}
+
+size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out) {
+  const size_t blocks = static_cast<size_t>(Int8Blocks(n, block));
+  for (size_t b = 0; b < blocks; ++b) {
+    uint32_t bits;
+    std::memcpy(&bits, raw + 4 * b, sizeof(bits));
+    if (bits > kMaxInt8ScaleBits) return b;  // too large, Inf, NaN or negative (sign bit)
+  }
+  const auto* q = reinterpret_cast<const int8_t*>(raw + 4 * blocks);
+  for (size_t b = 0; b < blocks; ++b) {
+    float scale;
+    std::memcpy(&scale, raw + 4 * b, sizeof(scale));
+    const size_t begin = b * block;
+    const size_t len = std::min(block, n - begin);
+    for (size_t i = 0; i < len; ++i) out[begin + i] = static_cast<float>(q[begin + i]) * scale;
+  }
+  return blocks;
+}
+
+}  // namespace fedps::codec_internal

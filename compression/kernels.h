@@ -1,0 +1,48 @@
+// Element kernels of the codecs: byte-plane split/join, bf16 rounding, blockwise
+// int8 quantisation, each fused with error feedback. Plain loops over raw
+// pointers that the compiler vectorises; no allocation, no zstd. The frame
+// format they feed is described in compression/codec.h.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace fedps::codec_internal {
+
+// Round to nearest even; NaN -> quiet NaN with the same sign; overflow -> +-Inf.
+inline uint16_t FloatToBf16(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (bits >> 16) | 0x0040u;
+  return static_cast<uint16_t>((bits & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
+}
+
+inline float Bf16ToFloat(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
+
+// int8 blocks whose absmax is below this decode as zeros (and feed back whole).
+inline constexpr float kInt8MinAbsmax = 1e-30f;
+
+// Scale blocks in a frame of `count` values. for `count` values.
+inline uint64_t Int8Blocks(uint64_t count, uint64_t block) { return (count + block - 1) / block; }
+
+// fp32: x = v (+ r, then r = 0) into 4 planes of n bytes at `planes`.
+void EncodeFp32(const float* v, float* r, size_t n, uint8_t* planes);
+void DecodeFp32(const uint8_t* planes, size_t n, float* out);
+
+// bf16: 2 planes of n bytes. r may be null (no error feedback).
+void EncodeBf16(const float* v, float* r, size_t n, uint8_t* planes);
+void DecodeBf16(const uint8_t* planes, size_t n, float* out);
+
+// int8: raw = Int8Blocks(n, block) fp32 scales, then n int8 values. Returns the
+// index of the first non-finite input (after adding r) or n when all are finite;
+// on a non-finite input the output is unspecified and r is updated for the blocks
+// before the one that holds it (checking first would cost a second pass).
+size_t EncodeInt8(const float* v, float* r, size_t n, size_t block, uint8_t* raw);
+// Returns the index of the first bad scale (negative, not finite, or so large that
+// 127 * scale overflows), or
+// Int8Blocks(n, block) when all scales are sound; `out` is written only if sound.
+size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out);
+
+}  // namespace fedps::codec_internal

@@ -1,0 +1,291 @@
+// Registry: the run's shared state in Redis (identity, shard directory, client
+// membership with leases and fencing epochs, the global update sequence, the event
+// stream). Shards, clients and fedps-ctl each hold one; docs/registry.md has the full
+// key schema and the reasoning behind it.
+//
+// Key schema (P = "fedps:{<run_id>}:"; the braces are a Redis Cluster hash tag, so every
+// key of a run lives in one slot and the Lua scripts below may touch several of them):
+//   P run                hash    run identity, written once (InitRun)
+//   P epoch              string  fencing-epoch counter, INCR per Join and RegisterShard
+//   P seq                string  global update sequence, INCR only inside CommitUpdate
+//   P shards             set     shard indices ever registered
+//   P shard:<i>          hash    address, slice, pid, epoch, lease_ms, times, alive
+//   P shard:<i>:lease    string  the shard's epoch, PX lease_ms (refreshed by ShardHeartbeat)
+//   P shard:<i>:stats    hash    version, applied updates, bytes in/out, last checkpoint
+//   P members            set     client names whose membership has not been closed yet
+//   P member:<name>      hash    epoch, host, domains, joined/heartbeat times, lease_ms, stats
+//   P lease:<name>       string  the member's epoch, PX lease_ms (refreshed by Heartbeat)
+//   P past_members       list    JSON records of ended memberships (left/expired/replaced)
+//   P staged:<update>    set     shard indices that durably staged the update (PX staged_ttl)
+//   P update:<update>    hash    seq, client, epoch, num_shards, meta, committed_ms; exists
+//                                iff the update is committed
+//   P log                zset    update ids scored by seq (the committed log)
+//   P refusals           hash    refusal reason -> count
+//   P events             stream  type, data (JSON); MAXLEN ~ events_max_len
+//
+// Semantics in brief:
+//   * A lease is a key with a TTL whose value is the holder's epoch. Alive iff the lease
+//     key exists; Redis expires it, so no clock but the Redis server's decides. Epochs
+//     come from one counter and are unique per Join/RegisterShard, so a holder whose lease
+//     expired (or who was replaced by a newer join under the same name) is fenced: its
+//     heartbeats and commits carry an old epoch and get kAborted, and it must rejoin.
+//   * CommitUpdate is one Lua script: idempotent on the update id, fenced on the epoch,
+//     refused unless every shard staged its slice, then INCR seq + record + log + event.
+//     Sequence numbers are therefore contiguous from 1 and each update has at most one.
+//   * Every timestamp (*_ms) is the Redis server's clock (TIME inside scripts), in ms
+//     since the Unix epoch, so hosts with skewed clocks still agree.
+//
+// Failure model: every call returns Status. kUnavailable when Redis cannot be reached or
+// does not answer within command_timeout (the connection is dropped and the next call
+// reconnects, so a process survives a Redis restart; a call that timed out may or may
+// not have taken effect: CommitUpdate is safe to retry, Join is not - it gives a new
+// epoch). kAborted on fencing conflicts; kFailedPrecondition for identity mismatches and
+// unstaged shards; kDataLoss when Redis holds something this code cannot parse.
+//
+// Concurrency: a Registry is thread-safe; a mutex serialises calls on its one
+// connection, so a call waits for the one in flight (at most command_timeout). A thread
+// that must not wait behind others (a heartbeat thread) makes its own Registry. Redis
+// executes each script atomically, so any number of processes may use the same run.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+struct redisContext;  // hiredis; kept out of this header
+
+namespace fedps {
+
+struct RegistryOptions {
+  std::string host = "127.0.0.1";  // Redis host (name or address)
+  int port = 6379;                 // Redis port
+  std::string password;            // AUTH password; empty: no AUTH
+  std::string run_id;              // required; [A-Za-z0-9._-], at most 128 characters
+  // Connecting gives up after this long (-> kUnavailable). Default 2 s.
+  std::chrono::milliseconds connect_timeout{2000};
+  // A command without an answer after this long -> kUnavailable. Default 5 s.
+  std::chrono::milliseconds command_timeout{5000};
+  // Approximate cap of the event stream (XADD MAXLEN ~). Default 10000.
+  int64_t events_max_len = 10000;
+  // Records kept in P past_members. Default 1000.
+  int64_t past_members_max = 1000;
+  // Lifetime of a staged-shards set without a commit (refreshed by each MarkStaged).
+  // Default 1 h; shards expire their own staged slices on their own schedule.
+  std::chrono::milliseconds staged_ttl{std::chrono::hours(1)};
+};
+
+// What makes a run the same run. Every process that joins must agree on all of it.
+struct RunIdentity {
+  std::string model_preset;                                   // e.g. "125m"
+  nlohmann::json model_config = nlohmann::json::object();    // full model config
+  std::string layout_hash;                                    // flat parameter layout
+  std::string tokenizer_sha256;
+  std::string codec;                                          // update codec, e.g. "int8+zstd"
+  int num_shards = 0;
+  int64_t created_ms = 0;  // set by the registry on creation; not compared
+};
+
+// A shard's entry in the directory, as it registers itself.
+struct ShardInfo {
+  int index = 0;
+  std::string address;      // host:port of its RPC endpoint
+  int64_t slice_begin = 0;  // [begin, end) in the flat parameter vector
+  int64_t slice_end = 0;
+  int64_t pid = 0;
+};
+
+// What a shard publishes about itself for the tools (P shard:<i>:stats).
+struct ShardStats {
+  int64_t version = 0;          // global version of its slice (= last applied seq)
+  int64_t applied_updates = 0;
+  int64_t bytes_in = 0;
+  int64_t bytes_out = 0;
+  int64_t last_checkpoint_version = 0;
+  int64_t last_checkpoint_ms = 0;
+  int64_t updated_ms = 0;       // read-only: when the registry last stored these
+};
+
+// A shard as the directory sees it.
+struct ShardStatus {
+  ShardInfo info;
+  int64_t epoch = 0;
+  bool alive = false;              // the lease key exists
+  int64_t lease_remaining_ms = 0;  // 0 when expired
+  int64_t registered_ms = 0;
+  int64_t last_heartbeat_ms = 0;
+  ShardStats stats;
+};
+
+struct ClientInfo {
+  std::string host;
+  std::vector<std::string> data_domains;  // e.g. {"code", "en-literature"}
+};
+
+// A live member, or (in PastMembers) one whose membership ended.
+struct Member {
+  std::string name;
+  int64_t epoch = 0;
+  std::string host;
+  std::vector<std::string> data_domains;
+  int64_t joined_ms = 0;
+  int64_t last_heartbeat_ms = 0;
+  int64_t heartbeats = 0;
+  int64_t lease_ms = 0;
+  int64_t lease_remaining_ms = 0;  // live members only
+  nlohmann::json stats = nlohmann::json::object();  // as last sent with Heartbeat
+  // Past members only:
+  std::string end_reason;  // "left", "expired" or "replaced" (a newer join, same name)
+  int64_t ended_ms = 0;    // for "expired": when the lease ran out
+};
+
+struct CommittedUpdate {
+  int64_t seq = 0;
+  std::string update_id;
+  std::string client;
+  int64_t epoch = 0;
+  int num_shards = 0;
+  int64_t committed_ms = 0;
+  nlohmann::json meta;  // as given to CommitUpdate (base versions, tokens, steps, ...)
+};
+
+// A shard's refusal of an update (e.g. too stale), recorded for the tools.
+struct Refusal {
+  std::string update_id;
+  std::string client;
+  int shard = -1;        // -1: not shard-specific
+  std::string reason;    // short machine-readable word, e.g. "too_stale"
+  std::string detail;    // human-readable
+};
+
+// One entry of the event stream.
+struct Event {
+  std::string id;     // stream id "<ms>-<n>"; pass to Events() to read on from here
+  int64_t ms = 0;     // Redis server time of the event
+  std::string type;   // run_created, shard_registered, shard_lost, join, leave, expired,
+                      // replaced, commit, commit_refused, refusal, or any AddEvent type
+  nlohmann::json data;
+};
+
+class Registry {
+ public:
+  // Checks the options and connects (and AUTHs). kInvalidArgument for bad options,
+  // kUnavailable when Redis cannot be reached: retry with backoff.
+  static StatusOr<std::unique_ptr<Registry>> Connect(RegistryOptions options);
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  const RegistryOptions& options() const { return options_; }
+  // "fedps:{<run_id>}:", the prefix of every key of this run.
+  const std::string& key_prefix() const { return prefix_; }
+  Status Ping();
+
+  // ---- run identity ----
+  // Creates the identity if absent; else compares it field by field and fails with
+  // kFailedPrecondition naming the first mismatching field and both values. Returns
+  // the stored identity (with created_ms).
+  StatusOr<RunIdentity> InitRun(const RunIdentity& identity);
+  // kNotFound when the run was never initialised.
+  StatusOr<RunIdentity> GetRun();
+
+  // ---- shard directory ----
+  // Registers (or re-registers) shard info.index with a lease; returns its epoch.
+  StatusOr<int64_t> RegisterShard(const ShardInfo& info, std::chrono::milliseconds lease);
+  // Refreshes the lease (same length as registered) and, when given, stores the stats.
+  // kAborted when the lease expired or a newer registration of the index fenced it.
+  Status ShardHeartbeat(int index, int64_t epoch, const ShardStats* stats = nullptr);
+  // Every registered shard, by index, alive or not. Emits "shard_lost" once per lapse.
+  StatusOr<std::vector<ShardStatus>> Shards();
+
+  // ---- client membership ----
+  // Starts a membership with a lease; returns a fresh fencing epoch. A previous
+  // membership under the same name ends ("replaced" if still live, else "expired").
+  StatusOr<int64_t> Join(const std::string& client, const ClientInfo& info,
+                         std::chrono::milliseconds lease);
+  // Refreshes the lease and stores `stats`; kAborted ("lease expired or fenced, rejoin")
+  // unless `epoch` holds the lease.
+  Status Heartbeat(const std::string& client, int64_t epoch,
+                   const nlohmann::json& stats = nlohmann::json::object());
+  // Ends the membership. OK when it already ended (expired); kAborted when a newer
+  // membership holds the name.
+  Status Leave(const std::string& client, int64_t epoch);
+  // Live members, by name. Members whose lease lapsed are moved to the past members
+  // (an "expired" event, once) as a side effect.
+  StatusOr<std::vector<Member>> Members();
+  // Ended memberships, newest first, at most `limit`.
+  StatusOr<std::vector<Member>> PastMembers(int64_t limit = 100);
+
+  // ---- updates: staging and commit ----
+  // A shard durably staged its slice of `update_id`. Idempotent.
+  Status MarkStaged(const std::string& update_id, int shard_index);
+  // Which shards staged `update_id` (sorted); empty once committed (or never staged).
+  StatusOr<std::vector<int>> StagedShards(const std::string& update_id);
+  // Commits `update_id` and returns its sequence number. One atomic script:
+  //   already committed          -> its existing seq (a retry), even after a rejoin;
+  //                                 kAlreadyExists if another client committed that id
+  //   `epoch` does not hold the lease -> kAborted (fenced)
+  //   num_shards != the run's    -> kFailedPrecondition
+  //   a shard has not staged     -> kFailedPrecondition listing the missing shards
+  //   else INCR seq, record it, append to the log, "commit" event.
+  StatusOr<int64_t> CommitUpdate(const std::string& update_id, const std::string& client,
+                                 int64_t epoch, const nlohmann::json& meta, int num_shards);
+  // The commit record of `update_id`; kNotFound when not committed.
+  StatusOr<CommittedUpdate> LookupCommit(const std::string& update_id);
+  // Committed updates with seq > `seq`, in sequence order, at most `limit`. kDataLoss if
+  // the log has a gap (it never should).
+  StatusOr<std::vector<CommittedUpdate>> CommittedAfter(int64_t seq, int64_t limit);
+  // The last sequence number handed out (0 before the first commit).
+  StatusOr<int64_t> GlobalSeq();
+  // Counts the refusal under its reason and emits a "refusal" event.
+  Status RecordRefusal(const Refusal& refusal);
+  StatusOr<std::map<std::string, int64_t>> RefusalCounts();
+
+  // ---- events ----
+  // Appends an event; returns its stream id.
+  StatusOr<std::string> AddEvent(const std::string& type, const nlohmann::json& data);
+  // Events after stream id `after_id` ("" or "0": from the start), oldest first.
+  StatusOr<std::vector<Event>> Events(const std::string& after_id, int64_t count);
+  // The last `count` events, oldest first.
+  StatusOr<std::vector<Event>> RecentEvents(int64_t count);
+
+  struct ContextDeleter {
+    void operator()(redisContext* c) const;
+  };
+
+ private:
+  struct Reply;  // an owned redisReply
+
+  explicit Registry(RegistryOptions options);
+  std::string Key(const std::string& suffix) const { return prefix_ + suffix; }
+
+  // All of the below run with mu_ held.
+  Status ConnectLocked();
+  void DropConnectionLocked();
+  // Sends one command. Transport failures drop the connection (-> kUnavailable); error
+  // replies are mapped to a Status.
+  StatusOr<Reply> CommandLocked(const std::vector<std::string>& args);
+  // EVALSHA of a script (loaded once per connection, again after NOSCRIPT).
+  StatusOr<Reply> EvalLocked(const char* name, const char* lua,
+                             const std::vector<std::string>& keys,
+                             const std::vector<std::string>& args);
+  // The same, taking mu_.
+  StatusOr<Reply> Command(const std::vector<std::string>& args);
+  StatusOr<Reply> Eval(const char* name, const char* lua, const std::vector<std::string>& keys,
+                       const std::vector<std::string>& args);
+
+  const RegistryOptions options_;
+  const std::string prefix_;
+  std::mutex mu_;
+  std::unique_ptr<redisContext, ContextDeleter> ctx_;  // null: reconnect on next call
+  std::map<std::string, std::string> script_sha_;      // script name -> SHA1 (this connection)
+};
+
+}  // namespace fedps

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Checks a fedps Hugging Face export against fedps's own outputs.
+
+Usage: hf_export_check.py EXPORT_DIR REFERENCE.safetensors [EXPORT_DIR REFERENCE ...]
+
+REFERENCE holds "tokens" [B,T] int64 and "logits" [B,T,V] fp32 computed by fedps. For each
+pair this loads EXPORT_DIR with transformers' LlamaForCausalLM.from_pretrained in fp32,
+checks no weight was missing or unexpected, runs the tokens with the "eager" and "sdpa"
+attention implementations and requires max |logits - fedps logits| <= 1e-4. When the folder
+has a tokenizer, AutoTokenizer must load it and (with the sentencepiece package) encode and
+decode like SentencePiece itself.
+
+Exit status: 0 pass, 1 mismatch, 77 skipped (python packages missing; the reason is printed).
+"""
+import os
+import sys
+
+TOL = 1e-4
+
+try:
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, LlamaForCausalLM
+except ImportError as e:  # the C++ test turns 77 into a skip with this reason
+    print(f"SKIP: cannot import torch/transformers/safetensors: {e}")
+    sys.exit(77)
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "def f3(x):\n    return x * 12\n",
+    "  two leading spaces,  two  inside and trailing  ",
+    " ",
+    "",
+    "naïve café résumé — »Guten Tag!«",
+    "unseen characters: 日本語 ∑ 🙂",
+    "tabs\tand\nnewlines\n\n",
+]
+
+
+def load_model(path):
+    kwargs = {"attn_implementation": "eager", "output_loading_info": True}
+    major = int(transformers.__version__.split(".")[0])
+    # transformers 5 renamed torch_dtype to dtype.
+    kwargs["dtype" if major >= 5 else "torch_dtype"] = torch.float32
+    return LlamaForCausalLM.from_pretrained(path, **kwargs)
+
+
+def check_model(path, ref_path):
+    ref = load_file(ref_path)
+    tokens, want = ref["tokens"], ref["logits"]
+    model, info = load_model(path)
+    model.eval()
+    ok = True
+    tied = bool(model.config.tie_word_embeddings)
+    missing = [k for k in info.get("missing_keys", []) if not (tied and k == "lm_head.weight")]
+    for key in ("unexpected_keys", "mismatched_keys", "error_msgs"):
+        if info.get(key):
+            print(f"{path}: {key}: {info[key]}")
+            ok = False
+    if missing:
+        print(f"{path}: missing_keys: {missing}")
+        ok = False
+    n_file = sum(t.numel() for t in load_file(os.path.join(path, "model.safetensors")).values())
+    n_model = sum(p.numel() for p in model.parameters())
+    if n_file != n_model:
+        print(f"{path}: model has {n_model} parameters, file {n_file}")
+        ok = False
+    for impl in ("eager", "sdpa"):
+        model.config._attn_implementation = impl
+        model.set_attn_implementation(impl) if hasattr(model, "set_attn_implementation") else None
+        with torch.no_grad():
+            got = model(input_ids=tokens).logits.float()
+        diff = (got - want).abs().max().item()
+        scale = want.abs().max().item()
+        status = "ok" if diff <= TOL else "MISMATCH"
+        print(f"{os.path.basename(os.path.dirname(path))}: {impl:5s} max|dlogit| = {diff:.3g} "
+              f"(max|logit| {scale:.3g}, tied={tied}, kv_heads={model.config.num_key_value_heads}/"
+              f"{model.config.num_attention_heads}) {status}")
+        ok = ok and diff <= TOL
+    return ok
+
+
+def check_tokenizer(path):
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        return True
+    tok = AutoTokenizer.from_pretrained(path)
+    ok = True
+    for name, want in (("bos", 1), ("eos", 2), ("unk", 0)):
+        got = getattr(tok, f"{name}_token_id")
+        if got != want:
+            print(f"{path}: {name}_token_id {got}, want {want}")
+            ok = False
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        print("tokenizer: loaded; sentencepiece not installed, ids not compared")
+        return ok
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(path, "tokenizer.model"))
+    bad = 0
+    for text in TEXTS:
+        want = [sp.bos_id()] + sp.encode(text)
+        got = tok.encode(text)
+        if got != want:
+            print(f"tokenizer: {text!r}: transformers {got} != sentencepiece {want}")
+            bad += 1
+        dec = tok.decode(got, skip_special_tokens=True)
+        if dec != sp.decode(want[1:]):
+            print(f"tokenizer: decode {text!r}: {dec!r} != {sp.decode(want[1:])!r}")
+            bad += 1
+    print(f"tokenizer: {type(tok).__name__}, {len(TEXTS)} texts, {bad} mismatches")
+    return ok and bad == 0
+
+
+def main(argv):
+    if len(argv) < 2 or len(argv) % 2:
+        print(__doc__)
+        return 2
+    torch.manual_seed(0)
+    ok = True
+    for path, ref in zip(argv[0::2], argv[1::2]):
+        ok = check_model(path, ref) and ok
+        ok = check_tokenizer(path) and ok
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,201 @@
+// The single-site pipeline through the real fedps-ctl binary, on real text: the
+// Python standard library and the licence texts that every Debian machine has.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "common/env.h"
+#include "common/metrics_log.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedps {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code = -1;
+  std::string output;
+};
+
+Result Ctl(const std::string& args, const std::string& log) {
+  std::string cmd = testing::BinaryDir() + "/bin/fedps-ctl " + args + " > " + log + " 2>&1";
+  int rc = std::system(cmd.c_str());
+  Result r;
+  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  auto text = Env::Default()->ReadFile(log);
+  r.output = text.ok() ? *text : "";
+  return r;
+}
+
+// Copies up to `max_files` files of `from` matching `ext` into `to`, renamed *.txt.
+int CopyCorpus(const std::string& from, const std::string& ext, const std::string& to, int max_files) {
+  fs::create_directories(to);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(from)) {
+    if (e.is_regular_file() && (ext.empty() || e.path().extension() == ext) && e.file_size() < 150000)
+      files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  int n = 0;
+  for (const auto& f : files) {
+    if (n >= max_files) break;
+    fs::copy_file(f, fs::path(to) / (f.filename().string() + ".txt"), fs::copy_options::overwrite_existing);
+    ++n;
+  }
+  return n;
+}
+
+std::string PythonLib() {
+  for (const char* v : {"/usr/lib/python3.11", "/usr/lib/python3.12", "/usr/lib/python3.13", "/usr/lib/python3.10"}) {
+    if (fs::exists(std::string(v) + "/os.py")) return v;
+  }
+  return "";
+}
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pylib = PythonLib();
+    if (pylib.empty() || !fs::exists("/usr/share/common-licenses")) {
+      GTEST_SKIP() << "needs Debian's /usr/lib/python3.X and /usr/share/common-licenses as real text";
+    }
+    ASSERT_GT(CopyCorpus(pylib, ".py", dir_.File("corpus/code"), 60), 20);
+    ASSERT_GT(CopyCorpus("/usr/share/common-licenses", "", dir_.File("corpus/licenses"), 40), 5);
+    auto r = Ctl("prepare --input code=" + dir_.File("corpus/code") + " --input licenses=" +
+                     dir_.File("corpus/licenses") + " --vocab-size 1024 --out " + dir_.File("data"),
+                 dir_.File("prepare.log"));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+
+  // A config for the tiny preset on the prepared data.
+  std::string WriteConfig(const std::string& name, const std::string& run_dir, const std::string& train) {
+    std::string path = dir_.File(name);
+    std::ofstream(path) << "[run]\nid = \"t\"\ndir = \"" << run_dir << "\"\nseed = 5\n"
+                        << "[model]\npreset = \"tiny\"\n"
+                        << "[data]\nprepared = \"" << dir_.File("data") << "\"\n"
+                        << "[train]\nseq_len = 64\nmicro_batch = 8\nthreads = 1\n" << train;
+    return path;
+  }
+
+  testing::ScopedTempDir dir_;
+};
+
+std::vector<nlohmann::json> Events(const std::string& metrics, const std::string& event) {
+  auto records = ReadMetrics(metrics);
+  std::vector<nlohmann::json> out;
+  if (!records.ok()) return out;
+  for (auto& r : *records) {
+    if (r["event"] == event) out.push_back(r);
+  }
+  return out;
+}
+
+TEST_F(PipelineTest, TrainingLowersValidationPerplexity) {
+  std::string cfg = WriteConfig("a.toml", dir_.File("run"),
+                                "steps = 300\nlr = 3e-3\nwarmup_steps = 20\neval_every = 150\n"
+                                "checkpoint_every = 150\nlog_every = 50\neval_batches = 8\n");
+  auto r = Ctl("train --config " + cfg, dir_.File("train.log"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("ETA"), std::string::npos) << "no progress line";
+  auto evals = Events(dir_.File("run/metrics.jsonl"), "eval");
+  ASSERT_GE(evals.size(), 3u);  // step 0, 150, 300
+  double first = evals.front()["perplexity"], last = evals.back()["perplexity"];
+  EXPECT_EQ(evals.front()["step"], 0);
+  EXPECT_EQ(evals.back()["step"], 300);
+  EXPECT_LT(last, first / 4) << "validation perplexity " << first << " -> " << last;
+  for (const char* d : {"code", "licenses"}) {
+    EXPECT_LT(evals.back()["domains"][d]["perplexity"].get<double>(), evals.front()["domains"][d]["perplexity"].get<double>());
+    EXPECT_GT(evals.back()["domains"][d]["bits_per_byte"].get<double>(), 0);
+  }
+  // eval and export work on the final checkpoint.
+  auto e = Ctl("eval --checkpoint " + dir_.File("run/checkpoints") + " --data " + dir_.File("data") + " --json",
+               dir_.File("eval.log"));
+  ASSERT_EQ(e.code, 0) << e.output;
+  EXPECT_NE(e.output.find("bits_per_byte"), std::string::npos);
+  auto x = Ctl("export --checkpoint " + dir_.File("run/checkpoints") + " --out " + dir_.File("hf"), dir_.File("x.log"));
+  ASSERT_EQ(x.code, 0) << x.output;
+  EXPECT_TRUE(fs::exists(dir_.File("hf/config.json")));
+  EXPECT_TRUE(fs::exists(dir_.File("hf/model.safetensors")));
+  auto g = Ctl("generate --checkpoint " + dir_.File("run/checkpoints") + " --prompt 'def ' -n 20 --json",
+               dir_.File("g.log"));
+  ASSERT_EQ(g.code, 0) << g.output;
+  EXPECT_NE(g.output.find("completion"), std::string::npos);
+}
+
+TEST_F(PipelineTest, ResumeIsBitExact) {
+  const std::string train = "steps = 40\nlr = 3e-3\nwarmup_steps = 5\neval_every = 20\ncheckpoint_every = 10\n"
+                            "log_every = 10\neval_batches = 2\nkeep_checkpoints = 10\n";
+  auto straight = Ctl("train --config " + WriteConfig("s.toml", dir_.File("straight"), train), dir_.File("s.log"));
+  ASSERT_EQ(straight.code, 0) << straight.output;
+  std::string cfg = WriteConfig("r.toml", dir_.File("resumed"), train);
+  auto half = Ctl("train --config " + cfg + " --stop-at-step 20", dir_.File("h.log"));
+  ASSERT_EQ(half.code, 0) << half.output;
+  EXPECT_FALSE(fs::exists(dir_.File("resumed/checkpoints/step-00000040")));
+  auto again = Ctl("train --config " + cfg, dir_.File("again.log"));
+  EXPECT_NE(again.code, 0) << "a fresh run over existing checkpoints must be refused";
+  EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.output;
+  auto rest = Ctl("train --config " + cfg + " --resume", dir_.File("rest.log"));
+  ASSERT_EQ(rest.code, 0) << rest.output;
+  EXPECT_NE(rest.output.find("resumed from"), std::string::npos);
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    auto a = Env::Default()->ReadFile(dir_.File(std::string("straight/checkpoints/step-00000040/") + f));
+    auto b = Env::Default()->ReadFile(dir_.File(std::string("resumed/checkpoints/step-00000040/") + f));
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_TRUE(*a == *b) << f << " differs between the straight and the resumed run";
+  }
+}
+
+TEST_F(PipelineTest, BadInputGetsOneClearErrorAndKeepsGoodFiles) {
+  // Config typo: names the key and the file.
+  std::string typo = WriteConfig("typo.toml", dir_.File("run"), "stpes = 10\n");
+  auto r = Ctl("train --config " + typo, dir_.File("typo.log"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("train.stpes"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("typo.toml"), std::string::npos) << r.output;
+
+  // A good run with two checkpoints.
+  std::string cfg = WriteConfig("ok.toml", dir_.File("run"),
+                                "steps = 20\neval_every = 0\ncheckpoint_every = 10\nlog_every = 10\n");
+  ASSERT_EQ(Ctl("train --config " + cfg, dir_.File("ok.log")).code, 0);
+  std::string ckpt = dir_.File("run/checkpoints/step-00000020");
+  ASSERT_TRUE(fs::exists(ckpt + "/model.safetensors"));
+
+  // Corrupt the newest checkpoint: eval refuses it with a checksum error...
+  {
+    std::fstream f(ckpt + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x7f');
+  }
+  auto e = Ctl("eval --checkpoint " + ckpt + " --data " + dir_.File("data"), dir_.File("e.log"));
+  EXPECT_EQ(e.code, 1);
+  EXPECT_NE(e.output.find("checksum"), std::string::npos) << e.output;
+  EXPECT_EQ(e.output.find("terminate"), std::string::npos) << "crashed: " << e.output;
+  // ...and resume falls back to the newest checkpoint that verifies.
+  auto resume = Ctl("train --config " + cfg + " --resume", dir_.File("resume.log"));
+  EXPECT_EQ(resume.code, 0) << resume.output;
+  EXPECT_NE(resume.output.find("step-00000010"), std::string::npos) << resume.output;
+
+  // A tokenizer that does not match the prepared data.
+  auto t = Ctl("tokenizer train --input " + dir_.File("corpus/licenses") + " --vocab-size 600 --out " +
+                   dir_.File("other.model"),
+               dir_.File("tok.log"));
+  ASSERT_EQ(t.code, 0) << t.output;
+  std::string mismatch = dir_.File("mismatch.toml");
+  std::ofstream(mismatch) << "[run]\ndir = \"" << dir_.File("run2") << "\"\n[data]\nprepared = \"" << dir_.File("data")
+                          << "\"\ntokenizer = \"" << dir_.File("other.model") << "\"\n[train]\nseq_len = 64\n";
+  auto m = Ctl("train --config " + mismatch, dir_.File("m.log"));
+  EXPECT_EQ(m.code, 1);
+  EXPECT_NE(m.output.find("tokenizer"), std::string::npos) << m.output;
+  EXPECT_FALSE(fs::exists(dir_.File("run2/checkpoints")));
+
+  // Missing input for prepare.
+  auto p = Ctl("prepare --input " + dir_.File("nope") + " --vocab-size 600 --out " + dir_.File("d2"), dir_.File("p.log"));
+  EXPECT_EQ(p.code, 1);
+  EXPECT_NE(p.output.find("nope"), std::string::npos) << p.output;
+}
+
+}  // namespace
+}  // namespace fedps
