@@ -13,10 +13,9 @@
 //
 //   codec_bench [--n 67108864] [--reps 5] [--threads 0] [--levels 1] [--hash-log 6]
 //               [--codecs fp32,bf16,int8] [--chunk 1048576] [--json FILE]
-#include <CLI/CLI.hpp>
-
 #include <time.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -207,13 +206,11 @@ int Run(int argc, char** argv) {
   }
 
   if (!json_path.empty()) {
-    nlohmann::json doc = {{"bench", "codec_bench"},
-                          {"values", n},
-                          {"sigma", 1e-3},
-                          {"chunk_elements", chunk},
-                          {"reps", reps},
-                          {"hardware_concurrency", std::thread::hardware_concurrency()},
-                          {"results", results}};
+    nlohmann::json doc = {
+        {"bench", "codec_bench"}, {"values", n},
+        {"sigma", 1e-3},          {"chunk_elements", chunk},
+        {"reps", reps},           {"hardware_concurrency", std::thread::hardware_concurrency()},
+        {"results", results}};
     std::ofstream f(json_path);
     f << doc.dump(2) << "\n";
     if (!f) {

@@ -177,8 +177,8 @@ StatusOr<std::unique_ptr<Codec>> Codec::Create(const CodecOptions& options) {
                            " is outside [1, " + std::to_string(kMaxFrameElements) + "]");
   }
   if (options.int8_block < 1 || options.int8_block > kMaxInt8Block) {
-    return InvalidArgument("int8_block " + std::to_string(options.int8_block) +
-                           " is outside [1, " + std::to_string(kMaxInt8Block) + "]");
+    return InvalidArgument("int8_block " + std::to_string(options.int8_block) + " is outside [1, " +
+                           std::to_string(kMaxInt8Block) + "]");
   }
   int parallelism = options.threads;
   if (parallelism == 0) {
@@ -245,10 +245,10 @@ Status Codec::EncodeFrame(Workspace& ws, std::span<const float> values, std::spa
     ws.cctx.reset(ZSTD_createCCtx());
     if (ws.cctx == nullptr) return Internal("ZSTD_createCCtx failed");
     // hashLog 0 asks for the level's default.
-    for (auto [param, value] : {std::pair{ZSTD_c_compressionLevel, options_.zstd_level},
-                                std::pair{ZSTD_c_hashLog, options_.zstd_hash_log},
-                                std::pair{ZSTD_c_contentSizeFlag, 1},
-                                std::pair{ZSTD_c_checksumFlag, 0}}) {
+    for (auto [param, value] :
+         {std::pair{ZSTD_c_compressionLevel, options_.zstd_level},
+          std::pair{ZSTD_c_hashLog, options_.zstd_hash_log}, std::pair{ZSTD_c_contentSizeFlag, 1},
+          std::pair{ZSTD_c_checksumFlag, 0}}) {
       const size_t rc = ZSTD_CCtx_setParameter(ws.cctx.get(), param, value);
       if (ZSTD_isError(rc)) {
         ws.cctx.reset();
@@ -257,8 +257,8 @@ Status Codec::EncodeFrame(Workspace& ws, std::span<const float> values, std::spa
     }
   }
   ws.packed.resize(ZSTD_compressBound(raw_bytes));
-  const size_t packed = ZSTD_compress2(ws.cctx.get(), ws.packed.data(), ws.packed.size(),
-                                       ws.raw.data(), raw_bytes);
+  const size_t packed =
+      ZSTD_compress2(ws.cctx.get(), ws.packed.data(), ws.packed.size(), ws.raw.data(), raw_bytes);
   if (ZSTD_isError(packed)) {
     return Internal(std::string("zstd compression failed: ") + ZSTD_getErrorName(packed));
   }
@@ -343,9 +343,9 @@ StatusOr<FrameHeader> Codec::PeekHeader(std::string_view frame) {
                     std::string(CodecKindName(h.kind)) + " values");
   }
   if (h.payload_bytes > ZSTD_compressBound(raw)) {
-    return DataLoss("payload length " + std::to_string(h.payload_bytes) +
-                    " exceeds zstd's bound " + std::to_string(ZSTD_compressBound(raw)) + " for " +
-                    std::to_string(raw) + " raw bytes");
+    return DataLoss("payload length " + std::to_string(h.payload_bytes) + " exceeds zstd's bound " +
+                    std::to_string(ZSTD_compressBound(raw)) + " for " + std::to_string(raw) +
+                    " raw bytes");
   }
   return h;
 }
@@ -469,8 +469,7 @@ Status Codec::CheckCoverageOfHeaders(const std::vector<std::string>& frames, uin
   std::vector<size_t> order(frames.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return headers[a].offset != headers[b].offset ? headers[a].offset < headers[b].offset
-                                                  : a < b;
+    return headers[a].offset != headers[b].offset ? headers[a].offset < headers[b].offset : a < b;
   });
   uint64_t covered = 0;  // [0, covered) is covered by the frames seen so far
   for (size_t k = 0; k < order.size(); ++k) {

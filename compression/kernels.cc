@@ -59,8 +59,8 @@ void DecodeFp32(const uint8_t* planes, size_t n, float* out) {
   const uint8_t* p2 = planes + 2 * n;
   const uint8_t* p3 = planes + 3 * n;
   for (size_t i = 0; i < n; ++i) {
-    const uint32_t b = (uint32_t{p0[i]} << 24) | (uint32_t{p1[i]} << 16) |
-                       (uint32_t{p2[i]} << 8) | uint32_t{p3[i]};
+    const uint32_t b = (uint32_t{p0[i]} << 24) | (uint32_t{p1[i]} << 16) | (uint32_t{p2[i]} << 8) |
+                       uint32_t{p3[i]};
     out[i] = std::bit_cast<float>(b);
   }
 }

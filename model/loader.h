@@ -74,7 +74,7 @@ class SequenceLoader {
   // bits per byte needs).
   const Manifest& manifest() const { return manifest_; }
 
-  // Window `index` of the current order for `epoch` (exposed for tests).
+  // The window (global index) taken at `position` of epoch `epoch` (exposed for tests).
   int64_t WindowAt(int64_t epoch, int64_t position) const;
 
  private:

@@ -191,6 +191,8 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Train(const TokenizerTrainOption
       {"minloglevel", "2"},  // SentencePiece's own INFO and WARNING lines are noise here
       {"model_prefix", ""},
   };
+  LOG(INFO) << "training a " << options.vocab_size << "-piece BPE tokenizer on "
+            << static_cast<double>(sampled_bytes) / 1e6 << " MB sampled from " << inputs.size() << " input(s)";
   std::string model_bytes;
   VectorIterator it(&lines);
   // BPE on an already sampled input draws no random numbers, but seed

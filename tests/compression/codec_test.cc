@@ -143,18 +143,15 @@ TEST(Bf16Test, RoundsToNearestEven) {
       {0x3F808001, 0x3F81},  // just above half: up
       {0x3F818000, 0x3F82},  // exactly half, even neighbour above
       {0xBF818000, 0xBF82},  // same with the sign set
-      {0x3F80FFFF, 0x3F81},
-      {0x00000000, 0x0000},
-      {0x80000000, 0x8000},  // -0 stays -0
-      {0x00000001, 0x0000},  // tiny denormal rounds to 0
-      {0x00008000, 0x0000},  // half, even (0) below
-      {0x00018000, 0x0002},  // half, even (2) above
-      {0x7F7F7FFF, 0x7F7F},
-      {0x7F7FFFFF, 0x7F80},  // FLT_MAX overflows to +Inf
-      {0xFF7FFFFF, 0xFF80},  // and -FLT_MAX to -Inf
-      {0x7F800000, 0x7F80},  // +Inf
-      {0xFF800000, 0xFF80},  // -Inf
-      {0x7FC00000, 0x7FC0},  // quiet NaN
+      {0x3F80FFFF, 0x3F81}, {0x00000000, 0x0000}, {0x80000000, 0x8000},  // -0 stays -0
+      {0x00000001, 0x0000},                        // tiny denormal rounds to 0
+      {0x00008000, 0x0000},                        // half, even (0) below
+      {0x00018000, 0x0002},                        // half, even (2) above
+      {0x7F7F7FFF, 0x7F7F}, {0x7F7FFFFF, 0x7F80},  // FLT_MAX overflows to +Inf
+      {0xFF7FFFFF, 0xFF80},                        // and -FLT_MAX to -Inf
+      {0x7F800000, 0x7F80},                        // +Inf
+      {0xFF800000, 0xFF80},                        // -Inf
+      {0x7FC00000, 0x7FC0},                        // quiet NaN
       {0x7F800001, 0x7FC0},  // signalling NaN with a low payload: stays NaN (not Inf)
       {0xFF80FFFF, 0xFFC0},  // negative NaN; rounding must not carry into the sign
       {0x7FFFFFFF, 0x7FFF},  // NaN with every bit set does not wrap to 0
@@ -219,7 +216,7 @@ TEST(Int8Test, RoundTripWithinBlockwiseBound) {
       const float s = std::exp2(exponent(rng));
       for (size_t j = i; j < std::min(v.size(), i + 300); ++j) v[j] = normal(rng) * s;
     }
-    std::fill(v.begin() + 2000, v.begin() + 2600, 0.0f);     // all-zero blocks
+    std::fill(v.begin() + 2000, v.begin() + 2600, 0.0f);    // all-zero blocks
     std::fill(v.begin() + 3000, v.begin() + 3600, 1e-35f);  // below kInt8MinAbsmax: zeros
     v[5000] = std::numeric_limits<float>::max();
     v[5001] = std::numeric_limits<float>::lowest();

@@ -127,8 +127,8 @@ TEST_F(CorruptionTest, EveryBitFlipFails) {
       f[i] = static_cast<char>(f[i] ^ (1 << bit));
       bool guards_ok = false;
       Status s = Decode(*codec_, f, kN, &guards_ok);
-      ASSERT_EQ(s.code(), StatusCode::kDataLoss) << "byte " << i << " bit " << bit << ": "
-                                                  << s.ToString();
+      ASSERT_EQ(s.code(), StatusCode::kDataLoss)
+          << "byte " << i << " bit " << bit << ": " << s.ToString();
       ASSERT_TRUE(guards_ok);
     }
   }
@@ -157,8 +157,8 @@ TEST_F(CorruptionTest, LyingHeaderFields) {
   ExpectFailure(lie([](std::string& f) { PutField<uint32_t>(f, 8, 256); }), StatusCode::kDataLoss,
                 "block size 256 set on a bf16 frame");
   // Offset past the end, offset + count overflowing 64 bits, count over the cap.
-  ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 16, 400); }),
-                StatusCode::kDataLoss, "lie outside the slice of 500 values");
+  ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 16, 400); }), StatusCode::kDataLoss,
+                "lie outside the slice of 500 values");
   ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 16, ~uint64_t{0} - 10); }),
                 StatusCode::kDataLoss, "lie outside the slice");
   ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 24, uint64_t{1} << 40); }),
@@ -171,8 +171,8 @@ TEST_F(CorruptionTest, LyingHeaderFields) {
                   PutField<uint64_t>(f, 48, 500);
                 }),
                 StatusCode::kDataLoss, "zstd frame declares 400 bytes; expected 500");
-  ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 48, 401); }),
-                StatusCode::kDataLoss, "raw length 401");
+  ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 48, 401); }), StatusCode::kDataLoss,
+                "raw length 401");
   ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 40, 1); }), StatusCode::kDataLoss,
                 "payload bytes");
   ExpectFailure(lie([](std::string& f) { PutField<uint64_t>(f, 40, uint64_t{1} << 62); }),
@@ -226,9 +226,9 @@ TEST_F(CorruptionTest, ForgedPayloads) {
   }
   // The correct payload still works through WithPayload (the helper is sound).
   bool guards_ok = false;
-  EXPECT_TRUE(Decode(*codec_, WithPayload(frame_, std::string_view(frame_).substr(64)), kN,
-                     &guards_ok)
-                  .ok());
+  EXPECT_TRUE(
+      Decode(*codec_, WithPayload(frame_, std::string_view(frame_).substr(64)), kN, &guards_ok)
+          .ok());
 }
 
 TEST(Int8CorruptionTest, BadScalesAreRefused) {
