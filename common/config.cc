@@ -106,6 +106,44 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                 {"keep_checkpoints", Bind(&t.keep_checkpoints)},
                 {"bf16", Bind(&t.bf16)},
                 {"threads", Bind(&t.threads)}};
+  auto& z = c.compression;
+  s["compression"] = {{"codec", Bind(&z.codec)},
+                      {"zstd_level", Bind(&z.zstd_level)},
+                      {"threads", Bind(&z.threads)},
+                      {"int8_block", Bind(&z.int8_block)},
+                      {"error_feedback", Bind(&z.error_feedback)}};
+  auto& p = c.ps;
+  s["ps"] = {{"num_shards", Bind(&p.num_shards)},
+             {"redis", Bind(&p.redis)},
+             {"redis_password", Bind(&p.redis_password)},
+             {"host", Bind(&p.host)},
+             {"base_port", Bind(&p.base_port)},
+             {"frame_elements", Bind(&p.frame_elements)},
+             {"staleness", Bind(&p.staleness)},
+             {"staleness_a", Bind(&p.staleness_a)},
+             {"staleness_b", Bind(&p.staleness_b)},
+             {"max_staleness", Bind(&p.max_staleness)},
+             {"optimizer", Bind(&p.optimizer)},
+             {"outer_lr", Bind(&p.outer_lr)},
+             {"momentum", Bind(&p.momentum)},
+             {"dn_period", Bind(&p.dn_period)},
+             {"buffer_size", Bind(&p.buffer_size)},
+             {"weight_by_tokens", Bind(&p.weight_by_tokens)},
+             {"reference_tokens", Bind(&p.reference_tokens)},
+             {"checkpoint_every", Bind(&p.checkpoint_every)},
+             {"shard_lease_ms", Bind(&p.shard_lease_ms)},
+             {"stage_ttl_ms", Bind(&p.stage_ttl_ms)},
+             {"snapshot_ttl_ms", Bind(&p.snapshot_ttl_ms)}};
+  auto& k = c.client;
+  s["client"] = {{"local_steps", Bind(&k.local_steps)},
+                 {"local_time_s", Bind(&k.local_time_s)},
+                 {"max_updates", Bind(&k.max_updates)},
+                 {"lease_ms", Bind(&k.lease_ms)},
+                 {"heartbeat_ms", Bind(&k.heartbeat_ms)},
+                 {"retry_initial_ms", Bind(&k.retry_initial_ms)},
+                 {"retry_max_ms", Bind(&k.retry_max_ms)},
+                 {"throttle", Bind(&k.throttle)},
+                 {"eval_every_versions", Bind(&k.eval_every_versions)}};
   return s;
 }
 
@@ -157,6 +195,46 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (t.threads < 0) return bad("train.threads", "must be >= 0");
   if (t.device != "auto" && t.device != "cpu" && t.device.rfind("cuda", 0) != 0)
     return bad("train.device", "must be auto, cpu, cuda or cuda:N (got \"" + t.device + "\")");
+  const auto& z = c.compression;
+  if (z.codec != "fp32" && z.codec != "bf16" && z.codec != "int8")
+    return bad("compression.codec", "must be one of fp32, bf16, int8 (got \"" + z.codec + "\")");
+  if (z.zstd_level < 1 || z.zstd_level > 19) return bad("compression.zstd_level", "must be in [1, 19]");
+  if (z.threads < 0) return bad("compression.threads", "must be >= 0");
+  if (z.int8_block < 1 || z.int8_block > 65536) return bad("compression.int8_block", "must be in [1, 65536]");
+  const auto& p = c.ps;
+  if (p.num_shards < 1 || p.num_shards > 256) return bad("ps.num_shards", "must be in [1, 256]");
+  if (p.redis.find(':') == std::string::npos && p.redis.rfind("unix:", 0) != 0)
+    return bad("ps.redis", "must be host:port or unix:/path (got \"" + p.redis + "\")");
+  if (p.base_port < 0 || p.base_port > 65535) return bad("ps.base_port", "must be in [0, 65535]");
+  if (p.frame_elements < 1024 || p.frame_elements > (1 << 26)) return bad("ps.frame_elements", "must be in [1024, 67108864]");
+  if (p.staleness != "constant" && p.staleness != "polynomial" && p.staleness != "hinge")
+    return bad("ps.staleness", "must be one of constant, polynomial, hinge (got \"" + p.staleness + "\")");
+  if (p.staleness_a < 0) return bad("ps.staleness_a", "must be >= 0");
+  if (p.staleness_b < 0) return bad("ps.staleness_b", "must be >= 0");
+  if (p.max_staleness < -1) return bad("ps.max_staleness", "must be >= 0 (or -1: no limit)");
+  if (p.optimizer != "sgd" && p.optimizer != "nesterov" && p.optimizer != "delayed_nesterov" && p.optimizer != "adam")
+    return bad("ps.optimizer", "must be one of sgd, nesterov, delayed_nesterov, adam (got \"" + p.optimizer + "\")");
+  if (p.outer_lr < 0) return bad("ps.outer_lr", "must be >= 0 (0: the optimizer's default)");
+  if (p.momentum < 0 || p.momentum >= 1) return bad("ps.momentum", "must be in [0, 1)");
+  if (p.dn_period < 1) return bad("ps.dn_period", "must be >= 1");
+  if (p.buffer_size < 1) return bad("ps.buffer_size", "must be >= 1");
+  if (p.reference_tokens < 0) return bad("ps.reference_tokens", "must be >= 0");
+  if (p.checkpoint_every < 0) return bad("ps.checkpoint_every", "must be >= 0");
+  for (auto [key, v] : {std::pair{"shard_lease_ms", p.shard_lease_ms}, {"stage_ttl_ms", p.stage_ttl_ms},
+                        {"snapshot_ttl_ms", p.snapshot_ttl_ms}}) {
+    if (v < 100) return bad(std::string("ps.") + key, "must be >= 100");
+  }
+  const auto& k = c.client;
+  if (k.local_steps < 1) return bad("client.local_steps", "must be >= 1");
+  if (k.local_time_s < 0) return bad("client.local_time_s", "must be >= 0");
+  if (k.max_updates < 0) return bad("client.max_updates", "must be >= 0");
+  if (k.lease_ms < 100) return bad("client.lease_ms", "must be >= 100");
+  if (k.heartbeat_ms < 10 || k.heartbeat_ms * 2 > k.lease_ms)
+    return bad("client.heartbeat_ms", "must be >= 10 and at most half of client.lease_ms");
+  if (k.retry_initial_ms < 1 || k.retry_max_ms < k.retry_initial_ms)
+    return bad("client.retry_max_ms", "must be >= client.retry_initial_ms >= 1");
+  if (k.throttle < 1) return bad("client.throttle", "must be >= 1");
+  if (k.eval_every_versions < 1) return bad("client.eval_every_versions", "must be >= 1");
   return Status::Ok();
 }
 

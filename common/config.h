@@ -72,6 +72,53 @@ struct TrainOptions {
   int64_t threads = 0;          // CPU intra-op threads (0: LibTorch's default)
 };
 
+// [compression]: how updates and model slices travel (compression/codec.h).
+struct CompressionOptions {
+  std::string codec = "bf16";   // fp32 (lossless), bf16, int8 (blockwise absmax)
+  int64_t zstd_level = 1;       // 1 measured best for pseudo-gradients (docs/compression.md)
+  int64_t threads = 0;          // encode/decode threads (0: cores, at most 4)
+  int64_t int8_block = 256;     // values per int8 scale
+  bool error_feedback = true;   // clients carry the coding error into their next update
+};
+
+// [ps]: the parameter-server shards and the Redis registry they share with clients.
+struct PsOptions {
+  int64_t num_shards = 2;            // slices of the flat model, one fedps-shard each
+  std::string redis = "127.0.0.1:6379";  // host:port of the Redis registry
+  std::string redis_password = "";   // AUTH password ("" = none)
+  std::string host = "127.0.0.1";    // address shards listen on and advertise
+  int64_t base_port = 7700;          // shard i listens on base_port + i (0: any free port)
+  int64_t frame_elements = 1 << 20;  // values per transfer frame (4 MiB of fp32)
+  std::string staleness = "polynomial";  // constant, polynomial (1+s)^-a, hinge
+  double staleness_a = 0.5;
+  double staleness_b = 4;            // hinge: full weight up to this staleness
+  int64_t max_staleness = 64;        // older updates are refused (-1: no limit)
+  std::string optimizer = "delayed_nesterov";  // sgd, nesterov, delayed_nesterov, adam
+  double outer_lr = 0;               // 0: the optimizer's default (sgd 1.0, nesterov 0.7, adam 1e-3)
+  double momentum = 0.9;
+  int64_t dn_period = 4;             // delayed Nesterov: momentum step every N arrivals
+  int64_t buffer_size = 1;           // FedBuff: updates aggregated per outer step
+  bool weight_by_tokens = false;     // scale each update by tokens / reference_tokens
+  int64_t reference_tokens = 0;      // 0: the first update's tokens
+  int64_t checkpoint_every = 20;     // applied updates between shard checkpoints (0: on demand)
+  int64_t shard_lease_ms = 5000;     // a shard's directory entry expires without heartbeats
+  int64_t stage_ttl_ms = 600000;     // staged, uncommitted slices expire after this
+  int64_t snapshot_ttl_ms = 30000;   // pinned pull snapshots are kept this long after use
+};
+
+// [client]: a federation member (fedps-client).
+struct ClientOptions {
+  int64_t local_steps = 50;          // inner steps per update (H)
+  double local_time_s = 0;           // > 0: train for this long instead (fast clients do more)
+  int64_t max_updates = 0;           // stop after this many pushed updates (0: until stopped)
+  int64_t lease_ms = 10000;          // membership lease; expires without heartbeats
+  int64_t heartbeat_ms = 2000;
+  int64_t retry_initial_ms = 200;    // backoff when a shard or Redis is unavailable
+  int64_t retry_max_ms = 5000;
+  double throttle = 1.0;             // > 1: sleep so each step takes this many times longer (tests, demo)
+  int64_t eval_every_versions = 10;  // evaluator mode: evaluate every N global versions
+};
+
 struct RunConfig {
   std::string path;  // the file it came from ("" for defaults)
   RunOptions run;
@@ -79,6 +126,9 @@ struct RunConfig {
   TokenizerOptions tokenizer;
   DataOptions data;
   TrainOptions train;
+  CompressionOptions compression;
+  PsOptions ps;
+  ClientOptions client;
 };
 
 // Parses and validates a config file.

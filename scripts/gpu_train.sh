@@ -78,7 +78,7 @@ if has train; then
   # The carried libraries for fedps-ctl alone (glog's libunwind, gflags, ...).
   LD_LIBRARY_PATH="$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 240 \
     "$BUILD/bin/fedps-ctl" train --config "$CONFIG" --device cuda --run-dir "$RUN_DIR" "${extra[@]}" \
-    2>&1 | tee "$OUT/train.log" | grep -vE "^\[train\] step [0-9]*[1-9]0?/|^\[train\] step [0-9]*[1-9]/" || true
+    2>&1 | tee "$OUT/train.log"
   rc=${PIPESTATUS[0]}
   cp "$RUN_DIR/metrics.jsonl" "$OUT/" 2>/dev/null
   stamp "train rc=$rc ($(( $(date +%s) - T0 )) s so far)"
@@ -123,7 +123,8 @@ for s in steps:
     print(f" {t['tokens_per_s']:,.0f} | {t['mfu']:.3f} |" if t else " | |")
 if evals:
     last = evals[-1]
-    doms = ", ".join(f"{d['domain']} {d['loss']:.4f}" for d in last.get("domains", []))
+    doms = ", ".join(f"{k} {v['loss']:.4f} (ppl {v['perplexity']:.1f}, {v['tokens']:,} tokens)"
+                     for k, v in last.get("domains", {}).items())
     print(f"\nlast validation by domain: {doms}\n")
 # Throughput: windows after the first (the first holds CUDA/cuBLAS warm-up).
 fed = None
