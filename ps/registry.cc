@@ -10,11 +10,10 @@
 #include <pthread.h>
 #include <sys/time.h>
 
-#include <csignal>
-
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <csignal>
 #include <utility>
 
 namespace fedps {
@@ -200,17 +199,31 @@ end
 return out
 )lua";
 
-// KEYS: staged:<update>. ARGV: shard index, ttl_ms -> number of shards staged
+// KEYS: staged:<update>, update:<update>. ARGV: shard index, record (JSON), ttl_ms
+// -> {'ok'} | {'committed', seq}
 constexpr const char* kMarkStagedLua = R"lua(
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('SCARD', KEYS[1])
+local seq = redis.call('HGET', KEYS[2], 'seq')
+if seq then return {'committed', seq} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {'ok'}
 )lua";
 
-// KEYS: update:<id>, lease:<client>, staged:<id>, seq, log, run, events.
-// ARGV: maxlen, update_id, client, epoch, meta, num_shards
+// KEYS: staged:<update>, update:<update>. ARGV: shard index
+// -> {'released'} | {'committed', seq}
+constexpr const char* kReleaseStagedLua = R"lua(
+local seq = redis.call('HGET', KEYS[2], 'seq')
+if seq then return {'committed', seq} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return {'released'}
+)lua";
+
+// KEYS: update:<id>, lease:<client>, staged:<id>, seq, log, run, events, refusals.
+// ARGV: maxlen, update_id, client, epoch, meta, num_shards, max_staleness (-1: none),
+//       base_version
 // -> {'ok', seq} | {'dup', seq, client} | {'fenced', lease epoch or ''}
-//    | {'num_shards', run's} | {'missing', "i,j,..."}
+//    | {'num_shards', run's} | {'stale', staleness} | {'future', seq}
+//    | {'missing', "i,j,..."} | {'mismatch', i, record i, j, record j}
 constexpr const char* kCommitLua = R"lua(
 local prev = redis.call('HMGET', KEYS[1], 'seq', 'client')
 if prev[1] then return {'dup', prev[1], prev[2] or ''} end
@@ -230,19 +243,43 @@ if run_n and tonumber(run_n) ~= n then
   refuse('num_shards', {run_num_shards = tonumber(run_n)})
   return {'num_shards', run_n}
 end
+-- Staleness first: it only grows, so pushing again would not help.
+local counter = tonumber(redis.call('GET', KEYS[4]) or '0')
+local max_s = tonumber(ARGV[7])
+if max_s >= 0 then
+  local s = counter - tonumber(ARGV[8])
+  if s < 0 then return {'future', num(counter)} end
+  if s > max_s then
+    redis.call('HINCRBY', KEYS[8], 'too_stale', 1)
+    refuse('too_stale', {staleness = s, max_staleness = max_s})
+    return {'stale', num(s)}
+  end
+end
 local missing = {}
+local first, first_i, differ_i
 for i = 0, n - 1 do
-  if redis.call('SISMEMBER', KEYS[3], tostring(i)) == 0 then
+  local rec = redis.call('HGET', KEYS[3], tostring(i))
+  if not rec then
     missing[#missing + 1] = tostring(i)
+  elseif first == nil then
+    first, first_i = rec, i
+  elseif rec ~= first and differ_i == nil then
+    differ_i = i
   end
 end
 if #missing > 0 then
   refuse('missing_shards', {missing = table.concat(missing, ',')})
   return {'missing', table.concat(missing, ',')}
 end
+if differ_i ~= nil then
+  refuse('stage_mismatch', {shards = tostring(first_i) .. ',' .. tostring(differ_i)})
+  return {'mismatch', tostring(first_i), first, tostring(differ_i),
+          redis.call('HGET', KEYS[3], tostring(differ_i))}
+end
 local seq = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[1], 'seq', seq, 'client', ARGV[3], 'epoch', ARGV[4],
-           'num_shards', ARGV[6], 'meta', ARGV[5], 'committed_ms', num(now_ms()))
+           'num_shards', ARGV[6], 'meta', ARGV[5], 'stage_record', first,
+           'committed_ms', num(now_ms()))
 redis.call('ZADD', KEYS[5], seq, ARGV[2])
 redis.call('DEL', KEYS[3])
 emit(KEYS[7], ARGV[1], 'commit', {seq = seq, update_id = ARGV[2], client = ARGV[3],
@@ -322,7 +359,8 @@ std::string DumpJson(const Json& j) {
 
 StatusOr<Json> ParseJson(const std::string& text, const std::string& what) {
   Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return DataLoss("registry: " + what + " is not valid JSON: " + text.substr(0, 200));
+  if (j.is_discarded())
+    return DataLoss("registry: " + what + " is not valid JSON: " + text.substr(0, 200));
   return j;
 }
 
@@ -397,21 +435,24 @@ StatusOr<int64_t> IntField(const Hash& h, const std::string& name, const std::st
 
 // ---- records ----------------------------------------------------------------------------
 
+// Field/value pairs of P run, in comparison order after "schema".
 std::vector<std::string> IdentityFields(const RunIdentity& id) {
-  return {"schema",        kSchemaVersion,
-          "model_preset",  id.model_preset,
-          "model_config",  DumpJson(id.model_config),
-          "layout_hash",   id.layout_hash,
+  // clang-format off
+  return {"schema",           kSchemaVersion,
+          "model_preset",     id.model_preset,
+          "model_config",     DumpJson(id.model_config),
+          "layout_hash",      id.layout_hash,
           "tokenizer_sha256", id.tokenizer_sha256,
-          "codec",         id.codec,
-          "num_shards",    std::to_string(id.num_shards)};
+          "codec",            id.codec,
+          "num_shards",       std::to_string(id.num_shards)};
+  // clang-format on
 }
 
 StatusOr<RunIdentity> ParseIdentity(const Hash& h, const std::string& where) {
   const std::string schema = Field(h, "schema");
   if (schema != kSchemaVersion) {
-    return FailedPrecondition(where + " has registry schema \"" + schema + "\", this build uses \"" +
-                              kSchemaVersion + "\"");
+    return FailedPrecondition(where + " has registry schema \"" + schema +
+                              "\", this build uses \"" + kSchemaVersion + "\"");
   }
   RunIdentity id;
   id.model_preset = Field(h, "model_preset");
@@ -471,12 +512,14 @@ Status CompareIdentity(const std::string& run_id, const RunIdentity& stored,
 }
 
 std::vector<std::string> StatsFields(const ShardStats& s) {
-  return {"version",         std::to_string(s.version),
-          "applied_updates", std::to_string(s.applied_updates),
-          "bytes_in",        std::to_string(s.bytes_in),
-          "bytes_out",       std::to_string(s.bytes_out),
+  // clang-format off
+  return {"version",                 std::to_string(s.version),
+          "applied_updates",         std::to_string(s.applied_updates),
+          "bytes_in",                std::to_string(s.bytes_in),
+          "bytes_out",               std::to_string(s.bytes_out),
           "last_checkpoint_version", std::to_string(s.last_checkpoint_version),
-          "last_checkpoint_ms", std::to_string(s.last_checkpoint_ms)};
+          "last_checkpoint_ms",      std::to_string(s.last_checkpoint_ms)};
+  // clang-format on
 }
 
 StatusOr<ShardStats> ParseStats(const Hash& h, const std::string& where) {
@@ -530,6 +573,7 @@ StatusOr<CommittedUpdate> ParseCommit(const std::string& update_id, const Hash& 
   u.num_shards = static_cast<int>(shards);
   ASSIGN_OR_RETURN(u.committed_ms, IntField(h, "committed_ms", where));
   ASSIGN_OR_RETURN(u.meta, ParseJson(Field(h, "meta"), where + ".meta"));
+  ASSIGN_OR_RETURN(u.stage_record, ParseJson(Field(h, "stage_record"), where + ".stage_record"));
   return u;
 }
 
@@ -667,8 +711,8 @@ StatusOr<std::unique_ptr<Registry>> Registry::Connect(RegistryOptions options) {
 
 Status Registry::ConnectLocked() {
   const std::string endpoint = options_.host + ":" + std::to_string(options_.port);
-  redisContext* c =
-      redisConnectWithTimeout(options_.host.c_str(), options_.port, ToTimeval(options_.connect_timeout));
+  redisContext* c = redisConnectWithTimeout(options_.host.c_str(), options_.port,
+                                            ToTimeval(options_.connect_timeout));
   if (c == nullptr) return Unavailable("redis " + endpoint + ": cannot allocate a context");
   std::unique_ptr<redisContext, ContextDeleter> ctx(c);
   if (c->err) return Unavailable("redis " + endpoint + ": connect: " + c->errstr);
@@ -814,17 +858,18 @@ StatusOr<int64_t> Registry::RegisterShard(const ShardInfo& info, std::chrono::mi
                            std::to_string(info.slice_end) + ")");
   }
   const std::string shard = Key("shard:" + std::to_string(info.index));
-  ASSIGN_OR_RETURN(Reply reply,
-                   Eval("register_shard", kRegisterShardLua,
-                        {Key("shards"), shard, shard + ":lease", Key("epoch"), Key("events")},
-                        {std::to_string(options_.events_max_len), std::to_string(info.index),
-                         info.address, std::to_string(info.slice_begin),
-                         std::to_string(info.slice_end), std::to_string(info.pid),
-                         std::to_string(lease.count())}));
+  ASSIGN_OR_RETURN(
+      Reply reply,
+      Eval("register_shard", kRegisterShardLua,
+           {Key("shards"), shard, shard + ":lease", Key("epoch"), Key("events")},
+           {std::to_string(options_.events_max_len), std::to_string(info.index), info.address,
+            std::to_string(info.slice_begin), std::to_string(info.slice_end),
+            std::to_string(info.pid), std::to_string(lease.count())}));
   return AsInt(reply.get(), "RegisterShard");
 }
 
 Status Registry::ShardHeartbeat(int index, int64_t epoch, const ShardStats* stats) {
+  if (index < 0) return InvalidArgument("shard index must be >= 0, got " + std::to_string(index));
   RETURN_IF_ERROR(CheckEpoch(epoch));
   const std::string shard = Key("shard:" + std::to_string(index));
   std::vector<std::string> args = {std::to_string(epoch), stats ? "1" : "0"};
@@ -838,11 +883,11 @@ Status Registry::ShardHeartbeat(int index, int64_t epoch, const ShardStats* stat
   if (tag == "fenced") {
     const redisReply* holder = Elem(reply.get(), 1);
     const std::string held = IsString(holder) ? Str(holder) : "";
-    return Aborted("shard " + std::to_string(index) + " epoch " + std::to_string(epoch) +
-                   ": lease expired or fenced" +
-                   (held.empty() ? std::string(" (no live lease)")
-                                 : " (epoch " + held + " holds it)") +
-                   "; register again");
+    return Aborted(
+        "shard " + std::to_string(index) + " epoch " + std::to_string(epoch) +
+        ": lease expired or fenced" +
+        (held.empty() ? std::string(" (no live lease)") : " (epoch " + held + " holds it)") +
+        "; register again");
   }
   return UnexpectedReply("ShardHeartbeat");
 }
@@ -886,33 +931,31 @@ StatusOr<int64_t> Registry::Join(const std::string& client, const ClientInfo& in
                                  std::chrono::milliseconds lease) {
   RETURN_IF_ERROR(CheckName(client, "client name"));
   RETURN_IF_ERROR(CheckLease(lease));
-  ASSIGN_OR_RETURN(
-      Reply reply,
-      Eval("join", kJoinLua,
-           {Key("members"), Key("member:" + client), Key("lease:" + client), Key("epoch"),
-            Key("events")},
-           {prefix_, std::to_string(options_.events_max_len),
-            std::to_string(options_.past_members_max), client, info.host,
-            DumpJson(Json(info.data_domains)), std::to_string(lease.count())}));
+  ASSIGN_OR_RETURN(Reply reply,
+                   Eval("join", kJoinLua,
+                        {Key("members"), Key("member:" + client), Key("lease:" + client),
+                         Key("epoch"), Key("events")},
+                        {prefix_, std::to_string(options_.events_max_len),
+                         std::to_string(options_.past_members_max), client, info.host,
+                         DumpJson(Json(info.data_domains)), std::to_string(lease.count())}));
   return AsInt(reply.get(), "Join");
 }
 
 Status Registry::Heartbeat(const std::string& client, int64_t epoch, const nlohmann::json& stats) {
   RETURN_IF_ERROR(CheckName(client, "client name"));
   RETURN_IF_ERROR(CheckEpoch(epoch));
-  ASSIGN_OR_RETURN(Reply reply,
-                   Eval("heartbeat", kHeartbeatLua, {Key("member:" + client), Key("lease:" + client)},
-                        {std::to_string(epoch), DumpJson(stats)}));
+  ASSIGN_OR_RETURN(Reply reply, Eval("heartbeat", kHeartbeatLua,
+                                     {Key("member:" + client), Key("lease:" + client)},
+                                     {std::to_string(epoch), DumpJson(stats)}));
   const std::string tag = Tag(reply.get());
   if (tag == "ok") return Status::Ok();
   if (tag == "fenced") {
     const redisReply* holder = Elem(reply.get(), 1);
     const std::string held = IsString(holder) ? Str(holder) : "";
-    return Aborted("client " + client + " epoch " + std::to_string(epoch) +
-                   ": lease expired or fenced" +
-                   (held.empty() ? std::string(" (no live lease)")
-                                 : " (epoch " + held + " holds the name)") +
-                   ", rejoin");
+    return Aborted(
+        "client " + client + " epoch " + std::to_string(epoch) + ": lease expired or fenced" +
+        (held.empty() ? std::string(" (no live lease)") : " (epoch " + held + " holds the name)") +
+        ", rejoin");
   }
   return UnexpectedReply("Heartbeat");
 }
@@ -920,13 +963,12 @@ Status Registry::Heartbeat(const std::string& client, int64_t epoch, const nlohm
 Status Registry::Leave(const std::string& client, int64_t epoch) {
   RETURN_IF_ERROR(CheckName(client, "client name"));
   RETURN_IF_ERROR(CheckEpoch(epoch));
-  ASSIGN_OR_RETURN(Reply reply,
-                   Eval("leave", kLeaveLua,
-                        {Key("members"), Key("member:" + client), Key("lease:" + client),
-                         Key("events")},
-                        {prefix_, std::to_string(options_.events_max_len),
-                         std::to_string(options_.past_members_max), client,
-                         std::to_string(epoch)}));
+  ASSIGN_OR_RETURN(
+      Reply reply,
+      Eval("leave", kLeaveLua,
+           {Key("members"), Key("member:" + client), Key("lease:" + client), Key("events")},
+           {prefix_, std::to_string(options_.events_max_len),
+            std::to_string(options_.past_members_max), client, std::to_string(epoch)}));
   const std::string tag = Tag(reply.get());
   if (tag == "ok" || tag == "gone") return Status::Ok();
   if (tag == "fenced") {
@@ -954,7 +996,8 @@ StatusOr<std::vector<Member>> Registry::Members() {
     m.lease_remaining_ms = std::max<int64_t>(pttl, 0);
     out.push_back(std::move(m));
   }
-  std::sort(out.begin(), out.end(), [](const Member& a, const Member& b) { return a.name < b.name; });
+  std::sort(out.begin(), out.end(),
+            [](const Member& a, const Member& b) { return a.name < b.name; });
   return out;
 }
 
@@ -981,20 +1024,41 @@ StatusOr<std::vector<Member>> Registry::PastMembers(int64_t limit) {
 
 // ---- updates ------------------------------------------------------------------------------
 
-Status Registry::MarkStaged(const std::string& update_id, int shard_index) {
+// The {'ok'} / {'released'} / {'committed', seq} answers of the staging scripts.
+static StatusOr<int64_t> StagingAnswer(const redisReply* r, const std::string& what) {
+  const std::string tag = Tag(r);
+  if (tag == "ok" || tag == "released") return int64_t{0};
+  if (tag == "committed") return AsInt(Elem(r, 1), what + " seq");
+  return UnexpectedReply(what);
+}
+
+StatusOr<int64_t> Registry::MarkStaged(const std::string& update_id, int shard_index,
+                                       const nlohmann::json& record) {
   RETURN_IF_ERROR(CheckName(update_id, "update id"));
   if (shard_index < 0) {
     return InvalidArgument("shard index must be >= 0, got " + std::to_string(shard_index));
   }
-  ASSIGN_OR_RETURN(Reply reply, Eval("mark_staged", kMarkStagedLua, {Key("staged:" + update_id)},
-                                     {std::to_string(shard_index),
+  ASSIGN_OR_RETURN(Reply reply, Eval("mark_staged", kMarkStagedLua,
+                                     {Key("staged:" + update_id), Key("update:" + update_id)},
+                                     {std::to_string(shard_index), DumpJson(record),
                                       std::to_string(options_.staged_ttl.count())}));
-  return AsInt(reply.get(), "MarkStaged").status();
+  return StagingAnswer(reply.get(), "MarkStaged");
+}
+
+StatusOr<int64_t> Registry::ReleaseStaged(const std::string& update_id, int shard_index) {
+  RETURN_IF_ERROR(CheckName(update_id, "update id"));
+  if (shard_index < 0) {
+    return InvalidArgument("shard index must be >= 0, got " + std::to_string(shard_index));
+  }
+  ASSIGN_OR_RETURN(Reply reply, Eval("release_staged", kReleaseStagedLua,
+                                     {Key("staged:" + update_id), Key("update:" + update_id)},
+                                     {std::to_string(shard_index)}));
+  return StagingAnswer(reply.get(), "ReleaseStaged");
 }
 
 StatusOr<std::vector<int>> Registry::StagedShards(const std::string& update_id) {
   RETURN_IF_ERROR(CheckName(update_id, "update id"));
-  ASSIGN_OR_RETURN(Reply reply, Command({"SMEMBERS", Key("staged:" + update_id)}));
+  ASSIGN_OR_RETURN(Reply reply, Command({"HKEYS", Key("staged:" + update_id)}));
   const redisReply* r = reply.get();
   if (r->type != REDIS_REPLY_ARRAY) return UnexpectedReply("StagedShards");
   std::vector<int> out;
@@ -1007,29 +1071,38 @@ StatusOr<std::vector<int>> Registry::StagedShards(const std::string& update_id) 
 }
 
 StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std::string& client,
-                                         int64_t epoch, const nlohmann::json& meta,
-                                         int num_shards) {
+                                         int64_t epoch, const nlohmann::json& meta, int num_shards,
+                                         const std::optional<StalenessLimit>& staleness) {
   RETURN_IF_ERROR(CheckName(update_id, "update id"));
   RETURN_IF_ERROR(CheckName(client, "client name"));
   RETURN_IF_ERROR(CheckEpoch(epoch));
   if (num_shards <= 0) {
     return InvalidArgument("num_shards must be positive, got " + std::to_string(num_shards));
   }
+  if (staleness && (staleness->base_version < 0 || staleness->max_staleness < 0)) {
+    return InvalidArgument("staleness check needs base_version >= 0 and max_staleness >= 0");
+  }
   ASSIGN_OR_RETURN(
       Reply reply,
       Eval("commit", kCommitLua,
            {Key("update:" + update_id), Key("lease:" + client), Key("staged:" + update_id),
-            Key("seq"), Key("log"), Key("run"), Key("events")},
+            Key("seq"), Key("log"), Key("run"), Key("events"), Key("refusals")},
            {std::to_string(options_.events_max_len), update_id, client, std::to_string(epoch),
-            DumpJson(meta), std::to_string(num_shards)}));
+            DumpJson(meta), std::to_string(num_shards),
+            staleness ? std::to_string(staleness->max_staleness) : "-1",
+            staleness ? std::to_string(staleness->base_version) : "0"}));
   const redisReply* r = reply.get();
   const std::string tag = Tag(r);
-  const std::string what = "commit of " + update_id + " by " + client + " (epoch " +
-                           std::to_string(epoch) + ")";
+  auto text = [&](size_t i) {
+    const redisReply* e = Elem(r, i);
+    return IsString(e) ? Str(e) : std::string("?");
+  };
+  const std::string what =
+      "commit of " + update_id + " by " + client + " (epoch " + std::to_string(epoch) + ")";
   if (tag == "ok") return AsInt(Elem(r, 1), "CommitUpdate seq");
   if (tag == "dup") {
     ASSIGN_OR_RETURN(int64_t seq, AsInt(Elem(r, 1), "CommitUpdate seq"));
-    ASSIGN_OR_RETURN(std::string by, AsString(Elem(r, 2), "CommitUpdate client"));
+    const std::string by = text(2);
     if (by != client) {
       return AlreadyExists(what + ": update id already committed by client " + by + " as seq " +
                            std::to_string(seq));
@@ -1037,22 +1110,32 @@ StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std
     return seq;  // a retry of a commit that went through
   }
   if (tag == "fenced") {
-    const redisReply* holder = Elem(r, 1);
-    const std::string held = IsString(holder) ? Str(holder) : "";
-    return Aborted(what + " refused: lease expired or fenced" +
-                   (held.empty() ? std::string(" (no live lease)")
-                                 : " (epoch " + held + " holds the name)") +
-                   ", rejoin");
+    const std::string held = text(1);
+    return Aborted(
+        what + " refused: lease expired or fenced" +
+        (held.empty() ? std::string(" (no live lease)") : " (epoch " + held + " holds the name)") +
+        ", rejoin");
   }
   if (tag == "num_shards") {
-    const redisReply* n = Elem(r, 1);
     return FailedPrecondition(what + " refused: " + std::to_string(num_shards) +
-                              " shards given, the run has " + (IsString(n) ? Str(n) : "?"));
+                              " shards given, the run has " + text(1));
+  }
+  if (tag == "stale") {
+    return OutOfRange(what + " refused: staleness " + text(1) + " > max " +
+                      std::to_string(staleness ? staleness->max_staleness : 0) +
+                      ": pull and retrain");
+  }
+  if (tag == "future") {
+    return InvalidArgument(what + ": base_version " +
+                           std::to_string(staleness ? staleness->base_version : 0) +
+                           " is ahead of the global seq " + text(1));
   }
   if (tag == "missing") {
-    const redisReply* m = Elem(r, 1);
-    return FailedPrecondition(what + " refused: not staged on shard(s) " +
-                              (IsString(m) ? Str(m) : "?"));
+    return FailedPrecondition(what + " refused: not staged on shard(s) " + text(1));
+  }
+  if (tag == "mismatch") {
+    return FailedPrecondition(what + " refused: stage records differ: shard " + text(1) + " has " +
+                              text(2) + ", shard " + text(3) + " has " + text(4));
   }
   return UnexpectedReply("CommitUpdate");
 }
@@ -1079,7 +1162,8 @@ StatusOr<std::vector<CommittedUpdate>> Registry::CommittedAfter(int64_t seq, int
   for (size_t i = 0; i < r->elements; ++i) {
     ASSIGN_OR_RETURN(std::string id, AsString(Elem(r->element[i], 0), "CommittedAfter id"));
     ASSIGN_OR_RETURN(Hash h, AsHash(Elem(r->element[i], 1), "update " + id));
-    if (h.empty()) return DataLoss("registry: " + Key("log") + " lists " + id + " without a record");
+    if (h.empty())
+      return DataLoss("registry: " + Key("log") + " lists " + id + " without a record");
     ASSIGN_OR_RETURN(CommittedUpdate u, ParseCommit(id, h));
     // Shards apply strictly in order; a hole would make them skip an update.
     if (u.seq != expected) {
@@ -1100,10 +1184,10 @@ StatusOr<int64_t> Registry::GlobalSeq() {
 
 Status Registry::RecordRefusal(const Refusal& refusal) {
   RETURN_IF_ERROR(CheckName(refusal.reason, "refusal reason"));
-  ASSIGN_OR_RETURN(Reply reply, Eval("refusal", kRefusalLua, {Key("refusals"), Key("events")},
-                                     {std::to_string(options_.events_max_len), refusal.reason,
-                                      refusal.update_id, refusal.client,
-                                      std::to_string(refusal.shard), refusal.detail}));
+  ASSIGN_OR_RETURN(Reply reply,
+                   Eval("refusal", kRefusalLua, {Key("refusals"), Key("events")},
+                        {std::to_string(options_.events_max_len), refusal.reason, refusal.update_id,
+                         refusal.client, std::to_string(refusal.shard), refusal.detail}));
   return AsString(reply.get(), "RecordRefusal").status();
 }
 
@@ -1121,10 +1205,9 @@ StatusOr<std::map<std::string, int64_t>> Registry::RefusalCounts() {
 
 StatusOr<std::string> Registry::AddEvent(const std::string& type, const nlohmann::json& data) {
   RETURN_IF_ERROR(CheckName(type, "event type"));
-  ASSIGN_OR_RETURN(Reply reply,
-                   Command({"XADD", Key("events"), "MAXLEN", "~",
-                            std::to_string(options_.events_max_len), "*", "type", type, "data",
-                            DumpJson(data)}));
+  ASSIGN_OR_RETURN(Reply reply, Command({"XADD", Key("events"), "MAXLEN", "~",
+                                         std::to_string(options_.events_max_len), "*", "type", type,
+                                         "data", DumpJson(data)}));
   return AsString(reply.get(), "XADD");
 }
 
@@ -1144,8 +1227,8 @@ StatusOr<std::vector<Event>> Registry::Events(const std::string& after_id, int64
 
 StatusOr<std::vector<Event>> Registry::RecentEvents(int64_t count) {
   if (count <= 0) return std::vector<Event>{};
-  ASSIGN_OR_RETURN(Reply reply, Command({"XREVRANGE", Key("events"), "+", "-", "COUNT",
-                                         std::to_string(count)}));
+  ASSIGN_OR_RETURN(Reply reply,
+                   Command({"XREVRANGE", Key("events"), "+", "-", "COUNT", std::to_string(count)}));
   ASSIGN_OR_RETURN(std::vector<Event> events, ParseEvents(reply.get()));
   std::reverse(events.begin(), events.end());
   return events;

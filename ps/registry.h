@@ -16,9 +16,10 @@
 //   P member:<name>      hash    epoch, host, domains, joined/heartbeat times, lease_ms, stats
 //   P lease:<name>       string  the member's epoch, PX lease_ms (refreshed by Heartbeat)
 //   P past_members       list    JSON records of ended memberships (left/expired/replaced)
-//   P staged:<update>    set     shard indices that durably staged the update (PX staged_ttl)
-//   P update:<update>    hash    seq, client, epoch, num_shards, meta, committed_ms; exists
-//                                iff the update is committed
+//   P staged:<update>    hash    shard index -> its stage record (JSON), PX staged_ttl;
+//                                deleted by the commit
+//   P update:<update>    hash    seq, client, epoch, num_shards, meta, stage_record,
+//                                committed_ms; exists iff the update is committed
 //   P log                zset    update ids scored by seq (the committed log)
 //   P refusals           hash    refusal reason -> count
 //   P events             stream  type, data (JSON); MAXLEN ~ events_max_len
@@ -30,8 +31,13 @@
 //     expired (or who was replaced by a newer join under the same name) is fenced: its
 //     heartbeats and commits carry an old epoch and get kAborted, and it must rejoin.
 //   * CommitUpdate is one Lua script: idempotent on the update id, fenced on the epoch,
-//     refused unless every shard staged its slice, then INCR seq + record + log + event.
-//     Sequence numbers are therefore contiguous from 1 and each update has at most one.
+//     optionally refused when too stale, refused unless every shard staged its slice with
+//     the same stage record, then INCR seq + record + log + event. Sequence numbers are
+//     therefore contiguous from 1 and each update has at most one.
+//   * ReleaseStaged (a shard dropping an uncommitted staged slice) and CommitUpdate are
+//     serialised by Redis: either the commit saw every mark and the shards keep their
+//     slices, or a mark was gone and the commit failed. A shard must call ReleaseStaged,
+//     and see it succeed, before it deletes a staged slice.
 //   * Every timestamp (*_ms) is the Redis server's clock (TIME inside scripts), in ms
 //     since the Unix epoch, so hosts with skewed clocks still agree.
 //
@@ -40,7 +46,8 @@
 // reconnects, so a process survives a Redis restart; a call that timed out may or may
 // not have taken effect: CommitUpdate is safe to retry, Join is not - it gives a new
 // epoch). kAborted on fencing conflicts; kFailedPrecondition for identity mismatches and
-// unstaged shards; kDataLoss when Redis holds something this code cannot parse.
+// unstaged shards; kOutOfRange for a commit that is too stale; kDataLoss when Redis holds
+// something this code cannot parse.
 //
 // Concurrency: a Registry is thread-safe; a mutex serialises calls on its one
 // connection, so a call waits for the one in flight (at most command_timeout). A thread
@@ -53,10 +60,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/status.h"
 
@@ -77,18 +84,18 @@ struct RegistryOptions {
   int64_t events_max_len = 10000;
   // Records kept in P past_members. Default 1000.
   int64_t past_members_max = 1000;
-  // Lifetime of a staged-shards set without a commit (refreshed by each MarkStaged).
-  // Default 1 h; shards expire their own staged slices on their own schedule.
+  // Lifetime of P staged:<update> without a commit (refreshed by each MarkStaged). Only
+  // garbage collection: shards expire their own staged slices (ReleaseStaged). Default 1 h.
   std::chrono::milliseconds staged_ttl{std::chrono::hours(1)};
 };
 
 // What makes a run the same run. Every process that joins must agree on all of it.
 struct RunIdentity {
-  std::string model_preset;                                   // e.g. "125m"
-  nlohmann::json model_config = nlohmann::json::object();    // full model config
-  std::string layout_hash;                                    // flat parameter layout
+  std::string model_preset;                                // e.g. "125m"
+  nlohmann::json model_config = nlohmann::json::object();  // full model config
+  std::string layout_hash;                                 // flat parameter layout
   std::string tokenizer_sha256;
-  std::string codec;                                          // update codec, e.g. "int8+zstd"
+  std::string codec;  // update codec, e.g. "int8+zstd"
   int num_shards = 0;
   int64_t created_ms = 0;  // set by the registry on creation; not compared
 };
@@ -104,13 +111,13 @@ struct ShardInfo {
 
 // What a shard publishes about itself for the tools (P shard:<i>:stats).
 struct ShardStats {
-  int64_t version = 0;          // global version of its slice (= last applied seq)
+  int64_t version = 0;  // global version of its slice (= last applied seq)
   int64_t applied_updates = 0;
   int64_t bytes_in = 0;
   int64_t bytes_out = 0;
   int64_t last_checkpoint_version = 0;
   int64_t last_checkpoint_ms = 0;
-  int64_t updated_ms = 0;       // read-only: when the registry last stored these
+  int64_t updated_ms = 0;  // read-only: when the registry last stored these
 };
 
 // A shard as the directory sees it.
@@ -139,7 +146,7 @@ struct Member {
   int64_t last_heartbeat_ms = 0;
   int64_t heartbeats = 0;
   int64_t lease_ms = 0;
-  int64_t lease_remaining_ms = 0;  // live members only
+  int64_t lease_remaining_ms = 0;                   // live members only
   nlohmann::json stats = nlohmann::json::object();  // as last sent with Heartbeat
   // Past members only:
   std::string end_reason;  // "left", "expired" or "replaced" (a newer join, same name)
@@ -154,23 +161,32 @@ struct CommittedUpdate {
   int num_shards = 0;
   int64_t committed_ms = 0;
   nlohmann::json meta;  // as given to CommitUpdate (base versions, tokens, steps, ...)
+  // The stage record every shard staged (all equal; see MarkStaged); null if none given.
+  nlohmann::json stage_record;
+};
+
+// CommitUpdate's optional staleness check (docs/protocol.md, "Staleness"): the update
+// would be applied at version `current seq`, so its staleness is seq - base_version.
+struct StalenessLimit {
+  int64_t base_version = 0;   // the oldest version the client pulled
+  int64_t max_staleness = 0;  // refuse (kOutOfRange) above this
 };
 
 // A shard's refusal of an update (e.g. too stale), recorded for the tools.
 struct Refusal {
   std::string update_id;
   std::string client;
-  int shard = -1;        // -1: not shard-specific
-  std::string reason;    // short machine-readable word, e.g. "too_stale"
-  std::string detail;    // human-readable
+  int shard = -1;      // -1: not shard-specific
+  std::string reason;  // short machine-readable word, e.g. "too_stale"
+  std::string detail;  // human-readable
 };
 
 // One entry of the event stream.
 struct Event {
-  std::string id;     // stream id "<ms>-<n>"; pass to Events() to read on from here
-  int64_t ms = 0;     // Redis server time of the event
-  std::string type;   // run_created, shard_registered, shard_lost, join, leave, expired,
-                      // replaced, commit, commit_refused, refusal, or any AddEvent type
+  std::string id;    // stream id "<ms>-<n>"; pass to Events() to read on from here
+  int64_t ms = 0;    // Redis server time of the event
+  std::string type;  // run_created, shard_registered, shard_lost, join, leave, expired,
+                     // replaced, commit, commit_refused, refusal, or any AddEvent type
   nlohmann::json data;
 };
 
@@ -224,8 +240,16 @@ class Registry {
   StatusOr<std::vector<Member>> PastMembers(int64_t limit = 100);
 
   // ---- updates: staging and commit ----
-  // A shard durably staged its slice of `update_id`. Idempotent.
-  Status MarkStaged(const std::string& update_id, int shard_index);
+  // A shard durably staged its slice of `update_id`. `record` (e.g. base_version,
+  // tokens, local_steps) must be the same on every shard, or the commit is refused.
+  // Idempotent. Returns 0, or the update's seq when it is already committed (a late
+  // mark; nothing is written).
+  StatusOr<int64_t> MarkStaged(const std::string& update_id, int shard_index,
+                               const nlohmann::json& record = nullptr);
+  // A shard wants to drop its uncommitted staged slice. Removes its mark unless the update
+  // is committed. Returns 0 when the mark is gone (drop the slice; a commit can no longer
+  // succeed without a new mark), or the seq when the update is committed (keep and apply).
+  StatusOr<int64_t> ReleaseStaged(const std::string& update_id, int shard_index);
   // Which shards staged `update_id` (sorted); empty once committed (or never staged).
   StatusOr<std::vector<int>> StagedShards(const std::string& update_id);
   // Commits `update_id` and returns its sequence number. One atomic script:
@@ -233,10 +257,15 @@ class Registry {
   //                                 kAlreadyExists if another client committed that id
   //   `epoch` does not hold the lease -> kAborted (fenced)
   //   num_shards != the run's    -> kFailedPrecondition
+  //   `staleness` given and seq - base_version > max_staleness
+  //                              -> kOutOfRange "staleness S > max M: pull and retrain"
+  //                                 (also counted as refusal "too_stale")
   //   a shard has not staged     -> kFailedPrecondition listing the missing shards
-  //   else INCR seq, record it, append to the log, "commit" event.
+  //   stage records differ       -> kFailedPrecondition naming two shards and records
+  //   else INCR seq, record it, append to the log, delete the marks, "commit" event.
   StatusOr<int64_t> CommitUpdate(const std::string& update_id, const std::string& client,
-                                 int64_t epoch, const nlohmann::json& meta, int num_shards);
+                                 int64_t epoch, const nlohmann::json& meta, int num_shards,
+                                 const std::optional<StalenessLimit>& staleness = std::nullopt);
   // The commit record of `update_id`; kNotFound when not committed.
   StatusOr<CommittedUpdate> LookupCommit(const std::string& update_id);
   // Committed updates with seq > `seq`, in sequence order, at most `limit`. kDataLoss if

@@ -3,6 +3,8 @@
 // every wait is a condition with a deadline; nothing sleeps a fixed time.
 #include "ps/registry.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,9 +16,6 @@
 #include <set>
 #include <thread>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/temp_dir.h"
@@ -24,9 +23,9 @@
 namespace fedps {
 namespace {
 
+using std::chrono::milliseconds;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using std::chrono::milliseconds;
 using testing::ProcessGone;
 using testing::ProcessOptions;
 using testing::ScopedProcess;
@@ -40,21 +39,21 @@ Status ToStatus(const StatusOr<T>& s) {
   return s.status();
 }
 
-#define ASSERT_OK(expr)                                                       \
-  do {                                                                        \
-    const ::fedps::Status st_ = ToStatus(expr);                               \
-    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString();               \
+#define ASSERT_OK(expr)                                         \
+  do {                                                          \
+    const ::fedps::Status st_ = ToStatus(expr);                 \
+    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
   } while (0)
-#define EXPECT_OK(expr)                                                       \
-  do {                                                                        \
-    const ::fedps::Status st_ = ToStatus(expr);                               \
-    EXPECT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString();               \
+#define EXPECT_OK(expr)                                         \
+  do {                                                          \
+    const ::fedps::Status st_ = ToStatus(expr);                 \
+    EXPECT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
   } while (0)
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   ASSERT_OK_AND_ASSIGN_IMPL(FEDPS_CONCAT(statusor_, __LINE__), lhs, expr)
-#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr)                              \
-  auto tmp = (expr);                                                           \
-  ASSERT_TRUE(tmp.ok()) << #expr << " -> " << tmp.status().ToString();         \
+#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr)                      \
+  auto tmp = (expr);                                                   \
+  ASSERT_TRUE(tmp.ok()) << #expr << " -> " << tmp.status().ToString(); \
   lhs = std::move(tmp).value()
 
 constexpr milliseconds kShortLease{300};
@@ -377,6 +376,80 @@ TEST_F(RegistryTest, CommitIsRefusedUntilEveryShardStaged) {
   EXPECT_EQ(CountEvents(*r, "commit_refused"), 2);
 }
 
+TEST_F(RegistryTest, StageRecordsMustAgreeAndTravelWithTheCommit) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  ASSERT_OK_AND_ASSIGN(int64_t epoch, r->Join("mia", {"h", {}}, kLongLease));
+  const nlohmann::json record = {{"base_version", 0}, {"tokens", 4096}, {"local_steps", 16}};
+  nlohmann::json other = record;
+  other["tokens"] = 2048;
+  ASSERT_OK_AND_ASSIGN(int64_t marked, r->MarkStaged("mia-1", 0, record));
+  EXPECT_EQ(marked, 0);
+  ASSERT_OK(r->MarkStaged("mia-1", 1, other));
+  Status s = r->CommitUpdate("mia-1", "mia", epoch, {}, 2).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("stage records differ"));
+  EXPECT_THAT(s.message(), HasSubstr("\"tokens\":2048"));
+  EXPECT_THAT(s.message(), HasSubstr("\"tokens\":4096"));
+
+  ASSERT_OK(r->MarkStaged("mia-1", 1, record));  // the shard staged again, correctly
+  ASSERT_OK_AND_ASSIGN(int64_t seq, r->CommitUpdate("mia-1", "mia", epoch, {{"note", 1}}, 2));
+  ASSERT_OK_AND_ASSIGN(CommittedUpdate u, r->LookupCommit("mia-1"));
+  EXPECT_EQ(u.stage_record, record);
+  EXPECT_EQ(u.meta["note"], 1);
+
+  // A late (duplicate) mark learns the seq and recreates nothing.
+  ASSERT_OK_AND_ASSIGN(int64_t late, r->MarkStaged("mia-1", 0, record));
+  EXPECT_EQ(late, seq);
+  ASSERT_OK_AND_ASSIGN(std::vector<int> staged, r->StagedShards("mia-1"));
+  EXPECT_TRUE(staged.empty());
+}
+
+TEST_F(RegistryTest, ReleaseStagedAndCommitAreSerialised) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  ASSERT_OK_AND_ASSIGN(int64_t epoch, r->Join("nora", {"h", {}}, kLongLease));
+  // Before the commit: shard 1 gives up on the update; the commit can no longer succeed.
+  StageAll(*r, "nora-1", 2);
+  ASSERT_OK_AND_ASSIGN(int64_t released, r->ReleaseStaged("nora-1", 1));
+  EXPECT_EQ(released, 0);
+  Status s = r->CommitUpdate("nora-1", "nora", epoch, {}, 2).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("shard(s) 1"));
+  // After the commit: a shard that wants to drop the slice is told to keep it.
+  StageAll(*r, "nora-2", 2);
+  ASSERT_OK_AND_ASSIGN(int64_t seq, r->CommitUpdate("nora-2", "nora", epoch, {}, 2));
+  ASSERT_OK_AND_ASSIGN(int64_t kept, r->ReleaseStaged("nora-2", 0));
+  EXPECT_EQ(kept, seq);
+}
+
+TEST_F(RegistryTest, CommitRefusesTooStaleUpdatesWithoutTakingASeq) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  ASSERT_OK_AND_ASSIGN(int64_t epoch, r->Join("omar", {"h", {}}, kLongLease));
+  for (int i = 1; i <= 3; ++i) {
+    const std::string id = "omar-" + std::to_string(i);
+    StageAll(*r, id, 1);
+    ASSERT_OK(r->CommitUpdate(id, "omar", epoch, {}, 1, StalenessLimit{0, 2}));
+  }
+  // Seq is 3: an update based on version 0 would be applied at version 3, staleness 3.
+  StageAll(*r, "omar-4", 1);
+  Status s = r->CommitUpdate("omar-4", "omar", epoch, {}, 1, StalenessLimit{0, 2}).status();
+  EXPECT_EQ(s.code(), StatusCode::kOutOfRange);
+  EXPECT_THAT(s.message(), HasSubstr("staleness 3 > max 2: pull and retrain"));
+  EXPECT_EQ(*r->GlobalSeq(), 3);
+  ASSERT_OK_AND_ASSIGN(auto counts, r->RefusalCounts());
+  EXPECT_EQ(counts["too_stale"], 1);
+  // Based on version 1 it is within the limit.
+  ASSERT_OK_AND_ASSIGN(int64_t seq,
+                       r->CommitUpdate("omar-4", "omar", epoch, {}, 1, StalenessLimit{1, 2}));
+  EXPECT_EQ(seq, 4);
+  // A base version from the future is a client bug.
+  StageAll(*r, "omar-5", 1);
+  EXPECT_EQ(r->CommitUpdate("omar-5", "omar", epoch, {}, 1, StalenessLimit{9, 2}).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST_F(RegistryTest, ConcurrentCommitsGetDistinctContiguousSeqs) {
   constexpr int kThreads = 4;
   constexpr int kPerThread = 25;
@@ -437,7 +510,8 @@ TEST_F(RegistryTest, CommittedAfterPagesInSequenceOrder) {
   for (int i = 1; i <= 10; ++i) {
     const std::string id = "hank-" + std::to_string(i);
     StageAll(*r, id, 1);
-    const nlohmann::json meta = {{"i", i}, {"tokens", int64_t{1} << 40}, {"base_versions", {i - 1}}};
+    const nlohmann::json meta = {
+        {"i", i}, {"tokens", int64_t{1} << 40}, {"base_versions", {i - 1}}};
     ASSERT_OK_AND_ASSIGN(int64_t seq, r->CommitUpdate(id, "hank", epoch, meta, 1));
     ASSERT_EQ(seq, i);
   }
@@ -469,8 +543,10 @@ TEST_F(RegistryTest, CommittedAfterPagesInSequenceOrder) {
 TEST_F(RegistryTest, ShardDirectoryLeasesAndStats) {
   auto r = Open();
   ASSERT_NE(r, nullptr);
-  ASSERT_OK_AND_ASSIGN(int64_t e0, r->RegisterShard({0, "10.0.0.1:9000", 0, 500, 101}, kShortLease));
-  ASSERT_OK_AND_ASSIGN(int64_t e1, r->RegisterShard({1, "10.0.0.2:9000", 500, 1000, 102}, kShortLease));
+  ASSERT_OK_AND_ASSIGN(int64_t e0,
+                       r->RegisterShard({0, "10.0.0.1:9000", 0, 500, 101}, kShortLease));
+  ASSERT_OK_AND_ASSIGN(int64_t e1,
+                       r->RegisterShard({1, "10.0.0.2:9000", 500, 1000, 102}, kShortLease));
   EXPECT_NE(e0, e1);
   ShardStats stats;
   stats.version = 7;
@@ -505,7 +581,8 @@ TEST_F(RegistryTest, ShardDirectoryLeasesAndStats) {
   EXPECT_EQ(CountEvents(*r, "shard_lost"), 1);
   EXPECT_EQ(r->ShardHeartbeat(1, e1).code(), StatusCode::kAborted);
 
-  ASSERT_OK_AND_ASSIGN(int64_t e1b, r->RegisterShard({1, "10.0.0.3:9000", 500, 1000, 103}, kLongLease));
+  ASSERT_OK_AND_ASSIGN(int64_t e1b,
+                       r->RegisterShard({1, "10.0.0.3:9000", 500, 1000, 103}, kLongLease));
   EXPECT_GT(e1b, e1);
   ASSERT_OK(r->ShardHeartbeat(1, e1b));
   ASSERT_OK_AND_ASSIGN(shards, r->Shards());
@@ -592,8 +669,8 @@ TEST_F(RegistryTest, ScriptsAreReloadedAfterTheServerForgetsThem) {
   ASSERT_OK(r->Heartbeat("kim", epoch));
   // Flush the script cache behind the registry's back (as a restart or failover would).
   ProcessOptions cli;
-  cli.argv = {"redis-cli", "-h", redis_.host(), "-p", std::to_string(redis_.port()), "SCRIPT",
-              "FLUSH"};
+  cli.argv = {"redis-cli", "-h",   redis_.host(), "-p", std::to_string(redis_.port()),
+              "SCRIPT",    "FLUSH"};
   ASSERT_OK_AND_ASSIGN(ScopedProcess flush, ScopedProcess::Start(cli));
   ASSERT_OK_AND_ASSIGN(testing::ExitStatus exit, flush.Wait(kDeadline));
   ASSERT_TRUE(exit.success()) << exit.ToString();
@@ -643,7 +720,7 @@ TEST(RegistryRestartTest, CallsFailWhileRedisIsDownAndDataSurvivesARestart) {
   }
   ASSERT_OK(r->MarkStaged("lee-4", 0));
 
-  ASSERT_OK(redis.Stop());  // kill -9
+  ASSERT_OK(redis.Stop());       // kill -9
   for (int i = 0; i < 3; ++i) {  // the stale connection, then failed reconnects
     EXPECT_EQ(r->GlobalSeq().status().code(), StatusCode::kUnavailable);
     EXPECT_EQ(r->Heartbeat("lee", epoch).code(), StatusCode::kUnavailable);
@@ -748,16 +825,14 @@ TEST(ScopedProcessTest, TerminateIsGracefulThenForced) {
   ScopedTempDir dir;
   const std::string ready = dir.File("ready");
   // Each shell says it installed its trap before we signal it.
-  ASSERT_OK_AND_ASSIGN(
-      ScopedProcess polite,
-      StartSh("trap 'exit 7' TERM; touch " + ready + "1; while :; do sleep 0.01; done"));
+  ASSERT_OK_AND_ASSIGN(ScopedProcess polite, StartSh("trap 'exit 7' TERM; touch " + ready +
+                                                     "1; while :; do sleep 0.01; done"));
   ASSERT_TRUE(WaitFor([&] { return access((ready + "1").c_str(), F_OK) == 0; }, kDeadline));
   ASSERT_OK_AND_ASSIGN(testing::ExitStatus status, polite.Terminate(kDeadline));
   EXPECT_EQ(status.code, 7) << status.ToString();
 
-  ASSERT_OK_AND_ASSIGN(
-      ScopedProcess stubborn,
-      StartSh("trap '' TERM; touch " + ready + "2; while :; do sleep 0.01; done"));
+  ASSERT_OK_AND_ASSIGN(ScopedProcess stubborn,
+                       StartSh("trap '' TERM; touch " + ready + "2; while :; do sleep 0.01; done"));
   ASSERT_TRUE(WaitFor([&] { return access((ready + "2").c_str(), F_OK) == 0; }, kDeadline));
   ASSERT_OK_AND_ASSIGN(status, stubborn.Terminate(milliseconds(200)));
   EXPECT_EQ(status.signal, SIGKILL) << status.ToString();
@@ -782,10 +857,9 @@ TEST(ScopedProcessTest, DestructorKillsTheChildAndWhatItStarted) {
   pid_t child = 0;
   pid_t grandchild = 0;
   {
-    ASSERT_OK_AND_ASSIGN(
-        ScopedProcess p,
-        StartSh("sleep 1000 & echo $! > " + pid_file + ".tmp && mv " + pid_file + ".tmp " +
-                pid_file + "; wait"));
+    ASSERT_OK_AND_ASSIGN(ScopedProcess p,
+                         StartSh("sleep 1000 & echo $! > " + pid_file + ".tmp && mv " + pid_file +
+                                 ".tmp " + pid_file + "; wait"));
     child = p.pid();
     ASSERT_TRUE(WaitFor([&] { return (grandchild = ReadPid(pid_file)) > 0; }, kDeadline));
     EXPECT_FALSE(ProcessGone(grandchild));

@@ -66,7 +66,7 @@ ExitStatus FromWaitStatus(int status) {
 [[noreturn]] void RunChild(pid_t parent, int status_fd, int stdin_fd, int log_fd,
                            const char* working_dir, char* const* argv, char* const* envp) {
   ::setpgid(0, 0);
-  // ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   // The parent may have died before prctl took effect; then nobody will kill us.
   if (::getppid() != parent) ::_exit(127);
 
@@ -168,8 +168,8 @@ StatusOr<ScopedProcess> ScopedProcess::Start(const ProcessOptions& options) {
   } while (n < 0 && errno == EINTR);
   if (n == static_cast<ssize_t>(sizeof failure)) {
     process.BlockingReap();
-    const std::string what =
-        failure.stage == kStageChdir ? "chdir to " + options.working_dir : "exec " + options.argv[0];
+    const std::string what = failure.stage == kStageChdir ? "chdir to " + options.working_dir
+                                                          : "exec " + options.argv[0];
     const std::string message = "ScopedProcess: " + what + ": " + ErrnoText(failure.err);
     if (failure.err == ENOENT) return NotFound(message);
     return Internal(message);
@@ -306,8 +306,9 @@ std::string ReadLogTail(const std::string& path, size_t max_bytes) {
   if (!in) return "";
   in.seekg(0, std::ios::end);
   const std::streamoff size = in.tellg();
-  const std::streamoff start =
-      size > static_cast<std::streamoff>(max_bytes) ? size - static_cast<std::streamoff>(max_bytes) : 0;
+  const std::streamoff start = size > static_cast<std::streamoff>(max_bytes)
+                                   ? size - static_cast<std::streamoff>(max_bytes)
+                                   : 0;
   in.seekg(start);
   std::ostringstream out;
   out << in.rdbuf();

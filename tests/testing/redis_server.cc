@@ -75,9 +75,19 @@ Status ScopedRedisServer::Start() {
 
 Status ScopedRedisServer::StartOnce(bool* port_clash) {
   std::vector<std::string> argv = {
-      options_.executable, "--port", std::to_string(port_), "--bind", host_,
-      "--dir", dir_.path(), "--daemonize", "no", "--save", "",
-      "--logfile", "",  // to stdout, which is our log file
+      options_.executable,
+      "--port",
+      std::to_string(port_),
+      "--bind",
+      host_,
+      "--dir",
+      dir_.path(),
+      "--daemonize",
+      "no",
+      "--save",
+      "",
+      "--logfile",
+      "",  // to stdout, which is our log file
   };
   if (options_.persistence) {
     argv.insert(argv.end(), {"--appendonly", "yes", "--appendfsync", "always"});
@@ -113,7 +123,8 @@ Status ScopedRedisServer::WaitUntilReady() {
     }
     if (ProbeOnce(host_, port_, options_.password) == Probe::kReady) return Status::Ok();
     if (SteadyClock::now() >= deadline) {
-      return Unavailable("redis-server on port " + std::to_string(port_) + " did not answer PING in " +
+      return Unavailable("redis-server on port " + std::to_string(port_) +
+                         " did not answer PING in " +
                          std::to_string(options_.start_timeout.count()) + " ms; log tail:\n" +
                          ReadLogTail(log_path()));
     }
