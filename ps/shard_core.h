@@ -1,0 +1,383 @@
+// ShardCore: the state machine of one parameter-server shard (docs/protocol.md), without
+// Thrift or LibTorch, so that it can be driven in-process by tests. ShardServer
+// (ps/shard_server.h) is a thin RPC adapter over it.
+//
+// What it owns
+//   * the master fp32 slice [slice_begin, slice_begin + n) and its version (the highest
+//     global seq processed), the OuterOptimizer and the StalenessPolicy;
+//   * pull snapshots: version -> an immutable copy of the slice, frames encoded on demand
+//     per codec and cached; the current version is always available, older ones stay
+//     pinned for snapshot_ttl_ms after their last use (at most max_pinned_snapshots);
+//   * the receiving table: update_id -> the frames received so far (decoded into one
+//     slice-sized buffer), the update's scalars; dropped after receive_timeout_ms idle;
+//   * the staging store <dir>/staged/<sha256(update_id)[0:32]>.safetensors: one file per
+//     staged update (tensor "delta" + metadata: update id, scalars, sha256 of the data),
+//     written atomically (temporary file, fsync, rename) BEFORE the stage record goes to
+//     Redis. It doubles as the log of applied updates: a file is deleted only when the
+//     OLDEST kept checkpoint covers its seq (so recovery from either kept checkpoint can
+//     replay), or when its uncommitted stage record was released (expiry);
+//   * checkpoints <dir>/checkpoints/v-<version:012>/ {slice.safetensors (slice +
+//     optimizer tensors), state.json, meta.json (sha256 of both, written last)}, built in
+//     a temporary folder and renamed; the newest two are kept.
+//
+// Lifecycle: Start() loads the newest checkpoint that verifies (or initialises version 0
+// from init_slice and checkpoints it), indexes the staging store and starts the apply
+// thread: state RECOVERING until it has caught up with the commit log it read at start,
+// then SERVING. Drain() (clean shutdown): DRAINING (pushes refused), applies what is
+// committed and staged, checkpoints, stops the thread. A committed update whose staged
+// slice is missing or corrupt halts the shard (HALTED, every call answers DATA_LOSS):
+// it is never skipped. Fence() (the registry says another process owns the shard):
+// every call answers FENCED, nothing more is applied.
+//
+// Concurrency contract
+//   * apply thread (one, started by Start): owns params_, optimizer_, the checkpoint
+//     writer, apply_registry_, and the counters marked [apply]. It is the only writer of
+//     version_ (under mu_) and of the current snapshot. On-demand checkpoints are handed
+//     to it (checkpoint_requests_) so that slice, optimizer and version are consistent.
+//   * RPC threads (any number): Pull / Push / CommitNotify / Checkpoint / GetStatus.
+//     Decoding, encoding, file writes and Redis calls happen outside mu_; the maps are
+//     only looked up / changed under it. Entries are shared_ptr so that a request can
+//     work on one while it is removed from a map.
+//   * mu_ guards: state_, fenced_, halt_message_, epoch_, version_, committed_seq_,
+//     current_, snapshots_, receiving_, staged_, done_, checkpoint_requests_, stats.
+//     version_cv_ (with mu_) signals version changes; apply_cv_ (with mu_) wakes the
+//     apply thread (commit_notify, checkpoint request, stop).
+//   * Receiving::mu guards one receiving entry's frame bookkeeping; lock order is mu_
+//     then Receiving::mu (never the other way). EncodedFrames::mu guards one cache cell.
+//   * request_registry_ (pushes' MarkStaged / LookupCommit) and apply_registry_ are
+//     separate connections; Registry is itself thread-safe.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/config.h"
+#include "common/env.h"
+#include "common/metrics_log.h"
+#include "common/status.h"
+#include "compression/codec.h"
+#include "ps/outer_optimizer.h"
+#include "ps/registry.h"
+#include "ps/staleness.h"
+
+namespace fedps {
+
+// docs/protocol.md §10, mirrored here so the core needs no Thrift (same numbers as the IDL).
+enum class ShardErrorCode {
+  kOk = 0,
+  kStaleRefused = 1,
+  kFenced = 2,
+  kNotStaged = 3,
+  kBadRequest = 4,
+  kDataLoss = 5,
+  kUnavailable = 6,
+  kIdentityMismatch = 7,
+  kSnapshotExpired = 8,
+  kInternal = 9,
+};
+
+// The outcome of a core call: kOk, or an error with the fields ShardError carries.
+struct CoreError {
+  ShardErrorCode code = ShardErrorCode::kOk;
+  std::string message;
+  std::optional<int64_t> version;
+  std::optional<int64_t> retry_after_ms;
+  std::optional<int64_t> epoch;
+
+  bool ok() const { return code == ShardErrorCode::kOk; }
+  // The protocol's Status for this error (§10 table).
+  Status ToStatus() const;
+  static CoreError Make(ShardErrorCode code, std::string message) {
+    CoreError e;
+    e.code = code;
+    e.message = std::move(message);
+    return e;
+  }
+};
+
+// Same numbers as the IDL's ShardState / UpdateState.
+enum class ShardState { kStarting = 1, kRecovering = 2, kServing = 3, kDraining = 4, kHalted = 5 };
+enum class UpdateState { kReceiving = 1, kStaged = 2, kCommitted = 3, kApplied = 4, kSkipped = 5 };
+const char* ShardStateName(ShardState s);
+
+struct ShardCoreOptions {
+  std::string run_id;       // required
+  std::string layout_hash;  // required: ParamLayout::hash() of the run's model
+  int shard_index = 0;
+  int num_shards = 1;
+  int64_t slice_begin = 0;
+  int64_t slice_elements = 0;  // n > 0
+  std::string dir;             // the shard's folder (staged/, checkpoints/); required
+  PsOptions ps;                // frame_elements, staleness, optimizer, TTLs, checkpoint_every
+  CompressionOptions compression;  // pull encoding: zstd level, threads, int8 block
+  RegistryOptions registry;    // the core opens its own connections with these
+  // Receiving updates at once; beyond: UNAVAILABLE with retry_after_ms. Default 16.
+  int max_receiving = 16;
+  // A partially received update idle this long is dropped. Default 120 s.
+  int64_t receive_timeout_ms = 120000;
+  // Cap of PullRequest.wait_ms. Default 30 s.
+  int64_t max_pull_wait_ms = 30000;
+  // Older snapshots kept pinned besides the current one. Default 4.
+  int max_pinned_snapshots = 4;
+  // Apply thread: commit-log poll interval when idle (commit_notify wakes it sooner).
+  // Default 100 ms.
+  int64_t poll_ms = 100;
+  // Checkpoints kept. Default 2.
+  int keep_checkpoints = 2;
+  // retry_after_ms in UNAVAILABLE answers. Default 200 ms.
+  int64_t retry_after_ms = 200;
+  // The initial slice (n floats), called only when the shard has no checkpoint yet.
+  std::function<StatusOr<std::vector<float>>()> init_slice;
+  Env* env = Env::Default();
+  MetricsLog* metrics = nullptr;  // optional: apply / stage / checkpoint / halt records
+};
+
+// The request header (docs/protocol.md §1).
+struct CoreHeader {
+  std::string run_id;
+  std::string layout_hash;
+  int shard_index = 0;
+  int64_t shard_epoch = 0;
+  std::string caller;
+};
+
+struct PullArgs {
+  CoreHeader header;
+  std::string codec;
+  int64_t frame_index = 0;
+  std::optional<int64_t> version;
+  std::optional<int64_t> min_version;
+  std::optional<int64_t> wait_ms;
+};
+
+struct PullResult {
+  int64_t version = 0;
+  int64_t frame_index = 0;
+  int64_t total_frames = 0;
+  int64_t frame_elements = 0;
+  int64_t slice_elements = 0;
+  std::string codec;
+  std::string frame;
+  int64_t snapshot_ttl_ms = 0;
+};
+
+struct PushArgs {
+  CoreHeader header;
+  std::string update_id;
+  std::string client_id;
+  int64_t client_epoch = 0;
+  int64_t base_version = 0;
+  int64_t tokens = 0;
+  int64_t local_steps = 0;
+  std::string codec;
+  int64_t frame_index = 0;
+  int64_t total_frames = 0;
+  int64_t frame_elements = 0;
+  std::string frame;
+};
+
+struct PushResult {
+  UpdateState state = UpdateState::kReceiving;
+  int64_t frames_received = 0;
+  int64_t total_frames = 0;
+  int64_t version = 0;
+  std::optional<int64_t> seq;
+  std::optional<int64_t> stage_ttl_ms;
+  std::optional<std::vector<int64_t>> missing_frames;
+};
+
+struct CheckpointResult {
+  int64_t version = 0;
+  int64_t optimizer_steps = 0;
+  std::string path;
+  int64_t duration_ms = 0;
+};
+
+struct CoreStatus {
+  ShardState state = ShardState::kStarting;
+  int64_t epoch = 0;
+  bool fenced = false;
+  std::string halt_message;
+  int64_t version = 0;
+  int64_t committed_seq = 0;
+  int64_t optimizer_steps = 0;
+  int32_t buffered_updates = 0;
+  int32_t receiving_updates = 0;
+  int32_t staged_updates = 0;
+  int64_t checkpoint_version = -1;  // -1: none yet
+  int64_t checkpoint_ms = 0;        // wall time of the last checkpoint
+  int64_t applied_updates = 0;      // applied (not skipped) since version 0
+  int64_t skipped_updates = 0;
+  int64_t bytes_in = 0;   // push frame bytes
+  int64_t bytes_out = 0;  // pull frame bytes
+};
+
+// One applied (or skipped) update, in apply order; for tests and metrics.
+struct AppliedRecord {
+  int64_t seq = 0;
+  std::string update_id;
+  bool skipped = false;
+  double weight = 0;
+};
+
+class ShardCore {
+ public:
+  // Validates options; touches nothing.
+  static StatusOr<std::unique_ptr<ShardCore>> Create(ShardCoreOptions options);
+  ~ShardCore();  // Stop()
+  ShardCore(const ShardCore&) = delete;
+  ShardCore& operator=(const ShardCore&) = delete;
+
+  // Connects to Redis, loads the newest valid checkpoint (or initialises and writes
+  // version 0), indexes staged files and starts the apply thread (RECOVERING). Requests
+  // may arrive from now on (answered UNAVAILABLE until SERVING). Errors: the shard cannot
+  // start (bad folder, Redis unreachable, init failed).
+  Status Start();
+  // The fencing epoch requests must carry (from RegisterShard); 0 until set.
+  void SetEpoch(int64_t epoch);
+  // Another process owns the shard now: answer FENCED, apply nothing more.
+  void Fence(const std::string& why);
+  // Clean shutdown: DRAINING, apply what is committed and staged, checkpoint, stop the
+  // apply thread. Returns the final checkpoint's status.
+  Status Drain();
+  // Stops the apply thread without a checkpoint (idempotent).
+  void Stop();
+
+  CoreError Pull(const PullArgs& args, PullResult* out);
+  CoreError Push(const PushArgs& args, PushResult* out);
+  CoreError CommitNotify(const CoreHeader& header, const std::string& update_id, int64_t seq);
+  CoreError Checkpoint(const CoreHeader& header, const std::string& reason, CheckpointResult* out);
+
+  CoreStatus GetStatus();
+  const ShardCoreOptions& options() const { return options_; }
+  int64_t total_frames() const { return total_frames_; }
+  // Codec names pull can encode and push can decode.
+  std::vector<std::string> codecs() const;
+  // Registry stats for the heartbeat.
+  ShardStats Stats();
+  // The updates applied / skipped since Start(), in order (for tests).
+  std::vector<AppliedRecord> AppliedLog();
+  // Blocks until version >= v or the timeout passes; true when reached.
+  bool WaitForVersion(int64_t v, int64_t timeout_ms);
+  // A copy of the current snapshot (version, slice); for tests and tools.
+  std::pair<int64_t, std::vector<float>> CurrentSlice();
+  // The staged file of an update (exists or not).
+  std::string StagedPath(const std::string& update_id) const;
+  std::string CheckpointRoot() const;
+
+ private:
+  struct Snapshot;
+  struct EncodedFrames;
+  struct Pinned;
+  struct Receiving;
+  struct Staged;
+  struct DoneUpdate {
+    int64_t seq = 0;
+    bool skipped = false;
+  };
+  struct CheckpointRequest;
+
+  explicit ShardCore(ShardCoreOptions options);
+
+  // Checks run on every request but status(): identity, epoch, halted, fenced.
+  CoreError CheckHeaderLocked(const CoreHeader& h) const;
+  CoreError NotServingLocked() const;  // kOk when requests may be served
+  CoreError Unavailable(const std::string& why) const;
+
+  // Frames of one snapshot in one codec, encoded once.
+  StatusOr<std::shared_ptr<EncodedFrames>> FramesFor(const std::shared_ptr<Pinned>& pinned, CodecKind kind);
+  void ExpireSnapshotsLocked(int64_t now_us);
+
+  // Push helpers.
+  CoreError StageReceived(const std::shared_ptr<Receiving>& r, PushResult* out);
+  CoreError MarkStagedAndAnswer(const std::string& update_id, PushResult* out);
+  bool AnswerKnownLocked(const std::string& update_id, PushResult* out);
+  nlohmann::json StageRecord(int64_t base_version, int64_t tokens, int64_t local_steps) const;
+
+  // Staging store.
+  Status WriteStaged(const std::string& update_id, const nlohmann::json& record, const std::vector<float>& delta);
+  // Reads and verifies a staged slice: DataLoss when missing, corrupt or not this update's.
+  StatusOr<std::vector<float>> ReadStaged(const std::string& update_id);
+  Status IndexStagedFiles();
+
+  // Apply thread.
+  void ApplyLoop();
+  // Applies entries of the commit log; false when the shard halted.
+  bool ApplyOne(const CommittedUpdate& c);
+  void Halt(const std::string& message);
+  void ExpireStaged();
+  void DropIdleReceiving();
+  void PublishSnapshot();  // current_ = copy of params_ at version_
+  void ServeCheckpointRequests();
+
+  // Checkpoints (apply thread only, or Start before the thread runs).
+  StatusOr<CheckpointResult> WriteCheckpoint(const std::string& reason);
+  Status LoadNewestCheckpoint(bool* found);
+  Status LoadCheckpoint(const std::string& folder);
+  std::vector<std::string> CheckpointFolders();  // oldest first
+  void PruneAfterCheckpoint();
+  StatusOr<std::unique_ptr<OuterOptimizer>> MakeOptimizer(int64_t reference_tokens) const;
+
+  void Metric(const std::string& event, nlohmann::json fields);
+  int64_t NowUs() const;
+
+  const ShardCoreOptions options_;
+  Env* const env_;
+  int64_t total_frames_ = 0;
+  std::unique_ptr<StalenessPolicy> staleness_;
+  std::map<CodecKind, std::unique_ptr<Codec>> codecs_;  // read-only after Create (Codec is thread-safe)
+  std::unique_ptr<Registry> request_registry_;
+  std::unique_ptr<Registry> apply_registry_;  // [apply]
+
+  // [apply] thread state.
+  std::vector<float> params_;
+  std::unique_ptr<OuterOptimizer> optimizer_;
+  int64_t reference_tokens_ = 0;  // resolved reference_tokens (0: not yet, weight_by_tokens)
+  int64_t applied_since_checkpoint_ = 0;
+  int64_t recovery_target_ = 0;   // commit-log head read at start
+
+  std::thread apply_thread_;
+
+  mutable std::mutex mu_;
+  std::condition_variable version_cv_;
+  std::condition_variable apply_cv_;
+  bool stop_ = false;       // guarded by mu_
+  bool draining_ = false;   // guarded by mu_
+  bool started_ = false;    // guarded by mu_
+  bool nudged_ = false;     // guarded by mu_: commit_notify arrived
+  ShardState state_ = ShardState::kStarting;
+  bool fenced_ = false;
+  std::string fence_message_;
+  std::string halt_message_;
+  int64_t epoch_ = 0;
+  int64_t version_ = 0;
+  int64_t committed_seq_ = 0;
+  std::shared_ptr<Pinned> current_;
+  std::map<int64_t, std::shared_ptr<Pinned>> snapshots_;  // older pinned versions
+  std::map<std::string, std::shared_ptr<Receiving>> receiving_;
+  std::map<std::string, std::shared_ptr<Staged>> staged_;
+  std::map<std::string, DoneUpdate> done_;
+  std::vector<AppliedRecord> applied_log_;
+  std::vector<std::shared_ptr<CheckpointRequest>> checkpoint_requests_;
+  int64_t checkpoint_version_ = -1;
+  int64_t checkpoint_ms_ = 0;
+  int64_t optimizer_steps_ = 0;
+  int32_t buffered_updates_ = 0;
+  int64_t applied_updates_ = 0;
+  int64_t skipped_updates_ = 0;
+  std::atomic<int64_t> bytes_in_{0};
+  std::atomic<int64_t> bytes_out_{0};
+};
+
+}  // namespace fedps
