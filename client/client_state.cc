@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <map>
 
@@ -180,7 +181,12 @@ StatusOr<ClientState> ClientStateStore::Load() {
     for (auto& [name, tensor] : *t) {
       bool before = name.rfind("residual_before.", 0) == 0;
       if (!before && name.rfind("residual.", 0) != 0) continue;
-      size_t index = std::stoul(name.substr(name.find('.') + 1));
+      size_t index = 0;
+      try {
+        index = std::stoul(name.substr(name.find('.') + 1));
+      } catch (const std::exception&) {
+        index = SIZE_MAX;
+      }
       if (index > 4096) return DataLoss(residuals_file_ + ": bad tensor name " + name);
       auto& vec = before ? s.residuals_before : s.residuals;
       if (vec.size() <= index) vec.resize(index + 1);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <mutex>
 
 #include "ps/rpc/Shard.h"
 
@@ -55,7 +56,18 @@ rpc::RequestHeader MakeHeader(const std::string& run_id, const std::string& layo
   return h;
 }
 
-ShardChannel::ShardChannel(ShardChannelOptions options) : options_(std::move(options)) {}
+namespace {
+
+// Thrift prints every failed connect to stderr by itself; the Status we return says it
+// once, so its own messages go to the verbose log instead.
+void QuietThriftOutput(const char* message) { VLOG(1) << "thrift: " << message; }
+
+}  // namespace
+
+ShardChannel::ShardChannel(ShardChannelOptions options) : options_(std::move(options)) {
+  static std::once_flag once;
+  std::call_once(once, [] { apache::thrift::GlobalOutput.setOutputFunction(QuietThriftOutput); });
+}
 
 ShardChannel::~ShardChannel() { Close(); }
 

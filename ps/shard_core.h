@@ -293,7 +293,7 @@ class ShardCore {
   // Checks run on every request but status(): identity, epoch, halted, fenced.
   CoreError CheckHeaderLocked(const CoreHeader& h) const;
   CoreError NotServingLocked() const;  // kOk when requests may be served
-  CoreError Unavailable(const std::string& why) const;
+  CoreError UnavailableLocked(const std::string& why) const;
 
   // Frames of one snapshot in one codec, encoded once.
   StatusOr<std::shared_ptr<EncodedFrames>> FramesFor(const std::shared_ptr<Pinned>& pinned, CodecKind kind);
@@ -320,6 +320,7 @@ class ShardCore {
   void DropIdleReceiving();
   void PublishSnapshot();  // current_ = copy of params_ at version_
   void ServeCheckpointRequests();
+  void OnApplyExit();  // the apply thread's last act
 
   // Checkpoints (apply thread only, or Start before the thread runs).
   StatusOr<CheckpointResult> WriteCheckpoint(const std::string& reason);
@@ -356,6 +357,7 @@ class ShardCore {
   bool draining_ = false;   // guarded by mu_
   bool started_ = false;    // guarded by mu_
   bool nudged_ = false;     // guarded by mu_: commit_notify arrived
+  bool apply_running_ = false;  // guarded by mu_
   ShardState state_ = ShardState::kStarting;
   bool fenced_ = false;
   std::string fence_message_;

@@ -23,6 +23,8 @@ using CommandList = std::vector<Command>;
 void AddDataCommands(CLI::App& root, CommandList& commands);
 // tools/cmd_train.cc: train (centralised baseline), eval, export, generate.
 void AddTrainCommands(CLI::App& root, CommandList& commands);
+// tools/cmd_corpus.cc: corpus build (the default corpus from Debian packages).
+void AddCorpusCommands(CLI::App& root, CommandList& commands);
 // tools/cmd_ops.cc: status, members, shards, updates, watch (a running federation).
 void AddOpsCommands(CLI::App& root, CommandList& commands);
 

@@ -1,0 +1,241 @@
+// FederatedClient: one member of a fedps federation (docs/protocol.md, docs/client.md).
+//
+// The update cycle, repeated until client.max_updates commits or a stop request:
+//   1. pull: status() then every frame of a pinned snapshot from every shard, in parallel
+//      (one worker thread per shard), into one flat fp32 vector; SNAPSHOT_EXPIRED restarts
+//      that shard's pull from frame 0. base_version = min over the shards' versions.
+//   2. train: copy it into the model's flat parameters and run LocalTrainer for
+//      client.local_steps (or client.local_time_s); client.throttle > 1 sleeps after each
+//      step so that a step takes `throttle` times longer (a simulated slow client).
+//   3. encode: Delta = pulled - trained (fp32), per shard slice, with the push codec and a
+//      per-shard error-feedback residual. The update (frames + scalars) and the state after
+//      training (optimizer, loader cursor, residuals, counter) are saved atomically in the
+//      state folder (client/client_state.h) BEFORE the first frame is pushed.
+//   4. push every shard's frames in parallel; retry UNAVAILABLE / transport errors with
+//      exponential backoff (client.retry_initial_ms .. retry_max_ms, the shard's
+//      retry_after_ms respected); DATA_LOSS resends the frame; FENCED re-reads the shard
+//      directory; STALE_REFUSED drops the update (pull and train again).
+//   5. when every shard answered STAGED: Registry::CommitUpdate (global seq, staleness
+//      checked against ps.max_staleness); "not staged" -> push again; too stale -> drop.
+//   6. commit_notify every shard (a hint), a metrics.jsonl "update" record, a progress line.
+//
+// Fencing and restarts. Updates are identified by "<name>/<client_epoch>/<counter>" and the
+// shards' idempotency key is (update_id, frame). A pending update keeps its id and its
+// scalars (client_epoch included) for its whole life: when the heartbeat finds the
+// membership fenced (lease lapsed during a pause, or a newer Join under the name) the client
+// rejoins under a new epoch and the work in flight is NOT discarded: it is re-pushed and
+// committed under its ORIGINAL update id, with the new epoch as the commit's fencing token.
+// This is safe because the registry commits an id at most once (a retried commit returns the
+// same seq), and the old epoch can never commit again. A restarted client does the same
+// with the pending update from its state folder: LookupCommit first; committed -> move on;
+// else re-push the same id and commit. Work not yet saved as a pending update (a pull or
+// training interrupted by a stop) is abandoned; the saved data cursor makes the restarted
+// client train on the same data again.
+//
+// Evaluator mode (options.evaluator): no membership, no training; pulls whenever the
+// shards reached the next multiple of client.eval_every_versions and writes "eval" records
+// (version, loss, perplexity, bits per byte per domain of the validation split, tokens the
+// federation committed up to that version).
+//
+// Concurrency contract
+//   * update-loop thread (the caller of Run()): owns the model, trainer, loader, codecs,
+//     state store, metrics log, `registry_` (the main Redis connection), the pulled/trained
+//     buffers and the pending update. Only it starts and joins workers.
+//   * heartbeat thread (trainers only; started by Run, joined before it returns): owns
+//     `heartbeat_registry_` (its own connection, so that it never waits behind a commit).
+//     Calls Heartbeat every client.heartbeat_ms; on kAborted (fenced) it rejoins.
+//   * pull/push workers: one std::thread per shard per phase, started and joined by the
+//     update loop. Worker i uses only channels_[i] (a ShardChannel is single-threaded), its
+//     own Backoff, and writes only its own slice of the pulled buffer / its own result slot.
+//     Codecs are thread-safe (compression/codec.h).
+//   * membership_mu_ guards epoch_ and rejoins_: Rejoin() is called by the heartbeat thread
+//     or the update loop, and joins again only if the epoch it saw fenced is still current,
+//     so two threads noticing the same fencing produce one Join.
+//   * stats_mu_ guards heartbeat_stats_ (written by the loop, read by the heartbeat).
+//   * stop: an external std::atomic<bool> (a signal handler sets it) plus stopping_; every
+//     wait polls them at least every 50 ms.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "client/backoff.h"
+#include "client/client_state.h"
+#include "common/config.h"
+#include "common/metrics_log.h"
+#include "common/status.h"
+#include "compression/codec.h"
+#include "model/decoder.h"
+#include "model/layout.h"
+#include "model/loader.h"
+#include "model/tokenizer.h"
+#include "model/trainer.h"
+#include "client/registry_link.h"
+#include "ps/shard_channel.h"
+
+namespace fedps {
+
+struct FederatedClientOptions {
+  RunConfig config;            // already loaded; overrides (steps, throttle, device) applied
+  std::string data_dir;        // this client's prepared data ("" = config.data.prepared)
+  std::string name;            // client id in the registry; printable ASCII, no spaces
+  std::string state_dir;       // "" = <run.dir>/clients/<name>
+  bool evaluator = false;      // evaluate instead of training (see the file comment)
+  std::string pull_codec = "fp32";  // codec of pulled frames (lossless by default)
+  // Per-call timeout of shard RPCs (a pull with wait_ms waits on the shard). Default 60 s.
+  std::chrono::milliseconds shard_call_timeout{60000};
+  // Unavailable answers from one shard before the worker gives up its attempt and the
+  // loop re-reads the shard directory (then tries again). Default 6.
+  int unavailable_attempts = 6;
+  // Push rounds for one update (commit said "not staged", a shard moved) before dropping it.
+  int max_push_rounds = 6;
+  // Set by a signal handler; checked at least every 50 ms. May be null.
+  const std::atomic<bool>* stop = nullptr;
+  // Jitter seed for the backoff schedules (0: none).
+  uint64_t backoff_seed = 0;
+};
+
+// Totals of one Run().
+struct ClientRunStats {
+  int64_t committed = 0;    // updates committed
+  int64_t dropped = 0;      // updates dropped (too stale, refused)
+  int64_t evaluations = 0;  // evaluator mode
+  int64_t rejoins = 0;      // membership fenced and joined again
+  int64_t last_seq = 0;
+};
+
+class FederatedClient {
+ public:
+  // Loads the tokenizer and data, resolves the model, checks the run identity against the
+  // registry (kFailedPrecondition on a mismatch: wrong config or data for this run), opens
+  // and locks the state folder. Fails with one readable Status on bad input.
+  static StatusOr<std::unique_ptr<FederatedClient>> Create(FederatedClientOptions options);
+  ~FederatedClient();
+  FederatedClient(const FederatedClient&) = delete;
+  FederatedClient& operator=(const FederatedClient&) = delete;
+
+  // Runs until max_updates updates were committed (trainer), max_updates evaluations were
+  // written (evaluator; 0 = unlimited), or a stop request; then leaves the federation.
+  // Returns an error only for what retrying cannot fix (identity mismatch, corrupt state,
+  // a diverged model, a shard halted).
+  Status Run();
+  // Asks Run() to stop at the next safe point (thread-safe).
+  void RequestStop() { stopping_ = true; }
+  ClientRunStats stats() const { return stats_; }
+  const std::string& state_dir() const { return state_dir_; }
+  const std::string& metrics_path() const;
+
+ private:
+  struct ShardAddress {
+    std::string host;
+    int port = 0;
+    int64_t epoch = 0;
+  };
+  // What one shard's pull produced.
+  struct PulledSlice {
+    int64_t version = 0;
+    int64_t frame_elements = 0;
+    int64_t bytes = 0;
+  };
+  // What one shard's push produced.
+  struct PushResult {
+    Status status;
+    int state = 0;  // rpc::UpdateState; 0 when none
+    std::optional<int64_t> seq;
+    int64_t shard_version = 0;  // the shard's version at its last answer
+    int64_t bytes = 0;
+  };
+  enum class Outcome { kCommitted, kDropped, kStopped };
+
+  explicit FederatedClient(FederatedClientOptions options);
+  Status Init();
+  bool Stopping() const;
+  // Sleeps up to `ms`, waking early on stop; false when stopping.
+  bool SleepMs(int64_t ms) const;
+
+  // Membership.
+  Status JoinFresh();
+  Status Rejoin(RegistryLink* registry, int64_t fenced_epoch);
+  int64_t CurrentEpoch();
+  void HeartbeatLoop();
+
+  // Shard directory and channels.
+  Status RefreshDirectory(bool wait_for_all);
+  ShardChannel& Channel(int shard);
+
+  // Pull every shard (min_version: wait until the shards reach it).
+  Status PullAll(std::optional<int64_t> min_version, std::vector<PulledSlice>* out);
+  Status PullShard(int shard, std::optional<int64_t> min_version, PulledSlice* out);
+
+  // Trainer cycle.
+  struct TrainFigures {
+    int64_t steps = 0, tokens = 0;
+    double loss = 0, seconds = 0;
+    bool stopped = false;
+  };
+  Status TrainLocal(TrainFigures* out);
+  StatusOr<Outcome> RunCycle();
+  StatusOr<Outcome> FinishPending();
+  void PushAll(const PendingUpdate& update, std::vector<PushResult>* results);
+  PushResult PushShard(const PendingUpdate& update, const PendingShard& slice);
+  void NotifyAll(const std::string& update_id, int64_t seq);
+  Status DropPending(const std::string& reason);
+  Status ClearPendingCommitted(int64_t seq, double push_seconds, double commit_seconds, int64_t bytes_sent);
+  StatusOr<Codec*> PushCodec(int64_t frame_elements);
+
+  // Evaluator.
+  Status RunEvaluator();
+  StatusOr<int64_t> FederationTokens(int64_t up_to_seq);
+
+  FederatedClientOptions options_;
+  RunConfig& cfg_;  // options_.config
+  std::string data_dir_, state_dir_, tokenizer_path_;
+  std::vector<std::string> domains_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<SequenceLoader> loader_;
+  std::unique_ptr<LocalTrainer> trainer_;
+  std::vector<SliceRange> slices_;
+  RunIdentityFields identity_;
+  RegistryLinkOptions registry_options_;
+  std::unique_ptr<RegistryLink> registry_;
+  std::unique_ptr<ClientStateStore> store_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<Codec> pull_codec_;
+  std::vector<std::unique_ptr<Codec>> push_codecs_;  // one per frame_elements seen
+  CodecKind push_kind_ = CodecKind::kBf16;
+
+  std::vector<ShardAddress> directory_;
+  std::vector<std::unique_ptr<ShardChannel>> channels_;
+  std::vector<float> pulled_;   // flat model as pulled
+  ClientState state_;           // the update loop's view of the state folder
+
+  std::mutex membership_mu_;
+  int64_t epoch_ = 0;           // guarded by membership_mu_
+  bool joined_ = false;         // guarded by membership_mu_
+  std::mutex stats_mu_;
+  nlohmann::json heartbeat_stats_ = nlohmann::json::object();  // guarded by stats_mu_
+  std::atomic<int64_t> rejoins_{0};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> heartbeat_stop_{false};
+  std::mutex hb_mu_;
+  std::condition_variable hb_cv_;
+  std::thread heartbeat_;
+  ClientRunStats stats_;
+  int64_t total_wall_tokens_ = 0;
+};
+
+// "host:port" -> (host, port); InvalidArgument otherwise.
+StatusOr<std::pair<std::string, int>> ParseHostPort(const std::string& address);
+
+}  // namespace fedps

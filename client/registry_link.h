@@ -1,0 +1,87 @@
+// RegistryLink: the part of ps/registry.h that a client uses, behind a header that does not
+// include ps/registry.h.
+//
+// Why: ps/registry.h and model/token_data.h both define fedps::ShardInfo (a shard-directory
+// entry and a token-data file), so no translation unit can include both; the client needs
+// the registry and the model/data headers. registry_link.cc includes only the registry.
+// (Reported to the lead: renaming one of the two structs would make this file unnecessary.)
+//
+// Every method forwards to fedps::Registry with the same Status semantics (see
+// ps/registry.h). Thread safety: as Registry's (thread-safe; one connection, serialised).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace fedps {
+
+class Registry;
+
+struct RegistryLinkOptions {
+  std::string host = "127.0.0.1";
+  int port = 6379;
+  std::string password;
+  std::string run_id;
+};
+
+// RunIdentity's fields.
+struct RunIdentityFields {
+  std::string model_preset;
+  nlohmann::json model_config = nlohmann::json::object();
+  std::string layout_hash;
+  std::string tokenizer_sha256;
+  std::string codec;
+  int num_shards = 0;
+};
+
+// One entry of the shard directory.
+struct ShardDirectoryEntry {
+  int index = 0;
+  std::string address;  // host:port
+  int64_t slice_begin = 0, slice_end = 0;
+  int64_t epoch = 0;
+  bool alive = false;
+};
+
+struct CommitRecord {
+  int64_t seq = 0;
+  std::string update_id;
+  nlohmann::json meta;
+};
+
+class RegistryLink {
+ public:
+  static StatusOr<std::unique_ptr<RegistryLink>> Connect(const RegistryLinkOptions& options);
+  ~RegistryLink();
+  RegistryLink(const RegistryLink&) = delete;
+  RegistryLink& operator=(const RegistryLink&) = delete;
+
+  Status InitRun(const RunIdentityFields& identity);
+  StatusOr<std::vector<ShardDirectoryEntry>> Shards();
+  StatusOr<int64_t> Join(const std::string& client, const std::string& host, const std::vector<std::string>& domains,
+                         std::chrono::milliseconds lease);
+  Status Heartbeat(const std::string& client, int64_t epoch, const nlohmann::json& stats);
+  Status Leave(const std::string& client, int64_t epoch);
+  // max_staleness < 0: no staleness limit.
+  StatusOr<int64_t> CommitUpdate(const std::string& update_id, const std::string& client, int64_t epoch,
+                                 const nlohmann::json& meta, int num_shards, int64_t base_version,
+                                 int64_t max_staleness);
+  // kNotFound when not committed.
+  StatusOr<CommitRecord> LookupCommit(const std::string& update_id);
+  StatusOr<std::vector<CommitRecord>> CommittedAfter(int64_t seq, int64_t limit);
+  StatusOr<int64_t> GlobalSeq();
+
+ private:
+  explicit RegistryLink(std::unique_ptr<Registry> r);
+  std::unique_ptr<Registry> registry_;
+};
+
+}  // namespace fedps

@@ -1,0 +1,281 @@
+// ShardServer: see the header.
+#include "ps/shard_server.h"
+
+#include <thrift/TConfiguration.h>
+#include <thrift/protocol/TCompactProtocol.h>
+#include <thrift/server/TThreadedServer.h>
+#include <thrift/transport/TBufferTransports.h>
+#include <thrift/transport/TServerSocket.h>
+#include <unistd.h>
+
+#include <climits>
+#include <csignal>
+
+#include "ps/rpc/Shard.h"
+#include "ps/rpc/shard_constants.h"
+
+namespace fedps {
+
+using apache::thrift::TConfiguration;
+using apache::thrift::protocol::TCompactProtocolFactory;
+using apache::thrift::server::TThreadedServer;
+using apache::thrift::transport::TFramedTransport;
+using apache::thrift::transport::TServerSocket;
+using apache::thrift::transport::TTransport;
+using apache::thrift::transport::TTransportFactory;
+
+// Listens when Start() asks (so that port 0 resolves before registering); serve()'s own
+// listen() is then a no-op.
+class PreboundServerSocket : public TServerSocket {
+ public:
+  using TServerSocket::TServerSocket;
+  void listen() override {
+    if (listening_) return;
+    TServerSocket::listen();
+    listening_ = true;
+  }
+  void close() override {
+    TServerSocket::close();
+    listening_ = false;
+  }
+
+ private:
+  bool listening_ = false;
+};
+
+namespace {
+
+// TFramedTransport whose consumed-message counter restarts with every message (trap 3).
+class ResettingFramedTransport : public TFramedTransport {
+ public:
+  ResettingFramedTransport(std::shared_ptr<TTransport> t, std::shared_ptr<TConfiguration> config)
+      : TFramedTransport(std::move(t), std::move(config)) {}
+  uint32_t readEnd() override {
+    uint32_t n = TFramedTransport::readEnd();
+    resetConsumedMessageSize();
+    return n;
+  }
+};
+
+class ResettingFramedFactory : public TTransportFactory {
+ public:
+  explicit ResettingFramedFactory(std::shared_ptr<TConfiguration> config) : config_(std::move(config)) {}
+  std::shared_ptr<TTransport> getTransport(std::shared_ptr<TTransport> t) override {
+    return std::make_shared<ResettingFramedTransport>(std::move(t), config_);
+  }
+
+ private:
+  std::shared_ptr<TConfiguration> config_;
+};
+
+rpc::ShardError ToRpcError(const CoreError& e) {
+  rpc::ShardError x;
+  x.code = static_cast<rpc::ErrorCode::type>(static_cast<int>(e.code));
+  x.message = e.message;
+  if (e.version) x.__set_version(*e.version);
+  if (e.retry_after_ms) x.__set_retry_after_ms(*e.retry_after_ms);
+  if (e.epoch) x.__set_epoch(*e.epoch);
+  return x;
+}
+
+void ThrowIfError(const CoreError& e) {
+  if (!e.ok()) throw ToRpcError(e);
+}
+
+CoreHeader FromRpc(const rpc::RequestHeader& h) {
+  return CoreHeader{h.run_id, h.layout_hash, h.shard_index, h.shard_epoch, h.caller};
+}
+
+// The handler: request -> ShardCore call -> response or ShardError. Anything else thrown
+// inside (std::bad_alloc, a bug) becomes INTERNAL rather than a dropped connection.
+class Handler : public rpc::ShardIf {
+ public:
+  explicit Handler(ShardCore* core) : core_(core) {}
+
+  void status(rpc::ShardStatus& out) override {
+    Guard([&] {
+      CoreStatus s = core_->GetStatus();
+      const ShardCoreOptions& o = core_->options();
+      out.protocol_version = rpc::g_shard_constants.PROTOCOL_VERSION;
+      out.run_id = o.run_id;
+      out.layout_hash = o.layout_hash;
+      out.shard_index = o.shard_index;
+      out.num_shards = o.num_shards;
+      out.epoch = s.epoch;
+      out.state = static_cast<rpc::ShardState::type>(static_cast<int>(s.state));
+      out.slice_begin = o.slice_begin;
+      out.slice_elements = o.slice_elements;
+      out.frame_elements = o.ps.frame_elements;
+      out.codecs = core_->codecs();
+      out.version = s.version;
+      out.committed_seq = s.committed_seq;
+      out.optimizer_steps = s.optimizer_steps;
+      out.buffered_updates = s.buffered_updates;
+      out.receiving_updates = s.receiving_updates;
+      out.staged_updates = s.staged_updates;
+      out.checkpoint_version = s.checkpoint_version;
+      out.max_staleness = o.ps.max_staleness;
+    });
+  }
+
+  void pull(rpc::PullResponse& out, const rpc::PullRequest& req) override {
+    Guard([&] {
+      PullArgs a;
+      a.header = FromRpc(req.header);
+      a.codec = req.codec;
+      a.frame_index = req.frame_index;
+      if (req.__isset.version) a.version = req.version;
+      if (req.__isset.min_version) a.min_version = req.min_version;
+      if (req.__isset.wait_ms) a.wait_ms = req.wait_ms;
+      PullResult r;
+      ThrowIfError(core_->Pull(a, &r));
+      out.version = r.version;
+      out.frame_index = r.frame_index;
+      out.total_frames = r.total_frames;
+      out.frame_elements = r.frame_elements;
+      out.slice_elements = r.slice_elements;
+      out.codec = r.codec;
+      out.frame = std::move(r.frame);
+      out.snapshot_ttl_ms = r.snapshot_ttl_ms;
+    });
+  }
+
+  void push(rpc::PushResponse& out, const rpc::PushRequest& req) override {
+    Guard([&] {
+      PushArgs a;
+      a.header = FromRpc(req.header);
+      a.update_id = req.update_id;
+      a.client_id = req.client_id;
+      a.client_epoch = req.client_epoch;
+      a.base_version = req.base_version;
+      a.tokens = req.tokens;
+      a.local_steps = req.local_steps;
+      a.codec = req.codec;
+      a.frame_index = req.frame_index;
+      a.total_frames = req.total_frames;
+      a.frame_elements = req.frame_elements;
+      a.frame = req.frame;  // one copy of a few MB; the core decodes from it
+      PushResult r;
+      ThrowIfError(core_->Push(a, &r));
+      out.state = static_cast<rpc::UpdateState::type>(static_cast<int>(r.state));
+      out.frames_received = r.frames_received;
+      out.total_frames = r.total_frames;
+      out.version = r.version;
+      if (r.seq) out.__set_seq(*r.seq);
+      if (r.stage_ttl_ms) out.__set_stage_ttl_ms(*r.stage_ttl_ms);
+      if (r.missing_frames) out.__set_missing_frames(*r.missing_frames);
+    });
+  }
+
+  void commit_notify(const rpc::CommitNotice& n) override {
+    Guard([&] { ThrowIfError(core_->CommitNotify(FromRpc(n.header), n.update_id, n.seq)); });
+  }
+
+  void checkpoint(rpc::CheckpointResponse& out, const rpc::CheckpointRequest& req) override {
+    Guard([&] {
+      CheckpointResult r;
+      ThrowIfError(core_->Checkpoint(FromRpc(req.header), req.reason, &r));
+      out.version = r.version;
+      out.optimizer_steps = r.optimizer_steps;
+      out.path = r.path;
+      out.duration_ms = r.duration_ms;
+    });
+  }
+
+ private:
+  template <typename Fn>
+  void Guard(Fn&& fn) {
+    try {
+      fn();
+    } catch (const rpc::ShardError&) {
+      throw;
+    } catch (const std::exception& e) {
+      LOG(ERROR) << "shard handler: " << e.what();
+      throw ToRpcError(CoreError::Make(ShardErrorCode::kInternal, e.what()));
+    }
+  }
+
+  ShardCore* const core_;
+};
+
+}  // namespace
+
+ShardServer::ShardServer(ShardCore* core, ShardServerOptions options) : core_(core), options_(std::move(options)) {}
+
+ShardServer::~ShardServer() { Stop(); }
+
+Status ShardServer::Start() {
+  // A peer that disconnects mid-write must not kill the process (trap 5).
+  std::signal(SIGPIPE, SIG_IGN);
+  const int limit = static_cast<int>(std::min<int64_t>(options_.max_message_bytes, INT_MAX));
+  auto config = std::make_shared<TConfiguration>(limit, limit);
+  auto socket = std::make_shared<PreboundServerSocket>(options_.host, options_.port);
+  try {
+    socket->setInterruptableChildren(true);
+    socket->listen();
+    port_ = socket->getPort();
+  } catch (const std::exception& e) {
+    return Unavailable("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " + e.what());
+  }
+
+  ASSIGN_OR_RETURN(registry_, Registry::Connect(options_.registry));
+  const ShardCoreOptions& o = core_->options();
+  ShardInfo info;
+  info.index = o.shard_index;
+  info.address = address();
+  info.slice_begin = o.slice_begin;
+  info.slice_end = o.slice_begin + o.slice_elements;
+  info.pid = ::getpid();
+  ASSIGN_OR_RETURN(epoch_, registry_->RegisterShard(info, std::chrono::milliseconds(options_.lease_ms)));
+  core_->SetEpoch(epoch_);
+  LOG(INFO) << "shard " << o.shard_index << " registered at " << info.address << " with epoch " << epoch_;
+
+  auto handler = std::make_shared<Handler>(core_);
+  server_ = std::make_shared<TThreadedServer>(std::make_shared<rpc::ShardProcessor>(handler), socket,
+                                              std::make_shared<ResettingFramedFactory>(config),
+                                              std::make_shared<TCompactProtocolFactory>());
+  serve_thread_ = std::thread([this] {
+    try {
+      server_->serve();
+    } catch (const std::exception& e) {
+      LOG(ERROR) << "shard server stopped: " << e.what();
+    }
+  });
+  heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
+  return Status::Ok();
+}
+
+void ShardServer::HeartbeatLoop() {
+  const auto period = std::chrono::milliseconds(std::max<int64_t>(options_.lease_ms / 3, 10));
+  const int index = core_->options().shard_index;
+  int64_t failures = 0;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (cv_.wait_for(lock, period, [&] { return stop_; })) return;
+    }
+    ShardStats stats = core_->Stats();
+    Status s = registry_->ShardHeartbeat(index, epoch_, &stats);
+    if (s.ok()) {
+      failures = 0;
+    } else if (s.code() == StatusCode::kAborted) {
+      core_->Fence("registry: " + s.message());
+      return;
+    } else if (failures++ % 20 == 0) {
+      LOG(WARNING) << "shard heartbeat: " << s.ToString();
+    }
+  }
+}
+
+void ShardServer::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  if (server_) server_->stop();
+  if (serve_thread_.joinable()) serve_thread_.join();
+}
+
+}  // namespace fedps

@@ -1,0 +1,80 @@
+// ShardServer: the Thrift face of a ShardCore (docs/protocol.md §11) and its presence in
+// the registry's shard directory.
+//
+//   * RPC: TThreadedServer (one thread per connection) + TFramedTransport +
+//     TCompactProtocol. The transport factory raises Thrift 0.17's TConfiguration limits
+//     (MaxFrameSize / MaxMessageSize) to max_message_bytes and resets the consumed-bytes
+//     counter in readEnd(), without which a connection dies after ~100 MiB in total
+//     (DEPENDENCIES.md, traps 2-3). The handler is a thin adapter: it converts requests
+//     to ShardCore calls and CoreError to rpc::ShardError (same codes).
+//   * Registry: Start() binds the port, registers the shard (lease ps.shard_lease_ms)
+//     and hands the epoch to the core before the first request can arrive; a heartbeat
+//     thread refreshes the lease every lease/3 and publishes ShardStats. A heartbeat
+//     answered kAborted (lease lost or a newer owner) fences the core.
+//
+// Threads: Start() starts the serving thread and the heartbeat thread; Stop() ends both
+// (idempotent; the destructor calls it). The ShardCore must outlive the server.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/status.h"
+#include "ps/registry.h"
+#include "ps/shard_core.h"
+
+namespace apache::thrift::server {
+class TServer;
+}
+
+namespace fedps {
+
+class PreboundServerSocket;
+
+struct ShardServerOptions {
+  std::string host = "127.0.0.1";  // address to listen on and advertise
+  int port = 0;                    // 0: any free port (see port() after Start)
+  int64_t lease_ms = 5000;         // the shard's directory lease
+  int64_t max_message_bytes = int64_t{512} << 20;
+  RegistryOptions registry;        // the heartbeat's own connection
+};
+
+class ShardServer {
+ public:
+  ShardServer(ShardCore* core, ShardServerOptions options);
+  ~ShardServer();
+  ShardServer(const ShardServer&) = delete;
+  ShardServer& operator=(const ShardServer&) = delete;
+
+  // Binds, registers (epoch -> core), starts serving and heartbeating. kUnavailable when
+  // the port is taken or Redis cannot be reached.
+  Status Start();
+  // Stops serving (open connections are closed) and heartbeating.
+  void Stop();
+
+  int port() const { return port_; }
+  int64_t epoch() const { return epoch_; }
+  std::string address() const { return options_.host + ":" + std::to_string(port_); }
+
+ private:
+  void HeartbeatLoop();
+
+  ShardCore* const core_;
+  const ShardServerOptions options_;
+  int port_ = 0;
+  int64_t epoch_ = 0;
+  std::unique_ptr<Registry> registry_;
+  std::shared_ptr<apache::thrift::server::TServer> server_;
+  std::thread serve_thread_;
+  std::thread heartbeat_thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // guarded by mu_
+};
+
+}  // namespace fedps

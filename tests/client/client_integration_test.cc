@@ -1,0 +1,353 @@
+// fedps-client against the real thing: a private redis-server, two fedps-shard processes
+// and two or three fedps-client processes, on real text prepared by fedps-ctl (the tiny
+// preset). Checks that updates are committed exactly once and applied, that validation
+// loss of the global model falls, and that a client killed with an update in flight
+// resumes it under the same update id.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "common/env.h"
+#include "common/metrics_log.h"
+#include "ps/registry.h"
+#include "ps/shard_channel.h"
+#include "tests/testing/process.h"
+#include "tests/testing/redis_server.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedps {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::ProcessOptions;
+using testing::ScopedProcess;
+
+std::string Bin(const std::string& name) { return testing::BinaryDir() + "/bin/" + name; }
+
+int Ctl(const std::string& args, const std::string& log) {
+  std::string cmd = Bin("fedps-ctl") + " " + args + " > " + log + " 2>&1";
+  int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+int CopyCorpus(const std::string& from, const std::string& ext, const std::string& to, int max_files) {
+  fs::create_directories(to);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(from)) {
+    if (e.is_regular_file() && (ext.empty() || e.path().extension() == ext) && e.file_size() < 150000)
+      files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  int n = 0;
+  for (const auto& f : files) {
+    if (n >= max_files) break;
+    fs::copy_file(f, fs::path(to) / (f.filename().string() + ".txt"), fs::copy_options::overwrite_existing);
+    ++n;
+  }
+  return n;
+}
+
+std::string PythonLib() {
+  for (const char* v : {"/usr/lib/python3.11", "/usr/lib/python3.12", "/usr/lib/python3.13", "/usr/lib/python3.10"}) {
+    if (fs::exists(std::string(v) + "/os.py")) return v;
+  }
+  return "";
+}
+
+std::vector<nlohmann::json> Records(const std::string& path, const std::string& event) {
+  std::vector<nlohmann::json> out;
+  auto records = ReadMetrics(path);
+  if (!records.ok()) return out;
+  for (auto& r : *records) {
+    if (r["event"] == event) out.push_back(r);
+  }
+  return out;
+}
+
+class ClientIntegration : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* b : {"fedps-ctl", "fedps-shard", "fedps-client"}) {
+      if (!fs::exists(Bin(b))) GTEST_SKIP() << Bin(b) << " is not built";
+    }
+    std::string pylib = PythonLib();
+    if (pylib.empty() || !fs::exists("/usr/share/common-licenses")) {
+      GTEST_SKIP() << "needs Debian's /usr/lib/python3.X and /usr/share/common-licenses as real text";
+    }
+    ASSERT_GT(CopyCorpus(pylib, ".py", dir_.File("corpus/code"), 60), 20);
+    ASSERT_GT(CopyCorpus("/usr/share/common-licenses", "", dir_.File("corpus/licenses"), 40), 5);
+    ASSERT_EQ(Ctl("prepare --input code=" + dir_.File("corpus/code") + " --input licenses=" +
+                      dir_.File("corpus/licenses") + " --vocab-size 1024 --out " + dir_.File("data"),
+                  dir_.File("prepare.log")),
+              0)
+        << testing::ReadLogTail(dir_.File("prepare.log"));
+    ASSERT_EQ(Ctl("partition --data " + dir_.File("data") + " --clients 2 --by iid --out " + dir_.File("clients"),
+                  dir_.File("partition.log")),
+              0)
+        << testing::ReadLogTail(dir_.File("partition.log"));
+    ASSERT_TRUE(redis_.Start().ok());
+  }
+
+  // The run config: tiny model, 2 shards, plain SGD with lr 1 (x <- trained model of the
+  // update), small frames so that slices travel in several frames.
+  std::string WriteConfig(const std::string& extra_ps = "") {
+    std::string path = dir_.File("run.toml");
+    std::ofstream(path) << "[run]\nid = \"client-it\"\ndir = \"" << dir_.File("run") << "\"\nseed = 5\n"
+                        << "[model]\npreset = \"tiny\"\n"
+                        << "[data]\nprepared = \"" << dir_.File("data") << "\"\n"
+                        << "[train]\nseq_len = 64\nmicro_batch = 8\nthreads = 1\nlr = 3e-3\nwarmup_steps = 5\n"
+                        << "steps = 400\nlog_every = 5\neval_batches = 4\n"
+                        << "[compression]\ncodec = \"bf16\"\nthreads = 1\n"
+                        << "[ps]\nnum_shards = 2\nredis = \"127.0.0.1:" << redis_.port() << "\"\n"
+                        << "base_port = 0\nframe_elements = 65536\noptimizer = \"sgd\"\nouter_lr = 1.0\n"
+                        << "staleness = \"constant\"\nmax_staleness = 16\n" << extra_ps
+                        << "[client]\nlocal_steps = 10\nheartbeat_ms = 300\nlease_ms = 5000\n"
+                        << "retry_initial_ms = 50\nretry_max_ms = 500\neval_every_versions = 1\n";
+    return path;
+  }
+
+  void StartShards(const std::string& config) {
+    for (int i = 0; i < 2; ++i) {
+      auto port = testing::PickFreePort();
+      ASSERT_TRUE(port.ok());
+      shard_ports_[i] = *port;
+      ProcessOptions o;
+      o.argv = {Bin("fedps-shard"), "--config", config, "--shard", std::to_string(i), "--port",
+                std::to_string(*port), "--dir", dir_.File("shard-" + std::to_string(i))};
+      o.log_path = dir_.File("shard-" + std::to_string(i) + ".log");
+      auto p = ScopedProcess::Start(o);
+      ASSERT_TRUE(p.ok()) << p.status().ToString();
+      shards_[i] = std::move(p).value();
+    }
+    for (int i = 0; i < 2; ++i) {
+      bool serving = testing::WaitFor(
+          [&] {
+            ShardChannelOptions o;
+            o.port = shard_ports_[i];
+            ShardChannel ch(o);
+            auto st = ch.GetStatus();
+            return st.ok() && st->state == rpc::ShardState::SERVING;
+          },
+          60s, 100ms);
+      ASSERT_TRUE(serving) << "shard " << i << " did not start:\n" << testing::ReadLogTail(shards_[i].log_path());
+    }
+  }
+
+  int64_t ShardVersion(int i) {
+    ShardChannelOptions o;
+    o.port = shard_ports_[i];
+    ShardChannel ch(o);
+    auto st = ch.GetStatus();
+    return st.ok() ? st->version : -1;
+  }
+
+  ScopedProcess StartClient(const std::string& config, const std::string& name, const std::vector<std::string>& extra) {
+    ProcessOptions o;
+    o.argv = {Bin("fedps-client"), "--config", config, "--name", name};
+    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
+    std::string log = name;
+    std::replace(log.begin(), log.end(), '/', '_');
+    o.log_path = dir_.File(log + ".log");
+    auto p = ScopedProcess::Start(o);
+    EXPECT_TRUE(p.ok()) << p.status().ToString();
+    return p.ok() ? std::move(p).value() : ScopedProcess();
+  }
+
+  // Runs the evaluator once (one "eval" record) and returns that record.
+  nlohmann::json EvaluateOnce(const std::string& config, const std::string& name) {
+    ScopedProcess p = StartClient(config, name, {"--evaluate", "--max-updates", "1", "--data", dir_.File("data")});
+    auto st = p.Wait(300s);
+    EXPECT_TRUE(st.ok() && st->success()) << testing::ReadLogTail(p.log_path());
+    auto evals = Records(dir_.File("run/clients/" + name + "/metrics.jsonl"), "eval");
+    EXPECT_EQ(evals.size(), 1u) << testing::ReadLogTail(p.log_path());
+    return evals.empty() ? nlohmann::json() : evals.back();
+  }
+
+  std::unique_ptr<Registry> ConnectRegistry() {
+    RegistryOptions o;
+    o.port = redis_.port();
+    o.run_id = "client-it";
+    auto r = Registry::Connect(o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? std::move(r).value() : nullptr;
+  }
+
+  testing::ScopedTempDir dir_;
+  testing::ScopedRedisServer redis_;
+  ScopedProcess shards_[2];
+  int shard_ports_[2] = {0, 0};
+};
+
+TEST_F(ClientIntegration, TwoClientsCommitUpdatesOnceAndValidationLossFalls) {
+  std::string config = WriteConfig();
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  nlohmann::json before = EvaluateOnce(config, "eval-before");
+  ASSERT_FALSE(before.is_null());
+  EXPECT_EQ(before["version"], 0);
+
+  const int kUpdates = 3;
+  ScopedProcess a = StartClient(config, "org-a/c0", {"--data", dir_.File("clients/client-0"), "--max-updates",
+                                                     std::to_string(kUpdates)});
+  ScopedProcess b = StartClient(config, "org-b/c1", {"--data", dir_.File("clients/client-1"), "--max-updates",
+                                                     std::to_string(kUpdates), "--throttle", "1.5"});
+  for (ScopedProcess* p : {&a, &b}) {
+    auto st = p->Wait(600s);
+    ASSERT_TRUE(st.ok()) << "client still running:\n" << testing::ReadLogTail(p->log_path());
+    EXPECT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(p->log_path());
+  }
+
+  // Every update committed once, with contiguous seqs; each client logged its own.
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  auto seq = reg->GlobalSeq();
+  ASSERT_TRUE(seq.ok());
+  EXPECT_EQ(*seq, 2 * kUpdates);
+  std::set<int64_t> seqs;
+  std::set<std::string> ids;
+  for (const char* name : {"org-a/c0", "org-b/c1"}) {
+    std::string metrics = dir_.File(std::string("run/clients/") + name + "/metrics.jsonl");
+    auto updates = Records(metrics, "update");
+    EXPECT_EQ(updates.size(), size_t(kUpdates)) << metrics;
+    for (const auto& u : updates) {
+      seqs.insert(u["seq"].get<int64_t>());
+      ids.insert(u["update_id"].get<std::string>());
+      EXPECT_GT(u["bytes_sent"].get<int64_t>(), 0);
+      EXPECT_GT(u["compression_ratio"].get<double>(), 1.5) << "bf16 + zstd vs fp32";
+      EXPECT_EQ(u["steps"], 10);
+      EXPECT_GE(u["staleness"].get<int64_t>(), 0);
+      auto c = reg->LookupCommit(u["update_id"].get<std::string>());
+      ASSERT_TRUE(c.ok()) << u.dump();
+      EXPECT_EQ(c->seq, u["seq"].get<int64_t>());
+    }
+    EXPECT_EQ(Records(metrics, "end").size(), 1u);
+  }
+  EXPECT_EQ(seqs.size(), size_t(2 * kUpdates));
+  EXPECT_EQ(ids.size(), size_t(2 * kUpdates));
+  // Both left the federation.
+  auto members = reg->Members();
+  ASSERT_TRUE(members.ok());
+  EXPECT_TRUE(members->empty());
+
+  // Applied by both shards, and the global model got better.
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == 2 * kUpdates; }, 60s, 50ms))
+        << "shard " << i << " at version " << ShardVersion(i) << "\n" << testing::ReadLogTail(shards_[i].log_path());
+  }
+  nlohmann::json after = EvaluateOnce(config, "eval-after");
+  ASSERT_FALSE(after.is_null());
+  EXPECT_EQ(after["version"], 2 * kUpdates);
+  EXPECT_EQ(after["federation_tokens"].get<int64_t>(), 2 * kUpdates * 10 * 8 * 64);
+  EXPECT_LT(after["loss"].get<double>(), before["loss"].get<double>() - 0.3)
+      << "validation loss " << before["loss"] << " -> " << after["loss"];
+  for (const char* d : {"code", "licenses"}) {
+    EXPECT_LT(after["domains"][d]["loss"].get<double>(), before["domains"][d]["loss"].get<double>()) << d;
+  }
+}
+
+TEST_F(ClientIntegration, AClientKilledWithAnUpdateInFlightResumesItUnderTheSameId) {
+  // Shard 1 is frozen for a while below: its directory lease must outlive that.
+  std::string config = WriteConfig("shard_lease_ms = 120000\n");
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  const std::string state = dir_.File("run/clients/c-kill");
+  // A slow first update (throttled training) leaves time to freeze shard 1 after the pull:
+  // the client then saves its pending update, stages it on shard 0 and hangs on shard 1.
+  ScopedProcess c = StartClient(config, "c-kill", {"--data", dir_.File("clients/client-0"), "--max-updates", "2",
+                                                   "--throttle", "20"});
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return testing::ReadLogTail(c.log_path()).find("training update 1") != std::string::npos; }, 120s, 5ms))
+      << testing::ReadLogTail(c.log_path());
+  ASSERT_TRUE(shards_[1].Stop().ok());
+  bool pending = testing::WaitFor(
+      [&] {
+        auto text = Env::Default()->ReadFile(state + "/state.json");
+        if (!text.ok()) return false;
+        auto j = nlohmann::json::parse(*text, nullptr, false);
+        return j.is_object() && j.contains("pending") && j["pending"].is_object();
+      },
+      120s, 50ms);
+  ASSERT_TRUE(pending) << testing::ReadLogTail(c.log_path());
+  auto j = nlohmann::json::parse(*Env::Default()->ReadFile(state + "/state.json"));
+  const std::string update_id = j["pending"]["update_id"];
+  ASSERT_TRUE(c.Kill().ok());  // SIGKILL: no clean-up at all
+  ASSERT_TRUE(shards_[1].Continue().ok());
+
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  EXPECT_EQ(reg->LookupCommit(update_id).status().code(), StatusCode::kNotFound);
+
+  ScopedProcess again = StartClient(config, "c-kill", {"--data", dir_.File("clients/client-0"), "--max-updates", "2"});
+  auto st = again.Wait(600s);
+  ASSERT_TRUE(st.ok()) << testing::ReadLogTail(again.log_path());
+  EXPECT_TRUE(st->success()) << testing::ReadLogTail(again.log_path());
+
+  // The interrupted update was committed exactly once, under its original id, then one more.
+  auto c1 = reg->LookupCommit(update_id);
+  ASSERT_TRUE(c1.ok()) << update_id << "\n" << testing::ReadLogTail(again.log_path());
+  auto seq = reg->GlobalSeq();
+  ASSERT_TRUE(seq.ok());
+  auto updates = Records(state + "/metrics.jsonl", "update");
+  ASSERT_EQ(updates.size(), 2u);
+  EXPECT_EQ(updates[0]["update_id"], update_id);
+  EXPECT_NE(updates[1]["update_id"], update_id);
+  EXPECT_EQ(*seq, 2);
+  // The second update continues the counter (…/2) under the new membership epoch.
+  std::string second = updates[1]["update_id"];
+  EXPECT_EQ(second.substr(second.rfind('/')), "/2");
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == 2; }, 60s, 50ms)) << ShardVersion(i);
+  }
+}
+
+TEST_F(ClientIntegration, SigtermEndsTheLoopCleanlyAndLeaves) {
+  std::string config = WriteConfig();
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  const std::string metrics = dir_.File("run/clients/c-term/metrics.jsonl");
+  ScopedProcess c = StartClient(config, "c-term", {"--data", dir_.File("clients/client-1")});  // until stopped
+  ASSERT_TRUE(testing::WaitFor([&] { return Records(metrics, "update").size() >= 2; }, 300s, 20ms))
+      << testing::ReadLogTail(c.log_path());
+  auto st = c.Terminate(60s);  // SIGTERM; SIGKILL only if it does not end in time
+  ASSERT_TRUE(st.ok());
+  EXPECT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(c.log_path());
+  auto end = Records(metrics, "end");
+  ASSERT_EQ(end.size(), 1u);
+  EXPECT_EQ(end[0]["stopped"], true);
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  auto members = reg->Members();
+  ASSERT_TRUE(members.ok());
+  EXPECT_TRUE(members->empty()) << "the client left";
+  auto past = reg->PastMembers(10);
+  ASSERT_TRUE(past.ok());
+  ASSERT_FALSE(past->empty());
+  EXPECT_EQ(past->front().end_reason, "left");
+}
+
+TEST_F(ClientIntegration, RefusesAConfigThatDoesNotMatchTheRun) {
+  std::string config = WriteConfig();
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  std::string other = dir_.File("other.toml");
+  std::string text = *Env::Default()->ReadFile(config);
+  text.replace(text.find("codec = \"bf16\""), 14, "codec = \"int8\"");
+  std::ofstream(other) << text;
+  ScopedProcess c = StartClient(other, "wrong", {"--max-updates", "1"});
+  auto st = c.Wait(120s);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->code, 1);
+  std::string log = testing::ReadLogTail(c.log_path());
+  EXPECT_NE(log.find("fedps-client: error:"), std::string::npos) << log;
+  EXPECT_NE(log.find("codec"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace fedps

@@ -1,0 +1,180 @@
+#include "client/client_state.h"
+
+#include <gtest/gtest.h>
+
+#include "common/env.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedps {
+namespace {
+
+ClientState SampleState() {
+  ClientState s;
+  s.next_counter = 8;
+  s.trainer_step = 350;
+  LoaderState ls;
+  ls.seed = 5;
+  ls.epoch = 2;
+  ls.cursor = 17;
+  ls.sequences_per_epoch = 99;
+  s.loader = ls;
+  s.totals = {{"committed", 6}, {"tokens", 12345}};
+  s.optimizer = {{"exp_avg", torch::arange(10, torch::kFloat32)},
+                 {"exp_avg_sq", torch::full({10}, 0.5f)},
+                 {"step", torch::tensor({350.0f})}};
+  s.residuals = {{0.1f, -0.2f, 0.3f}, {1.0f, 2.0f}};
+  s.residuals_before = {{0.0f, 0.0f, 0.0f}, {0.5f, 0.5f}};
+  PendingUpdate p;
+  p.update_id = "org-a/gpu0/12/7";
+  p.client_epoch = 12;
+  p.counter = 7;
+  p.base_version = 40;
+  p.pulled_versions = {40, 41};
+  p.tokens = 4096;
+  p.local_steps = 8;
+  p.codec = "bf16";
+  p.info = {{"train_loss", 3.25}};
+  p.shards = {{0, 0, 3, 2, {"frame-0-0", std::string("frame\0-0-1", 10)}}, {1, 3, 2, 2, {"frame-1-0"}}};
+  s.pending = p;
+  return s;
+}
+
+TEST(ClientStateStore, EmptyFolderHasNoState) {
+  testing::ScopedTempDir dir;
+  auto store = ClientStateStore::Open(dir.File("state"));
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ((*store)->Load().status().code(), StatusCode::kNotFound);
+}
+
+TEST(ClientStateStore, RoundTripsEverythingARestartNeeds) {
+  testing::ScopedTempDir dir;
+  ClientState in = SampleState();
+  {
+    auto store = ClientStateStore::Open(dir.File("state"));
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE((*store)->Save(in).ok());
+  }
+  auto store = ClientStateStore::Open(dir.File("state"));
+  ASSERT_TRUE(store.ok());
+  auto out = (*store)->Load();
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->next_counter, 8);
+  EXPECT_EQ(out->trainer_step, 350);
+  ASSERT_TRUE(out->loader.has_value());
+  EXPECT_EQ(*out->loader, *in.loader);
+  EXPECT_EQ(out->totals, in.totals);
+  ASSERT_EQ(out->optimizer.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(out->optimizer[i].first, in.optimizer[i].first);
+    EXPECT_TRUE(torch::equal(out->optimizer[i].second, in.optimizer[i].second));
+  }
+  EXPECT_EQ(out->residuals, in.residuals);
+  EXPECT_EQ(out->residuals_before, in.residuals_before);
+  ASSERT_TRUE(out->pending.has_value());
+  const PendingUpdate& p = *out->pending;
+  EXPECT_EQ(p.update_id, "org-a/gpu0/12/7");
+  EXPECT_EQ(p.client_epoch, 12);
+  EXPECT_EQ(p.counter, 7);
+  EXPECT_EQ(p.base_version, 40);
+  EXPECT_EQ(p.pulled_versions, (std::vector<int64_t>{40, 41}));
+  EXPECT_EQ(p.tokens, 4096);
+  EXPECT_EQ(p.local_steps, 8);
+  EXPECT_EQ(p.codec, "bf16");
+  EXPECT_EQ(p.info["train_loss"], 3.25);
+  ASSERT_EQ(p.shards.size(), 2u);
+  EXPECT_EQ(p.shards[0].frames, in.pending->shards[0].frames);  // binary-safe
+  EXPECT_EQ(p.shards[1].frames, in.pending->shards[1].frames);
+  EXPECT_EQ(p.shards[1].slice_begin, 3);
+  EXPECT_EQ(p.shards[1].frame_elements, 2);
+}
+
+TEST(ClientStateStore, ClearingThePendingUpdateReusesTensorFilesAndRemovesOldOnes) {
+  testing::ScopedTempDir dir;
+  auto store = ClientStateStore::Open(dir.File("s"));
+  ASSERT_TRUE(store.ok());
+  ClientState s = SampleState();
+  ASSERT_TRUE((*store)->Save(s).ok());
+  s.pending.reset();
+  s.residuals_before.clear();
+  ASSERT_TRUE((*store)->Save(s, StateWrite{false, false}).ok());
+  auto names = Env::Default()->ListDir(dir.File("s"));
+  ASSERT_TRUE(names.ok());
+  int pending = 0, optimizer = 0;
+  for (const auto& n : *names) {
+    pending += n.rfind("pending-", 0) == 0;
+    optimizer += n.rfind("optimizer-", 0) == 0;
+  }
+  EXPECT_EQ(pending, 0) << "the committed update's frames are gone";
+  EXPECT_EQ(optimizer, 1);
+  auto again = ClientStateStore::Open(dir.File("other"));  // a different folder: no lock clash
+  ASSERT_TRUE(again.ok());
+  store->reset();
+  auto reopened = ClientStateStore::Open(dir.File("s"));
+  ASSERT_TRUE(reopened.ok());
+  auto out = (*reopened)->Load();
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_FALSE(out->pending.has_value());
+  EXPECT_EQ(out->optimizer.size(), 3u);
+  EXPECT_EQ(out->residuals, s.residuals);
+}
+
+TEST(ClientStateStore, OneProcessAtATime) {
+  testing::ScopedTempDir dir;
+  auto a = ClientStateStore::Open(dir.File("s"));
+  ASSERT_TRUE(a.ok());
+  // flock locks belong to the open file description: a second open in this process
+  // conflicts just as another process would.
+  auto b = ClientStateStore::Open(dir.File("s"));
+  EXPECT_EQ(b.status().code(), StatusCode::kFailedPrecondition);
+  a->reset();
+  EXPECT_TRUE(ClientStateStore::Open(dir.File("s")).ok());
+}
+
+TEST(ClientStateStore, CorruptPendingFramesAreDataLossNotGarbage) {
+  testing::ScopedTempDir dir;
+  {
+    auto store = ClientStateStore::Open(dir.File("s"));
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE((*store)->Save(SampleState()).ok());
+  }
+  auto names = Env::Default()->ListDir(dir.File("s"));
+  ASSERT_TRUE(names.ok());
+  for (const auto& n : *names) {
+    if (n.rfind("pending-", 0) != 0) continue;
+    auto bytes = Env::Default()->ReadFile(dir.File("s/" + n));
+    ASSERT_TRUE(bytes.ok());
+    std::string b = *bytes;
+    b[b.size() - 2] ^= 0x40;
+    ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("s/" + n), b).ok());
+  }
+  auto store = ClientStateStore::Open(dir.File("s"));
+  ASSERT_TRUE(store.ok());
+  EXPECT_EQ((*store)->Load().status().code(), StatusCode::kDataLoss);
+}
+
+TEST(ClientStateStore, ACrashBeforeStateJsonKeepsThePreviousState) {
+  testing::ScopedTempDir dir;
+  ClientState s = SampleState();
+  {
+    auto store = ClientStateStore::Open(dir.File("s"));
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE((*store)->Save(s).ok());
+  }
+  // Files of a newer generation written, state.json not yet replaced (the crash).
+  ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("s/optimizer-00000002.safetensors"), "torn").ok());
+  ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("s/pending-00000002.bin"), "torn").ok());
+  auto store = ClientStateStore::Open(dir.File("s"));
+  ASSERT_TRUE(store.ok());
+  auto out = (*store)->Load();
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->pending->update_id, s.pending->update_id);
+  // The next save overwrites the leftovers with sound files.
+  out->next_counter = 9;
+  ASSERT_TRUE((*store)->Save(*out).ok());
+  auto again = (*store)->Load();
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->next_counter, 9);
+}
+
+}  // namespace
+}  // namespace fedps

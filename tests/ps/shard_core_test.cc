@@ -1,0 +1,500 @@
+// ShardCore in-process against a real redis-server: push idempotency and staging,
+// commit -> apply in seq order on two shards (SGD lr 1 = the average), pull snapshots
+// across frames while updates apply, staleness refusals and deterministic skips,
+// recovery from checkpoint + staged log, and a corrupt staged slice halting the shard.
+#include "ps/shard_core.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <span>
+
+#include "compression/codec.h"
+#include "ps/registry.h"
+#include "tests/testing/process.h"
+#include "tests/testing/redis_server.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedps {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ScopedRedisServer;
+using testing::ScopedTempDir;
+
+#define ASSERT_OK(expr)                                                  \
+  do {                                                                   \
+    const ::fedps::Status st_ = (expr);                                  \
+    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString();          \
+  } while (0)
+#define ASSERT_CORE_OK(expr)                                                        \
+  do {                                                                              \
+    const ::fedps::CoreError ce_ = (expr);                                          \
+    ASSERT_TRUE(ce_.ok()) << #expr << " -> " << static_cast<int>(ce_.code) << " " << ce_.message; \
+  } while (0)
+
+constexpr int64_t kN = 1000;       // slice length of every shard
+constexpr int64_t kFrame = 256;    // -> 4 frames, the last one short
+constexpr int kShards = 2;
+const char* kRun = "core-test";
+const char* kLayout = "layout-hash-for-tests";
+
+std::vector<float> InitSlice(int shard) {
+  std::vector<float> v(kN);
+  for (int64_t i = 0; i < kN; ++i) v[i] = 0.01f * static_cast<float>((i * 7 + shard * 13) % 101) - 0.5f;
+  return v;
+}
+
+std::vector<float> Delta(int k, int shard) {
+  std::vector<float> v(kN);
+  for (int64_t i = 0; i < kN; ++i) v[i] = 0.001f * static_cast<float>((i * (k + 3) + shard) % 17) - 0.008f;
+  return v;
+}
+
+CoreHeader Header(int shard) { return CoreHeader{kRun, kLayout, shard, 0, "test"}; }
+
+class ShardCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_OK(redis_.Start());
+    ropts_.port = redis_.port();
+    ropts_.run_id = kRun;
+    auto r = Registry::Connect(ropts_);
+    ASSERT_OK(r.status());
+    registry_ = std::move(r).value();
+    RunIdentity id;
+    id.model_preset = "test";
+    id.layout_hash = kLayout;
+    id.tokenizer_sha256 = "none";
+    id.codec = "fp32";
+    id.num_shards = kShards;
+    ASSERT_OK(registry_->InitRun(id).status());
+    auto epoch = registry_->Join("alice", ClientInfo{}, std::chrono::milliseconds(60000));
+    ASSERT_OK(epoch.status());
+    client_epoch_ = *epoch;
+    CodecOptions co;
+    co.kind = CodecKind::kFp32;
+    co.chunk_elements = kFrame;
+    auto codec = Codec::Create(co);
+    ASSERT_OK(codec.status());
+    codec_ = std::move(codec).value();
+  }
+
+  ShardCoreOptions Options(int shard) {
+    ShardCoreOptions o;
+    o.run_id = kRun;
+    o.layout_hash = kLayout;
+    o.shard_index = shard;
+    o.num_shards = kShards;
+    o.slice_begin = shard * kN;
+    o.slice_elements = kN;
+    o.dir = dir_.File("shard-" + std::to_string(shard));
+    o.ps.frame_elements = kFrame;
+    o.ps.optimizer = "sgd";
+    o.ps.outer_lr = 1.0;
+    o.ps.staleness = "constant";
+    o.ps.max_staleness = 8;
+    o.ps.checkpoint_every = 0;
+    o.registry = ropts_;
+    o.poll_ms = 20;
+    o.init_slice = [shard]() -> StatusOr<std::vector<float>> { return InitSlice(shard); };
+    return o;
+  }
+
+  std::unique_ptr<ShardCore> StartCore(ShardCoreOptions o) {
+    auto core = ShardCore::Create(std::move(o));
+    EXPECT_TRUE(core.ok()) << core.status().ToString();
+    if (!core.ok()) return nullptr;
+    Status s = (*core)->Start();
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    (*core)->SetEpoch(1);
+    EXPECT_TRUE(testing::WaitFor([&] { return (*core)->GetStatus().state == ShardState::kServing; },
+                                 std::chrono::seconds(10)));
+    return std::move(core).value();
+  }
+
+  std::vector<std::string> Frames(const std::vector<float>& v) {
+    auto f = codec_->Encode(std::span<const float>(v));
+    EXPECT_TRUE(f.ok());
+    return f.ok() ? *f : std::vector<std::string>{};
+  }
+
+  PushArgs Push(int shard, const std::string& id, int64_t base, int64_t frame, const std::string& bytes) {
+    PushArgs a;
+    a.header = Header(shard);
+    a.update_id = id;
+    a.client_id = "alice";
+    a.client_epoch = client_epoch_;
+    a.base_version = base;
+    a.tokens = 1000;
+    a.local_steps = 10;
+    a.codec = "fp32";
+    a.frame_index = frame;
+    a.total_frames = (kN + kFrame - 1) / kFrame;
+    a.frame_elements = kFrame;
+    a.frame = bytes;
+    return a;
+  }
+
+  // Pushes every frame of `delta`; returns the last answer.
+  CoreError PushAll(ShardCore& core, int shard, const std::string& id, int64_t base, const std::vector<float>& delta,
+                    PushResult* last) {
+    auto frames = Frames(delta);
+    for (size_t i = 0; i < frames.size(); ++i) {
+      *last = PushResult();
+      CoreError e = core.Push(Push(shard, id, base, static_cast<int64_t>(i), frames[i]), last);
+      if (!e.ok()) return e;
+    }
+    return {};
+  }
+
+  StatusOr<int64_t> Commit(const std::string& id, int64_t base) {
+    nlohmann::json meta = {{"base_version", base}, {"tokens", 1000}, {"local_steps", 10}};
+    return registry_->CommitUpdate(id, "alice", client_epoch_, meta, kShards);
+  }
+
+  // Stages update k on both shards and commits it.
+  int64_t StageAndCommit(std::vector<ShardCore*> cores, int k, int64_t base) {
+    const std::string id = "alice/1/" + std::to_string(k);
+    for (ShardCore* c : cores) EXPECT_TRUE(c->WaitForVersion(base, 10000));  // the client pulled `base`
+    for (int s = 0; s < kShards; ++s) {
+      PushResult r;
+      CoreError e = PushAll(*cores[s], s, id, base, Delta(k, s), &r);
+      EXPECT_TRUE(e.ok()) << e.message;
+      EXPECT_EQ(r.state, UpdateState::kStaged);
+    }
+    auto seq = Commit(id, base);
+    EXPECT_TRUE(seq.ok()) << seq.status().ToString();
+    return seq.ok() ? *seq : -1;
+  }
+
+  std::vector<float> PullAll(ShardCore& core, int shard, int64_t* version, std::optional<int64_t> pin = {}) {
+    std::vector<float> out(kN);
+    for (int64_t f = 0; f < (kN + kFrame - 1) / kFrame; ++f) {
+      PullArgs a;
+      a.header = Header(shard);
+      a.codec = "fp32";
+      a.frame_index = f;
+      if (f > 0 || pin) a.version = pin ? *pin : *version;
+      PullResult r;
+      CoreError e = core.Pull(a, &r);
+      EXPECT_TRUE(e.ok()) << e.message;
+      if (!e.ok()) return {};
+      if (f == 0 && !pin) *version = r.version;
+      EXPECT_EQ(r.version, pin ? *pin : *version);
+      EXPECT_TRUE(codec_->DecodeFrame(r.frame, std::span<float>(out)).ok());
+    }
+    return out;
+  }
+
+  ScopedRedisServer redis_;
+  ScopedTempDir dir_;
+  RegistryOptions ropts_;
+  std::unique_ptr<Registry> registry_;
+  int64_t client_epoch_ = 0;
+  std::unique_ptr<Codec> codec_;
+};
+
+TEST_F(ShardCoreTest, PushIsIdempotentAndStagesDurablyBeforeTheStageRecord) {
+  auto core = StartCore(Options(0));
+  ASSERT_TRUE(core);
+  auto frames = Frames(Delta(1, 0));
+  ASSERT_EQ(frames.size(), 4u);
+  const std::string id = "alice/1/1";
+  PushResult r;
+  // Out of order, with duplicates.
+  ASSERT_CORE_OK(core->Push(Push(0, id, 0, 2, frames[2]), &r));
+  EXPECT_EQ(r.state, UpdateState::kReceiving);
+  EXPECT_EQ(r.frames_received, 1);
+  ASSERT_CORE_OK(core->Push(Push(0, id, 0, 2, frames[2]), &r));
+  EXPECT_EQ(r.frames_received, 1);
+  // Same key, other bytes: refused.
+  auto other = Frames(Delta(2, 0));
+  CoreError e = core->Push(Push(0, id, 0, 2, other[2]), &r);
+  EXPECT_EQ(e.code, ShardErrorCode::kBadRequest);
+  // Other scalars for the same update: refused.
+  PushArgs wrong = Push(0, id, 0, 0, frames[0]);
+  wrong.tokens = 5;
+  EXPECT_EQ(core->Push(wrong, &r).code, ShardErrorCode::kBadRequest);
+  r = PushResult();
+  ASSERT_CORE_OK(core->Push(Push(0, id, 0, 3, frames[3]), &r));
+  ASSERT_TRUE(r.missing_frames.has_value());
+  EXPECT_THAT(*r.missing_frames, ::testing::ElementsAre(0, 1));
+  ASSERT_CORE_OK(core->Push(Push(0, id, 0, 0, frames[0]), &r));
+  // Nothing is staged, in Redis or on disk, before the last frame.
+  EXPECT_FALSE(Env::Default()->Exists(core->StagedPath(id)));
+  auto marks = registry_->StagedShards(id);
+  ASSERT_OK(marks.status());
+  EXPECT_TRUE(marks->empty());
+  ASSERT_CORE_OK(core->Push(Push(0, id, 0, 1, frames[1]), &r));
+  EXPECT_EQ(r.state, UpdateState::kStaged);
+  EXPECT_EQ(r.frames_received, 4);
+  EXPECT_TRUE(r.stage_ttl_ms.has_value());
+  EXPECT_TRUE(Env::Default()->Exists(core->StagedPath(id)));
+  marks = registry_->StagedShards(id);
+  ASSERT_OK(marks.status());
+  EXPECT_THAT(*marks, ::testing::ElementsAre(0));
+  // A whole duplicate update: every frame answers STAGED, nothing changes.
+  for (size_t i = 0; i < frames.size(); ++i) {
+    ASSERT_CORE_OK(core->Push(Push(0, id, 0, static_cast<int64_t>(i), frames[i]), &r));
+    EXPECT_EQ(r.state, UpdateState::kStaged);
+  }
+  EXPECT_EQ(core->GetStatus().staged_updates, 1);
+  EXPECT_EQ(core->GetStatus().receiving_updates, 0);
+  // Bad layouts.
+  PushArgs bad = Push(0, "alice/1/9", 0, 0, frames[0]);
+  bad.frame_elements = 100;
+  EXPECT_EQ(core->Push(bad, &r).code, ShardErrorCode::kBadRequest);
+  bad = Push(0, "alice/1/9", 0, 4, frames[0]);
+  EXPECT_EQ(core->Push(bad, &r).code, ShardErrorCode::kBadRequest);
+  bad = Push(0, "alice/1/9", 0, 1, frames[0]);  // frame 0's bytes as frame 1
+  EXPECT_EQ(core->Push(bad, &r).code, ShardErrorCode::kBadRequest);
+  std::string corrupt = frames[1];
+  corrupt[100] ^= 0x40;
+  EXPECT_EQ(core->Push(Push(0, "alice/1/9", 0, 1, corrupt), &r).code, ShardErrorCode::kDataLoss);
+  // NaN: the update is dropped.
+  std::vector<float> nan = Delta(3, 0);
+  nan[5] = std::nanf("");
+  EXPECT_EQ(PushAll(*core, 0, "alice/1/10", 0, nan, &r).code, ShardErrorCode::kBadRequest);
+  EXPECT_FALSE(Env::Default()->Exists(core->StagedPath("alice/1/10")));
+  // Identity.
+  PushArgs foreign = Push(0, id, 0, 0, frames[0]);
+  foreign.header.run_id = "other";
+  CoreError fe = core->Push(foreign, &r);
+  EXPECT_EQ(fe.code, ShardErrorCode::kIdentityMismatch);
+  EXPECT_THAT(fe.message, HasSubstr("run_id"));
+  foreign = Push(0, id, 0, 0, frames[0]);
+  foreign.header.shard_epoch = 7;
+  fe = core->Push(foreign, &r);
+  EXPECT_EQ(fe.code, ShardErrorCode::kFenced);
+  EXPECT_EQ(fe.epoch.value_or(-1), 1);
+}
+
+TEST_F(ShardCoreTest, TwoShardsApplyCommitsInSeqOrderToTheAverage) {
+  auto o0 = Options(0), o1 = Options(1);
+  o0.ps.buffer_size = o1.ps.buffer_size = 2;  // FedBuff of 2 with SGD lr 1: the average
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(o1);
+  ASSERT_TRUE(c0 && c1);
+  EXPECT_EQ(StageAndCommit({c0.get(), c1.get()}, 1, 0), 1);
+  EXPECT_EQ(StageAndCommit({c0.get(), c1.get()}, 2, 0), 2);
+  for (auto* c : {c0.get(), c1.get()}) {
+    ASSERT_TRUE(c->WaitForVersion(2, 10000));
+    auto log = c->AppliedLog();
+    ASSERT_EQ(log.size(), 2u);
+    EXPECT_EQ(log[0].seq, 1);
+    EXPECT_EQ(log[0].update_id, "alice/1/1");
+    EXPECT_EQ(log[1].seq, 2);
+    EXPECT_EQ(log[1].update_id, "alice/1/2");
+    EXPECT_FALSE(log[0].skipped || log[1].skipped);
+    EXPECT_EQ(c->GetStatus().optimizer_steps, 1);
+  }
+  for (int s = 0; s < kShards; ++s) {
+    ShardCore& c = s == 0 ? *c0 : *c1;
+    auto [version, slice] = c.CurrentSlice();
+    EXPECT_EQ(version, 2);
+    auto x = InitSlice(s), d1 = Delta(1, s), d2 = Delta(2, s);
+    for (int64_t i = 0; i < kN; ++i) {
+      // The average of the two trained models x - d1 and x - d2.
+      float want = 0.5f * ((x[i] - d1[i]) + (x[i] - d2[i]));
+      ASSERT_NEAR(slice[i], want, 1e-6f) << "shard " << s << " element " << i;
+    }
+  }
+  // Push answers for applied updates carry their seq.
+  PushResult r;
+  auto frames = Frames(Delta(1, 0));
+  ASSERT_CORE_OK(c0->Push(Push(0, "alice/1/1", 0, 0, frames[0]), &r));
+  EXPECT_EQ(r.state, UpdateState::kApplied);
+  EXPECT_EQ(r.seq.value_or(0), 1);
+  // commit_notify for a known update is fine; for an unknown future one NOT_STAGED.
+  ASSERT_CORE_OK(c0->CommitNotify(Header(0), "alice/1/1", 1));
+  EXPECT_EQ(c0->CommitNotify(Header(0), "nobody/1/1", 9).code, ShardErrorCode::kNotStaged);
+}
+
+TEST_F(ShardCoreTest, PullFramesComeFromOneSnapshotWhileUpdatesApply) {
+  auto c0 = StartCore(Options(0));
+  auto c1 = StartCore(Options(1));
+  ASSERT_TRUE(c0 && c1);
+  // Pin version 0 with frame 0.
+  PullArgs a;
+  a.header = Header(0);
+  a.codec = "fp32";
+  a.frame_index = 0;
+  PullResult first;
+  ASSERT_CORE_OK(c0->Pull(a, &first));
+  EXPECT_EQ(first.version, 0);
+  EXPECT_EQ(first.total_frames, 4);
+  EXPECT_EQ(first.slice_elements, kN);
+  // Two updates apply meanwhile.
+  StageAndCommit({c0.get(), c1.get()}, 1, 0);
+  StageAndCommit({c0.get(), c1.get()}, 2, 1);
+  ASSERT_TRUE(c0->WaitForVersion(2, 10000));
+  // The rest of the pull still sees version 0, bit for bit.
+  int64_t v = 0;
+  std::vector<float> pulled = PullAll(*c0, 0, &v, /*pin=*/0);
+  EXPECT_EQ(pulled, InitSlice(0));
+  // A fresh pull sees version 2 = x - d1 - d2 (SGD lr 1, B = 1, constant weights).
+  std::vector<float> now = PullAll(*c0, 0, &v);
+  EXPECT_EQ(v, 2);
+  auto x = InitSlice(0), d1 = Delta(1, 0), d2 = Delta(2, 0);
+  for (int64_t i = 0; i < kN; ++i) ASSERT_FLOAT_EQ(now[i], (x[i] - d1[i]) - d2[i]);
+  // A version never kept: SNAPSHOT_EXPIRED.
+  a.frame_index = 1;
+  a.version = 1;
+  PullResult r;
+  CoreError e = c0->Pull(a, &r);
+  EXPECT_EQ(e.code, ShardErrorCode::kSnapshotExpired);
+  EXPECT_EQ(e.version.value_or(-1), 2);
+  // min_version waits for a commit.
+  PullArgs w;
+  w.header = Header(0);
+  w.codec = "bf16";
+  w.min_version = 3;
+  w.wait_ms = 10000;
+  std::thread committer([&] { StageAndCommit({c0.get(), c1.get()}, 3, 2); });
+  ASSERT_CORE_OK(c0->Pull(w, &r));
+  EXPECT_GE(r.version, 3);
+  committer.join();
+  w.min_version = 10;
+  w.wait_ms = 50;
+  EXPECT_EQ(c0->Pull(w, &r).code, ShardErrorCode::kUnavailable);
+}
+
+TEST_F(ShardCoreTest, StalenessRefusedAtPushAndSkippedIdenticallyAtApply) {
+  auto o0 = Options(0), o1 = Options(1);
+  o0.ps.max_staleness = o1.ps.max_staleness = 1;
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(o1);
+  ASSERT_TRUE(c0 && c1);
+  // u2 is staged at base 0 while the shards are at version 0 (staleness 0) ...
+  for (int s = 0; s < kShards; ++s) {
+    PushResult r;
+    ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, "alice/1/2", 0, Delta(2, s), &r));
+  }
+  // ... then two other updates commit first, so at its turn (version 2) its staleness is 2.
+  StageAndCommit({c0.get(), c1.get()}, 1, 0);
+  ASSERT_TRUE(c0->WaitForVersion(1, 10000) && c1->WaitForVersion(1, 10000));
+  StageAndCommit({c0.get(), c1.get()}, 3, 1);
+  auto seq = Commit("alice/1/2", 0);  // the registry is not told the limit here
+  ASSERT_OK(seq.status());
+  EXPECT_EQ(*seq, 3);
+  for (auto* c : {c0.get(), c1.get()}) {
+    ASSERT_TRUE(c->WaitForVersion(3, 10000));
+    auto log = c->AppliedLog();
+    ASSERT_EQ(log.size(), 3u);
+    EXPECT_FALSE(log[0].skipped);
+    EXPECT_FALSE(log[1].skipped);
+    EXPECT_TRUE(log[2].skipped);
+    EXPECT_EQ(c->GetStatus().skipped_updates, 1);
+  }
+  // At push: version 3, base 1 -> staleness 2 > 1.
+  PushResult r;
+  CoreError e = PushAll(*c0, 0, "alice/1/4", 1, Delta(4, 0), &r);
+  EXPECT_EQ(e.code, ShardErrorCode::kStaleRefused);
+  EXPECT_THAT(e.message, HasSubstr("staleness 2 > max 1"));
+  EXPECT_EQ(e.version.value_or(-1), 3);
+  // A base version the shard never reached.
+  EXPECT_EQ(PushAll(*c0, 0, "alice/1/5", 4, Delta(5, 0), &r).code, ShardErrorCode::kBadRequest);
+  // The skipped update answers SKIPPED with its seq.
+  auto frames = Frames(Delta(2, 0));
+  ASSERT_CORE_OK(c0->Push(Push(0, "alice/1/2", 0, 0, frames[0]), &r));
+  EXPECT_EQ(r.state, UpdateState::kSkipped);
+  EXPECT_EQ(r.seq.value_or(0), 3);
+}
+
+TEST_F(ShardCoreTest, RecoversFromCheckpointAndStagedLogWithoutLosingOrRepeating) {
+  auto o0 = Options(0), o1 = Options(1);
+  o0.ps.checkpoint_every = o1.ps.checkpoint_every = 2;
+  o0.ps.optimizer = o1.ps.optimizer = "nesterov";  // stateful: the momentum must survive
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(o1);
+  ASSERT_TRUE(c0 && c1);
+  for (int k = 1; k <= 3; ++k) StageAndCommit({c0.get(), c1.get()}, k, k - 1);
+  ASSERT_TRUE(c0->WaitForVersion(3, 10000) && c1->WaitForVersion(3, 10000));
+  EXPECT_EQ(c0->GetStatus().checkpoint_version, 2);
+  // Two more staged; shard 0 "crashes" (no drain, no checkpoint) before they commit.
+  for (int k = 4; k <= 5; ++k) {
+    for (int s = 0; s < kShards; ++s) {
+      PushResult r;
+      ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, "alice/1/" + std::to_string(k), 3, Delta(k, s), &r));
+    }
+  }
+  c0->Stop();
+  c0.reset();
+  ASSERT_OK(Commit("alice/1/4", 3).status());
+  ASSERT_OK(Commit("alice/1/5", 3).status());
+  ASSERT_TRUE(c1->WaitForVersion(5, 10000));
+
+  auto again = StartCore(o0);
+  ASSERT_TRUE(again);
+  ASSERT_TRUE(again->WaitForVersion(5, 10000));
+  auto log = again->AppliedLog();
+  ASSERT_EQ(log.size(), 3u);  // replayed 3 (after checkpoint 2), then 4 and 5
+  EXPECT_EQ(log[0].seq, 3);
+  EXPECT_EQ(log[1].seq, 4);
+  EXPECT_EQ(log[2].seq, 5);
+  // The same bits as an optimizer that saw updates 1..5 once each, never stopping.
+  auto opt = OuterOptimizer::Create({.name = "nesterov", .lr = 1.0}, kN);
+  ASSERT_OK(opt.status());
+  std::vector<float> x = InitSlice(0);
+  for (int k = 1; k <= 5; ++k) {
+    auto d = Delta(k, 0);
+    ASSERT_OK((*opt)->Apply(std::span<float>(x), std::span<const float>(d), 1.0).status());
+  }
+  auto [v, slice] = again->CurrentSlice();
+  EXPECT_EQ(v, 5);
+  EXPECT_EQ(slice, x);  // bit for bit
+  // And shard 1, which never stopped, matches its own reference too.
+  auto opt1 = OuterOptimizer::Create({.name = "nesterov", .lr = 1.0}, kN);
+  ASSERT_OK(opt1.status());
+  std::vector<float> x1 = InitSlice(1);
+  for (int k = 1; k <= 5; ++k) {
+    auto d = Delta(k, 1);
+    ASSERT_OK((*opt1)->Apply(std::span<float>(x1), std::span<const float>(d), 1.0).status());
+  }
+  EXPECT_EQ(c1->CurrentSlice().second, x1);
+}
+
+TEST_F(ShardCoreTest, CorruptStagedSliceOfACommittedUpdateHaltsWithDataLoss) {
+  auto c0 = StartCore(Options(0));
+  auto c1 = StartCore(Options(1));
+  ASSERT_TRUE(c0 && c1);
+  for (int s = 0; s < kShards; ++s) {
+    PushResult r;
+    ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, "alice/1/1", 0, Delta(1, s), &r));
+  }
+  {
+    // Flip one byte near the end of the data.
+    std::fstream f(c0->StagedPath("alice/1/1"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-10, std::ios::end);
+    char b;
+    f.read(&b, 1);
+    f.seekp(-10, std::ios::end);
+    b ^= 0x01;
+    f.write(&b, 1);
+  }
+  ASSERT_OK(Commit("alice/1/1", 0).status());
+  ASSERT_TRUE(c1->WaitForVersion(1, 10000));
+  ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().state == ShardState::kHalted; },
+                               std::chrono::seconds(10)));
+  EXPECT_EQ(c0->GetStatus().version, 0);  // not applied, not skipped
+  EXPECT_THAT(c0->GetStatus().halt_message, HasSubstr("checksum"));
+  PullArgs a;
+  a.header = Header(0);
+  a.codec = "fp32";
+  PullResult r;
+  EXPECT_EQ(c0->Pull(a, &r).code, ShardErrorCode::kDataLoss);
+  // A restart does not get past it either.
+  c0->Stop();
+  c0.reset();
+  auto again = ShardCore::Create(Options(0));
+  ASSERT_OK(again.status());
+  ASSERT_OK((*again)->Start());
+  ASSERT_TRUE(testing::WaitFor([&] { return (*again)->GetStatus().state == ShardState::kHalted; },
+                               std::chrono::seconds(10)));
+  EXPECT_EQ((*again)->GetStatus().version, 0);
+}
+
+}  // namespace
+}  // namespace fedps
