@@ -257,7 +257,7 @@ class ShardWriter {
     std::string path = JoinPath(root_, file);
     RETURN_IF_ERROR(Env::Default()->CreateDirs(Dirname(path)));
     RETURN_IF_ERROR(Env::Default()->WriteFileAtomic(path, buffer_));
-    info_.shards.push_back(ShardInfo{file, buffered_, Sha256Hex(buffer_)});
+    info_.shards.push_back(TokenShardInfo{file, buffered_, Sha256Hex(buffer_)});
     buffer_.clear();
     buffered_ = 0;
     return Status::Ok();
@@ -365,7 +365,7 @@ class Progress {
 template <typename J>
 J SplitToJson(const SplitInfo& s) {
   J shards = J::array();
-  for (const ShardInfo& sh : s.shards) {
+  for (const TokenShardInfo& sh : s.shards) {
     J shard;
     shard["file"] = sh.file;
     shard["tokens"] = sh.tokens;
@@ -441,7 +441,7 @@ StatusOr<SplitInfo> SplitFromJson(const json& j, const std::string& where) {
   if (s.documents < 0 || s.tokens < 0 || s.bytes < 0) return DataLoss(where + " has negative counts");
   int64_t sum = 0;
   for (const json& sh : j.at("shards")) {
-    ShardInfo info{sh.at("file").get<std::string>(), sh.at("tokens").get<int64_t>(),
+    TokenShardInfo info{sh.at("file").get<std::string>(), sh.at("tokens").get<int64_t>(),
                    sh.at("sha256").get<std::string>()};
     RETURN_IF_ERROR(ValidateRelativeFile(info.file));
     if (info.tokens <= 0) return DataLoss(where + " shard " + info.file + " has no tokens");
@@ -464,7 +464,7 @@ Status CopyFile(const std::string& from, const std::string& to) {
 
 // Copies a split's shard files from one prepared folder into another (same names).
 Status CopySplit(const Manifest& src, const SplitInfo& split, const std::string& dst_root) {
-  for (const ShardInfo& sh : split.shards) RETURN_IF_ERROR(CopyFile(src.ShardPath(sh), JoinPath(dst_root, sh.file)));
+  for (const TokenShardInfo& sh : split.shards) RETURN_IF_ERROR(CopyFile(src.ShardPath(sh), JoinPath(dst_root, sh.file)));
   return Status::Ok();
 }
 
@@ -523,7 +523,7 @@ std::vector<std::string> Manifest::DomainNames() const {
   return names;
 }
 
-std::string Manifest::ShardPath(const ShardInfo& shard) const { return JoinPath(dir, shard.file); }
+std::string Manifest::ShardPath(const TokenShardInfo& shard) const { return JoinPath(dir, shard.file); }
 
 int64_t Manifest::Tokens(Split split) const {
   int64_t n = 0;
@@ -617,7 +617,7 @@ Status Manifest::Verify() const {
   RETURN_IF_ERROR(check(JoinPath(dir, tokenizer.path), tokenizer.sha256));
   for (const DomainInfo& d : domains) {
     for (const SplitInfo* s : {&d.train, &d.val}) {
-      for (const ShardInfo& sh : s->shards) RETURN_IF_ERROR(check(ShardPath(sh), sh.sha256));
+      for (const TokenShardInfo& sh : s->shards) RETURN_IF_ERROR(check(ShardPath(sh), sh.sha256));
     }
   }
   return Status::Ok();
@@ -652,7 +652,7 @@ StatusOr<Manifest> LoadManifest(const std::string& dir, std::string_view expecte
   const int width = TokenDtypeBytes(m.dtype);
   for (const DomainInfo& d : m.domains) {
     for (const SplitInfo* s : {&d.train, &d.val}) {
-      for (const ShardInfo& sh : s->shards) {
+      for (const TokenShardInfo& sh : s->shards) {
         const std::string shard_path = m.ShardPath(sh);
         StatusOr<int64_t> size = env->FileSize(shard_path);
         if (!size.ok()) return DataLoss("shard " + shard_path + " listed in the manifest is missing");
@@ -1035,7 +1035,7 @@ MappedFile::~MappedFile() {
 StatusOr<TokenStream> TokenStream::Open(const Manifest& manifest, const DomainInfo& domain, Split split) {
   TokenStream s;
   s.dtype_bytes_ = TokenDtypeBytes(manifest.dtype);
-  for (const ShardInfo& sh : domain.split(split).shards) {
+  for (const TokenShardInfo& sh : domain.split(split).shards) {
     const std::string path = manifest.ShardPath(sh);
     ASSIGN_OR_RETURN(MappedFile f, MappedFile::Open(path));
     if (static_cast<int64_t>(f.size()) != sh.tokens * s.dtype_bytes_) {

@@ -57,7 +57,7 @@ TokenDtype TokenDtypeForVocab(int64_t vocab_size);
 
 // ---- the manifest -----------------------------------------------------------------
 
-struct ShardInfo {
+struct TokenShardInfo {
   std::string file;  // relative to the prepared folder: "<domain>/train-00000.bin"
   int64_t tokens = 0;
   std::string sha256;
@@ -67,7 +67,7 @@ struct SplitInfo {
   int64_t documents = 0;
   int64_t tokens = 0;  // including one </s> per document
   int64_t bytes = 0;   // UTF-8 bytes of the documents' text (for bits per byte)
-  std::vector<ShardInfo> shards;
+  std::vector<TokenShardInfo> shards;
 };
 
 struct SourceInfo {
@@ -113,7 +113,7 @@ struct Manifest {
 
   const DomainInfo* FindDomain(std::string_view name) const;
   std::vector<std::string> DomainNames() const;
-  std::string ShardPath(const ShardInfo& shard) const;  // dir / shard.file
+  std::string ShardPath(const TokenShardInfo& shard) const;  // dir / shard.file
   // Totals over every domain.
   int64_t Tokens(Split split) const;
   int64_t Documents(Split split) const;

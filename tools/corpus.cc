@@ -478,61 +478,58 @@ StatusOr<std::vector<TextDocument>> ReadSwordZText(const std::string& module_dir
       if (block->size() != usize) return DataLoss(base + ".bzz: block size mismatch");
       blocks.push_back(std::move(*block));
     }
-    // Entries in versification order; a new block starts a new book.
-    int64_t current = -1;
-    std::string text, book;
-    int verse = 0;
-    bool in_chapter = false;
-    auto flush = [&] {
-      std::string t = TrimCopy(text);
-      if (!t.empty() && current >= 0) {
-        char num[32];
-        std::snprintf(num, sizeof num, "%02lld", static_cast<long long>(current));
-        docs.push_back({std::string(testament) + "-" + num + (book.empty() ? "" : "-" + book), t + "\n"});
-      }
-      text.clear();
-      book.clear();
-      in_chapter = false;
+    // Entries come in versification order; each block collects the entries stored in it
+    // (a block is a book; a few modules interleave books, e.g. Greek Esther's additions).
+    struct Book {
+      std::string text, name;
+      int verse = 0;
+      bool in_chapter = false;
     };
+    std::map<uint32_t, Book> books;
+    Book* current = nullptr;
     for (size_t k = 0; k < bzv.size(); k += 10) {
       auto p = reinterpret_cast<const unsigned char*>(bzv.data() + k);
       uint32_t block = Le32(p), offset = Le32(p + 4), size = p[8] | (p[9] << 8);
       if (size == 0) {
-        ++verse;  // an empty verse slot keeps the numbering
+        if (current) ++current->verse;  // an empty verse slot keeps the numbering
         continue;
       }
       if (block >= blocks.size() || static_cast<uint64_t>(offset) + size > blocks[block].size()) {
         return DataLoss(base + ".bzv: entry " + std::to_string(k / 10) + " points outside its block");
       }
-      if (static_cast<int64_t>(block) != current) {
-        flush();
-        current = block;
-      }
+      Book& book = books[block];
+      current = &book;
       std::string_view raw = std::string_view(blocks[block]).substr(offset, size);
       size_t chapter_at = raw.find("<chapter ");
       if (chapter_at != std::string_view::npos && raw.find("sID=", chapter_at) != std::string_view::npos) {
         std::string_view tag = raw.substr(chapter_at, raw.find('>', chapter_at) - chapter_at);
         std::string osis_id = Attribute(tag, "osisID");
-        if (book.empty() && !osis_id.empty()) book = osis_id.substr(0, osis_id.find('.'));
+        if (book.name.empty() && !osis_id.empty()) book.name = osis_id.substr(0, osis_id.find('.'));
         std::string n = Attribute(tag, "n");
         std::string rest = OsisToText(raw);
-        while (!text.empty() && text.back() == '\n') text.pop_back();
-        if (!text.empty()) text += "\n\n";
-        text += "Chapter " + (n.empty() ? osis_id : n) + "\n" + (rest.empty() ? "" : rest + "\n");
-        verse = 0;
-        in_chapter = true;
+        while (!book.text.empty() && book.text.back() == '\n') book.text.pop_back();
+        if (!book.text.empty()) book.text += "\n\n";
+        book.text += "Chapter " + (n.empty() ? osis_id : n) + "\n" + (rest.empty() ? "" : rest + "\n");
+        book.verse = 0;
+        book.in_chapter = true;
         continue;
       }
-      ++verse;
+      ++book.verse;
       std::string t = OsisToText(raw);
       if (t.empty()) continue;
-      if (in_chapter) {
-        text += std::to_string(verse) + " " + t + "\n";
+      if (book.in_chapter) {
+        book.text += std::to_string(book.verse) + " " + t + "\n";
       } else {
-        text += t + "\n\n";
+        book.text += t + "\n\n";
       }
     }
-    flush();
+    for (const auto& [block, book] : books) {
+      std::string t = TrimCopy(book.text);
+      if (t.empty()) continue;
+      char num[32];
+      std::snprintf(num, sizeof num, "%02u", block);
+      docs.push_back({std::string(testament) + "-" + num + (book.name.empty() ? "" : "-" + book.name), t + "\n"});
+    }
   }
   if (docs.empty()) return NotFound(module_dir + ": no zText books (ot.bzs / nt.bzs)");
   return docs;

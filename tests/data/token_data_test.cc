@@ -190,7 +190,7 @@ TEST(PrepareTest, WritesShardsManifestAndTokenizerCopy) {
     EXPECT_EQ(static_cast<int64_t>(val.size()), d.val.documents);
     train.insert(train.end(), val.begin(), val.end());
     EXPECT_EQ(Sorted(train), Sorted(want));
-    for (const ShardInfo& sh : d.train.shards) {
+    for (const TokenShardInfo& sh : d.train.shards) {
       EXPECT_EQ(*Env::Default()->FileSize(loaded->ShardPath(sh)), 2 * sh.tokens);
     }
   }
