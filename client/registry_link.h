@@ -1,10 +1,7 @@
-// RegistryLink: the part of ps/registry.h that a client uses, behind a header that does not
-// include ps/registry.h.
-//
-// Why: ps/registry.h and model/token_data.h both define fedps::ShardInfo (a shard-directory
-// entry and a token-data file), so no translation unit can include both; the client needs
-// the registry and the model/data headers. registry_link.cc includes only the registry.
-// (Reported to the lead: renaming one of the two structs would make this file unnecessary.)
+// RegistryLink: the narrow part of ps/registry.h that a client uses (join, heartbeat,
+// leave, the shard directory, commit and commit look-up), in the client's own terms.
+// TODO(next session): the name clash that motivated a separate header is gone
+// (model/token_data.h's struct is now TokenShardInfo); fold this into direct Registry use.
 //
 // Every method forwards to fedps::Registry with the same Status semantics (see
 // ps/registry.h). Thread safety: as Registry's (thread-safe; one connection, serialised).

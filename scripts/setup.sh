@@ -13,7 +13,7 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       libgoogle-glog-dev libgflags-dev libgtest-dev libgmock-dev
       libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
       libsentencepiece-dev sentencepiece
-      python3-venv python3-dev clang-format)
+      python3-venv python3-dev clang-format gnuplot-nox)
 
 missing=()
 for p in "${PKGS[@]}"; do

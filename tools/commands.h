@@ -27,5 +27,9 @@ void AddTrainCommands(CLI::App& root, CommandList& commands);
 void AddCorpusCommands(CLI::App& root, CommandList& commands);
 // tools/cmd_ops.cc: status, members, shards, updates, watch (a running federation).
 void AddOpsCommands(CLI::App& root, CommandList& commands);
+// tools/cmd_report.cc: report (report.html from run folders).
+void AddReportCommands(CLI::App& root, CommandList& commands);
+// tools/cmd_shards.cc: checkpoint, pull-model (talk to a running federation's shards).
+void AddShardCommands(CLI::App& root, CommandList& commands);
 
 }  // namespace fedps::tools

@@ -15,7 +15,9 @@ int main(int argc, char** argv) {
   fedps::tools::AddDataCommands(app, commands);
   fedps::tools::AddTrainCommands(app, commands);
   fedps::tools::AddOpsCommands(app, commands);
+  fedps::tools::AddShardCommands(app, commands);
   fedps::tools::AddCorpusCommands(app, commands);
+  fedps::tools::AddReportCommands(app, commands);
   CLI11_PARSE(app, argc, argv);
   fedps::InitLogging(argv[0], verbose);
   for (auto& command : commands) {

@@ -17,7 +17,8 @@ namespace fs = std::filesystem;
 
 struct Result {
   int code = -1;
-  std::string output;
+  std::string output;   // what fedps-ctl printed
+  std::string context;  // the command, its status and its output
 };
 
 Result Ctl(const std::string& args, const std::string& log) {
@@ -26,7 +27,9 @@ Result Ctl(const std::string& args, const std::string& log) {
   Result r;
   r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
   auto text = Env::Default()->ReadFile(log);
-  r.output = text.ok() ? *text : "";
+  r.output = text.ok() ? *text : "(no log: " + text.status().message() + ")";
+  // For failure messages: what ran and how it ended, so a CI log is enough to diagnose it.
+  r.context = "$ " + cmd + "\n[system() status " + std::to_string(rc) + "]\n" + r.output;
   return r;
 }
 
@@ -67,7 +70,7 @@ class PipelineTest : public ::testing::Test {
     auto r = Ctl("prepare --input code=" + dir_.File("corpus/code") + " --input licenses=" +
                      dir_.File("corpus/licenses") + " --vocab-size 1024 --out " + dir_.File("data"),
                  dir_.File("prepare.log"));
-    ASSERT_EQ(r.code, 0) << r.output;
+    ASSERT_EQ(r.code, 0) << r.context;
   }
 
   // A config for the tiny preset on the prepared data.
@@ -98,7 +101,7 @@ TEST_F(PipelineTest, TrainingLowersValidationPerplexity) {
                                 "steps = 300\nlr = 3e-3\nwarmup_steps = 20\neval_every = 150\n"
                                 "checkpoint_every = 150\nlog_every = 50\neval_batches = 8\n");
   auto r = Ctl("train --config " + cfg, dir_.File("train.log"));
-  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(r.code, 0) << r.context;
   EXPECT_NE(r.output.find("ETA"), std::string::npos) << "no progress line";
   auto evals = Events(dir_.File("run/metrics.jsonl"), "eval");
   ASSERT_GE(evals.size(), 3u);  // step 0, 150, 300
@@ -113,15 +116,15 @@ TEST_F(PipelineTest, TrainingLowersValidationPerplexity) {
   // eval and export work on the final checkpoint.
   auto e = Ctl("eval --checkpoint " + dir_.File("run/checkpoints") + " --data " + dir_.File("data") + " --json",
                dir_.File("eval.log"));
-  ASSERT_EQ(e.code, 0) << e.output;
+  ASSERT_EQ(e.code, 0) << e.context;
   EXPECT_NE(e.output.find("bits_per_byte"), std::string::npos);
   auto x = Ctl("export --checkpoint " + dir_.File("run/checkpoints") + " --out " + dir_.File("hf"), dir_.File("x.log"));
-  ASSERT_EQ(x.code, 0) << x.output;
+  ASSERT_EQ(x.code, 0) << x.context;
   EXPECT_TRUE(fs::exists(dir_.File("hf/config.json")));
   EXPECT_TRUE(fs::exists(dir_.File("hf/model.safetensors")));
   auto g = Ctl("generate --checkpoint " + dir_.File("run/checkpoints") + " --prompt 'def ' -n 20 --json",
                dir_.File("g.log"));
-  ASSERT_EQ(g.code, 0) << g.output;
+  ASSERT_EQ(g.code, 0) << g.context;
   EXPECT_NE(g.output.find("completion"), std::string::npos);
 }
 
@@ -129,16 +132,16 @@ TEST_F(PipelineTest, ResumeIsBitExact) {
   const std::string train = "steps = 40\nlr = 3e-3\nwarmup_steps = 5\neval_every = 20\ncheckpoint_every = 10\n"
                             "log_every = 10\neval_batches = 2\nkeep_checkpoints = 10\n";
   auto straight = Ctl("train --config " + WriteConfig("s.toml", dir_.File("straight"), train), dir_.File("s.log"));
-  ASSERT_EQ(straight.code, 0) << straight.output;
+  ASSERT_EQ(straight.code, 0) << straight.context;
   std::string cfg = WriteConfig("r.toml", dir_.File("resumed"), train);
   auto half = Ctl("train --config " + cfg + " --stop-at-step 20", dir_.File("h.log"));
-  ASSERT_EQ(half.code, 0) << half.output;
+  ASSERT_EQ(half.code, 0) << half.context;
   EXPECT_FALSE(fs::exists(dir_.File("resumed/checkpoints/step-00000040")));
   auto again = Ctl("train --config " + cfg, dir_.File("again.log"));
   EXPECT_NE(again.code, 0) << "a fresh run over existing checkpoints must be refused";
-  EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.context;
   auto rest = Ctl("train --config " + cfg + " --resume", dir_.File("rest.log"));
-  ASSERT_EQ(rest.code, 0) << rest.output;
+  ASSERT_EQ(rest.code, 0) << rest.context;
   EXPECT_NE(rest.output.find("resumed from"), std::string::npos);
   for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
     auto a = Env::Default()->ReadFile(dir_.File(std::string("straight/checkpoints/step-00000040/") + f));
@@ -153,8 +156,8 @@ TEST_F(PipelineTest, BadInputGetsOneClearErrorAndKeepsGoodFiles) {
   std::string typo = WriteConfig("typo.toml", dir_.File("run"), "stpes = 10\n");
   auto r = Ctl("train --config " + typo, dir_.File("typo.log"));
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find("train.stpes"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("typo.toml"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("train.stpes"), std::string::npos) << r.context;
+  EXPECT_NE(r.output.find("typo.toml"), std::string::npos) << r.context;
 
   // A good run with two checkpoints.
   std::string cfg = WriteConfig("ok.toml", dir_.File("run"),
@@ -171,30 +174,30 @@ TEST_F(PipelineTest, BadInputGetsOneClearErrorAndKeepsGoodFiles) {
   }
   auto e = Ctl("eval --checkpoint " + ckpt + " --data " + dir_.File("data"), dir_.File("e.log"));
   EXPECT_EQ(e.code, 1);
-  EXPECT_NE(e.output.find("checksum"), std::string::npos) << e.output;
-  EXPECT_EQ(e.output.find("terminate"), std::string::npos) << "crashed: " << e.output;
+  EXPECT_NE(e.output.find("checksum"), std::string::npos) << e.context;
+  EXPECT_EQ(e.output.find("terminate"), std::string::npos) << "crashed: " << e.context;
   // ...and resume falls back to the newest checkpoint that verifies.
   auto resume = Ctl("train --config " + cfg + " --resume", dir_.File("resume.log"));
-  EXPECT_EQ(resume.code, 0) << resume.output;
-  EXPECT_NE(resume.output.find("step-00000010"), std::string::npos) << resume.output;
+  EXPECT_EQ(resume.code, 0) << resume.context;
+  EXPECT_NE(resume.output.find("step-00000010"), std::string::npos) << resume.context;
 
   // A tokenizer that does not match the prepared data.
   auto t = Ctl("tokenizer train --input " + dir_.File("corpus/licenses") + " --vocab-size 600 --out " +
                    dir_.File("other.model"),
                dir_.File("tok.log"));
-  ASSERT_EQ(t.code, 0) << t.output;
+  ASSERT_EQ(t.code, 0) << t.context;
   std::string mismatch = dir_.File("mismatch.toml");
   std::ofstream(mismatch) << "[run]\ndir = \"" << dir_.File("run2") << "\"\n[data]\nprepared = \"" << dir_.File("data")
                           << "\"\ntokenizer = \"" << dir_.File("other.model") << "\"\n[train]\nseq_len = 64\n";
   auto m = Ctl("train --config " + mismatch, dir_.File("m.log"));
   EXPECT_EQ(m.code, 1);
-  EXPECT_NE(m.output.find("tokenizer"), std::string::npos) << m.output;
+  EXPECT_NE(m.output.find("tokenizer"), std::string::npos) << m.context;
   EXPECT_FALSE(fs::exists(dir_.File("run2/checkpoints")));
 
   // Missing input for prepare.
   auto p = Ctl("prepare --input " + dir_.File("nope") + " --vocab-size 600 --out " + dir_.File("d2"), dir_.File("p.log"));
   EXPECT_EQ(p.code, 1);
-  EXPECT_NE(p.output.find("nope"), std::string::npos) << p.output;
+  EXPECT_NE(p.output.find("nope"), std::string::npos) << p.context;
 }
 
 }  // namespace
