@@ -355,8 +355,11 @@ Status FederatedClient::RefreshDirectory(bool wait_for_all) {
       return shards.status().WithContext("shard directory");
     }
     if (backoff.attempts() % 10 == 5) {
-      LOG(WARNING) << "waiting for shard(s) " << (missing.empty() ? "?" : missing) << " to register"
-                   << (shards.ok() ? "" : ": " + shards.status().message());
+      if (shards.ok()) {
+        LOG(WARNING) << "waiting for shard(s) " << missing << " to register";
+      } else {
+        LOG(WARNING) << "waiting for the registry: " << shards.status().message();
+      }
     }
     if (!SleepMs(backoff.NextDelayMs())) return Aborted("stopped");
   }

@@ -576,6 +576,21 @@ CoreError ShardCore::StageReceived(const std::shared_ptr<Receiving>& r, PushResu
 }
 
 CoreError ShardCore::Push(const PushArgs& a, PushResult* out) {
+  CoreError e = PushFrame(a, out);
+  if (e.code == ShardErrorCode::kStaleRefused && request_registry_) {
+    Refusal refusal;
+    refusal.update_id = a.update_id;
+    refusal.client = a.client_id;
+    refusal.shard = options_.shard_index;
+    refusal.reason = "too_stale";
+    refusal.detail = e.message;
+    Status s = request_registry_->RecordRefusal(refusal);
+    if (!s.ok()) LOG(WARNING) << "could not record a refusal: " << s.ToString();
+  }
+  return e;
+}
+
+CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
   std::shared_ptr<Receiving> r;
   bool maybe_committed = false;  // first frame of an update unknown here
   {

@@ -277,6 +277,10 @@ class ShardCore {
   std::string CheckpointRoot() const;
 
  private:
+  // Push without the refusal bookkeeping (Push records STALE_REFUSED in the registry,
+  // outside the lock, so `fedps-ctl status` counts refusals made at push time too).
+  CoreError PushFrame(const PushArgs& args, PushResult* out);
+
   struct Snapshot;
   struct EncodedFrames;
   struct Pinned;

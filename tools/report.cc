@@ -1006,8 +1006,15 @@ void SectionOverview(Ctx& c) {
     if (r.corpus) {
       const json& cj = *r.corpus;
       std::vector<std::vector<std::string>> drows;
-      if (cj.contains("domains") && cj["domains"].is_object()) {
-        for (const auto& [name, d] : cj["domains"].items()) {
+      // corpus.json lists domains as objects with a "name" (an object keyed by name is read too).
+      std::vector<std::pair<std::string, json>> domains;
+      if (cj.contains("domains") && cj["domains"].is_array()) {
+        for (const auto& d : cj["domains"]) domains.push_back({Str(d, "name", "?"), d});
+      } else if (cj.contains("domains") && cj["domains"].is_object()) {
+        for (const auto& [name, d] : cj["domains"].items()) domains.push_back({name, d});
+      }
+      {
+        for (const auto& [name, d] : domains) {
           std::string sources;
           if (d.contains("sources") && d["sources"].is_array()) {
             for (const auto& s : d["sources"]) sources += (sources.empty() ? "" : ", ") + (s.is_string() ? s.get<std::string>() : s.dump());
@@ -1018,6 +1025,14 @@ void SectionOverview(Ctx& c) {
       }
       c.html.P("Corpus (corpus.json):");
       c.html.Table({"domain", "role", "documents", "MiB of text", "sources"}, drows);
+      if (cj.contains("sources") && cj["sources"].is_array()) {
+        std::vector<std::vector<std::string>> srows;
+        for (const auto& src : cj["sources"]) {
+          srows.push_back({Str(src, "id"), Str(src, "domain"), Str(src, "version"), Str(src, "licence"),
+                           Count(Num(src, "documents")), MiB(Num(src, "bytes"))});
+        }
+        c.html.Table({"source (Debian package)", "domain", "version", "licence", "documents", "MiB"}, srows);
+      }
       if (cj.contains("unavailable") && cj["unavailable"].is_array() && !cj["unavailable"].empty()) {
         c.html.Note("Sources skipped by the corpus build: " + cj["unavailable"].dump());
       }

@@ -107,8 +107,8 @@ class ReportFolder : public ::testing::Test {
     Write("demo-events.jsonl", {{{"event", "kill"}, {"time", t0 + 4}, {"client", "site-lit"}},
                                 {{"event", "restart"}, {"time", t0 + 6}, {"client", "site-lit"}}});
     std::ofstream(dir_.File("corpus.json")) << json{{"held_out_domain", "spanish"},
-                                                    {"domains", {{"code", {{"documents", 3}, {"bytes", 1000}}},
-                                                                 {"spanish", {{"documents", 2}, {"bytes", 800}, {"held_out", true}}}}}}
+                                                    {"domains", json::array({{{"name", "code"}, {"documents", 3}, {"bytes", 1000}},
+                                                                             {{"name", "spanish"}, {"documents", 2}, {"bytes", 800}, {"held_out", true}}})}}
                                                    .dump();
     std::ofstream(dir_.File("eval-federated.json")) << json{{"loss", 3.0}, {"domains", doms(3.0)}, {"checkpoint", "x"}}.dump();
     std::ofstream(dir_.File("eval-centralised.json")) << json{{"loss", 2.5}, {"domains", doms(2.5)}}.dump();
@@ -157,6 +157,7 @@ TEST_F(ReportFolder, WritesASelfContainedHtmlWithEveryPlot) {
   EXPECT_EQ(images, 9u);
   EXPECT_EQ(html->find("src=\"http"), std::string::npos) << "nothing is loaded from elsewhere";
   EXPECT_NE(html->find("spanish (held out)"), std::string::npos);
+  EXPECT_NE(html->find("<td>spanish</td><td>held out</td>"), std::string::npos) << "the corpus table";
   EXPECT_NE(html->find("f(&lt;x&gt;):"), std::string::npos) << "samples are escaped";
   EXPECT_NE(html->find("no end record (process died)"), std::string::npos) << "the killed process shows";
   EXPECT_EQ(html->find("class=\"note\">plot "), std::string::npos) << "no failed plot";

@@ -446,6 +446,8 @@ void FaultTest::RunStraggler(const Knobs& knobs, bool expect_refused) {
     ASSERT_TRUE(refusals.ok());
     std::printf("[fault] %s: %s; registry refusals: %s\n", inflight.c_str(), outcome.value("reason", "").c_str(),
                 nlohmann::json(*refusals).dump().c_str());
+    // Refused at a shard's push precheck or at commit: either way the registry counts it.
+    EXPECT_GE((*refusals)["too_stale"], 1) << nlohmann::json(*refusals).dump();
   } else {
     // Committed late with a down-weight (1 + s)^-0.5, s >= the commits made while frozen.
     ASSERT_EQ(outcome["event"], "update") << outcome.dump();
