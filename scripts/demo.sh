@@ -118,13 +118,14 @@ start_bg() {  # start_bg LOG CMD...: runs CMD in the background, its PID in $BG_
   BG_PID=$!
   PIDS+=("$BG_PID")
 }
-stop_pid() {  # stop_pid PID [seconds]: SIGTERM, wait, then SIGKILL
+wait_gone() {  # wait_gone PID [seconds]: wait for it to exit, SIGKILL after the time
   local p=$1 t=${2:-30}
-  kill -TERM "$p" 2>/dev/null || return 0
   for _ in $(seq $((t * 5))); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
   kill -KILL "$p" 2>/dev/null || true
   wait "$p" 2>/dev/null || true
 }
+# One SIGTERM only: fedps processes treat a second signal as "exit now".
+stop_pid() { kill -TERM "$1" 2>/dev/null || return 0; wait_gone "$@"; }
 
 echo "fedps demo: config $CONFIG, run folder $RUN, $(nproc) cores"
 
@@ -245,7 +246,7 @@ done
 event budget_reached version "$SEQ"
 phase "stopping the clients (SIGTERM: they leave the federation)"
 for name in "${!CPID[@]}"; do kill -TERM "${CPID[$name]}" 2>/dev/null || true; done
-for name in "${!CPID[@]}"; do stop_pid "${CPID[$name]}" 60; done
+for name in "${!CPID[@]}"; do wait_gone "${CPID[$name]}" 60; done
 stop_pid "$EVAL_PID" 30
 FED_S=$(since "$T_FED")
 "$BIN"/fedps-ctl status --config "$CFG" --json --events 5000 > "$RUN/status/status-final.json"

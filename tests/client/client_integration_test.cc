@@ -88,7 +88,7 @@ class ClientIntegration : public ::testing::Test {
                   dir_.File("prepare.log")),
               0)
         << testing::ReadLogTail(dir_.File("prepare.log"));
-    ASSERT_EQ(Ctl("partition --data " + dir_.File("data") + " --clients 2 --by iid --out " + dir_.File("clients"),
+    ASSERT_EQ(Ctl("partition --data " + dir_.File("data") + " --clients 3 --by iid --out " + dir_.File("clients"),
                   dir_.File("partition.log")),
               0)
         << testing::ReadLogTail(dir_.File("partition.log"));
@@ -185,7 +185,7 @@ class ClientIntegration : public ::testing::Test {
   int shard_ports_[2] = {0, 0};
 };
 
-TEST_F(ClientIntegration, TwoClientsCommitUpdatesOnceAndValidationLossFalls) {
+TEST_F(ClientIntegration, ThreeClientsCommitUpdatesOnceAndValidationLossFalls) {
   std::string config = WriteConfig();
   StartShards(config);
   if (HasFatalFailure()) return;
@@ -194,11 +194,14 @@ TEST_F(ClientIntegration, TwoClientsCommitUpdatesOnceAndValidationLossFalls) {
   EXPECT_EQ(before["version"], 0);
 
   const int kUpdates = 3;
+  const int kClients = 3;
   ScopedProcess a = StartClient(config, "org-a/c0", {"--data", dir_.File("clients/client-0"), "--max-updates",
                                                      std::to_string(kUpdates)});
   ScopedProcess b = StartClient(config, "org-b/c1", {"--data", dir_.File("clients/client-1"), "--max-updates",
                                                      std::to_string(kUpdates), "--throttle", "1.5"});
-  for (ScopedProcess* p : {&a, &b}) {
+  ScopedProcess c = StartClient(config, "org-c/c2", {"--data", dir_.File("clients/client-2"), "--max-updates",
+                                                     std::to_string(kUpdates)});
+  for (ScopedProcess* p : {&a, &b, &c}) {
     auto st = p->Wait(600s);
     ASSERT_TRUE(st.ok()) << "client still running:\n" << testing::ReadLogTail(p->log_path());
     EXPECT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(p->log_path());
@@ -209,10 +212,10 @@ TEST_F(ClientIntegration, TwoClientsCommitUpdatesOnceAndValidationLossFalls) {
   ASSERT_NE(reg, nullptr);
   auto seq = reg->GlobalSeq();
   ASSERT_TRUE(seq.ok());
-  EXPECT_EQ(*seq, 2 * kUpdates);
+  EXPECT_EQ(*seq, kClients * kUpdates);
   std::set<int64_t> seqs;
   std::set<std::string> ids;
-  for (const char* name : {"org-a/c0", "org-b/c1"}) {
+  for (const char* name : {"org-a/c0", "org-b/c1", "org-c/c2"}) {
     std::string metrics = dir_.File(std::string("run/clients/") + name + "/metrics.jsonl");
     auto updates = Records(metrics, "update");
     EXPECT_EQ(updates.size(), size_t(kUpdates)) << metrics;
@@ -229,8 +232,8 @@ TEST_F(ClientIntegration, TwoClientsCommitUpdatesOnceAndValidationLossFalls) {
     }
     EXPECT_EQ(Records(metrics, "end").size(), 1u);
   }
-  EXPECT_EQ(seqs.size(), size_t(2 * kUpdates));
-  EXPECT_EQ(ids.size(), size_t(2 * kUpdates));
+  EXPECT_EQ(seqs.size(), size_t(kClients * kUpdates));
+  EXPECT_EQ(ids.size(), size_t(kClients * kUpdates));
   // Both left the federation.
   auto members = reg->Members();
   ASSERT_TRUE(members.ok());
@@ -238,13 +241,13 @@ TEST_F(ClientIntegration, TwoClientsCommitUpdatesOnceAndValidationLossFalls) {
 
   // Applied by both shards, and the global model got better.
   for (int i = 0; i < 2; ++i) {
-    EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == 2 * kUpdates; }, 60s, 50ms))
+    EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == kClients * kUpdates; }, 60s, 50ms))
         << "shard " << i << " at version " << ShardVersion(i) << "\n" << testing::ReadLogTail(shards_[i].log_path());
   }
   nlohmann::json after = EvaluateOnce(config, "eval-after");
   ASSERT_FALSE(after.is_null());
-  EXPECT_EQ(after["version"], 2 * kUpdates);
-  EXPECT_EQ(after["federation_tokens"].get<int64_t>(), 2 * kUpdates * 10 * 8 * 64);
+  EXPECT_EQ(after["version"], kClients * kUpdates);
+  EXPECT_EQ(after["federation_tokens"].get<int64_t>(), kClients * kUpdates * 10 * 8 * 64);
   EXPECT_LT(after["loss"].get<double>(), before["loss"].get<double>() - 0.3)
       << "validation loss " << before["loss"] << " -> " << after["loss"];
   for (const char* d : {"code", "licenses"}) {
