@@ -496,5 +496,226 @@ TEST_F(ShardCoreTest, CorruptStagedSliceOfACommittedUpdateHaltsWithDataLoss) {
   EXPECT_EQ((*again)->GetStatus().version, 0);
 }
 
+
+// ---- expiry of staged updates and of partially received ones --------------------------
+
+// A real clock plus an offset; the first reading taken on a thread other than `owner`
+// (the shard's apply thread) after Arm() runs the armed action there and then jumps the
+// clock forward, so the action lands exactly when the shard first sees the TTL passed.
+class HookClock : public Clock {
+ public:
+  int64_t NowMicros() override {
+    if (armed_.load() && std::this_thread::get_id() != owner_ && armed_.exchange(false)) {
+      action_();
+      offset_ += jump_;
+      fired_ = true;
+    }
+    return Clock::Real()->NowMicros() + offset_.load();
+  }
+  int64_t WallMicros() override { return Clock::Real()->WallMicros(); }
+  void SleepForMicros(int64_t micros) override { Clock::Real()->SleepForMicros(micros); }
+  void Arm(std::function<void()> action, int64_t jump_us) {
+    action_ = std::move(action);
+    jump_ = jump_us;
+    armed_ = true;
+  }
+  bool fired() const { return fired_.load(); }
+
+ private:
+  const std::thread::id owner_ = std::this_thread::get_id();
+  std::function<void()> action_;
+  int64_t jump_ = 0;
+  std::atomic<bool> armed_{false};
+  std::atomic<bool> fired_{false};
+  std::atomic<int64_t> offset_{0};
+};
+
+class HookEnv : public Env {
+ public:
+  Clock* clock() override { return &clock_; }
+  HookClock clock_;
+};
+
+// docs/protocol.md §3-4, §9 "The client dies after staging, before commit": the shard
+// releases its stage record (ReleaseStaged), deletes its slice, and the commit fails.
+TEST_F(ShardCoreTest, UncommittedStagedUpdateExpiresAndCanNoLongerCommit) {
+  auto o0 = Options(0);
+  o0.ps.stage_ttl_ms = 300;  // shard 1 keeps the default (10 min): only shard 0 expires
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(Options(1));
+  ASSERT_TRUE(c0 && c1);
+  const std::string id = "alice/1/1";
+  for (int s = 0; s < kShards; ++s) {
+    PushResult r;
+    ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, id, 0, Delta(1, s), &r));
+    ASSERT_EQ(r.state, UpdateState::kStaged);
+  }
+  auto marks = registry_->StagedShards(id);
+  ASSERT_OK(marks.status());
+  EXPECT_THAT(*marks, ::testing::ElementsAre(0, 1));
+  EXPECT_EQ(c0->GetStatus().staged_updates, 1);
+
+  // After the TTL shard 0 drops it: file gone, mark released, no longer counted.
+  ASSERT_TRUE(testing::WaitFor([&] { return !Env::Default()->Exists(c0->StagedPath(id)); },
+                               std::chrono::seconds(10)));
+  ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().staged_updates == 0; }, std::chrono::seconds(10)));
+  marks = registry_->StagedShards(id);
+  ASSERT_OK(marks.status());
+  EXPECT_THAT(*marks, ::testing::ElementsAre(1));  // shard 1 (long TTL) still holds its own
+  EXPECT_TRUE(Env::Default()->Exists(c1->StagedPath(id)));
+  EXPECT_EQ(c1->GetStatus().staged_updates, 1);
+
+  // The commit can no longer succeed, and takes no seq.
+  auto seq = Commit(id, 0);
+  ASSERT_FALSE(seq.ok());
+  EXPECT_EQ(seq.status().code(), StatusCode::kFailedPrecondition) << seq.status().ToString();
+  EXPECT_THAT(seq.status().message(), HasSubstr("not staged on shard(s) 0"));
+  auto head = registry_->GlobalSeq();
+  ASSERT_OK(head.status());
+  EXPECT_EQ(*head, 0);
+  EXPECT_EQ(c0->GetStatus().version, 0);
+  EXPECT_TRUE(c0->AppliedLog().empty());
+
+  // For shard 0 the update never existed: a resent frame starts it from scratch.
+  auto frames = Frames(Delta(1, 0));
+  PushResult r;
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 0, frames[0]), &r));
+  EXPECT_EQ(r.state, UpdateState::kReceiving);
+  EXPECT_EQ(r.frames_received, 1);
+  EXPECT_FALSE(r.seq.has_value());
+}
+
+// The mirror: an update committed before its TTL runs out is kept past the TTL and applied.
+TEST_F(ShardCoreTest, StagedUpdateCommittedBeforeExpiryIsKeptAndApplied) {
+  auto o0 = Options(0), o1 = Options(1);
+  o0.ps.stage_ttl_ms = o1.ps.stage_ttl_ms = 300;
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(o1);
+  ASSERT_TRUE(c0 && c1);
+  const std::string id = "alice/1/1";
+  for (int s = 0; s < kShards; ++s) {
+    PushResult r;
+    ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, id, 0, Delta(1, s), &r));
+    ASSERT_EQ(r.state, UpdateState::kStaged);
+  }
+  auto seq = Commit(id, 0);
+  ASSERT_OK(seq.status());
+  EXPECT_EQ(*seq, 1);
+  // A witness staged AFTER the commit and never committed: once it has expired, the TTL
+  // of the committed update has passed too and expiry has run over it.
+  const std::string witness = "alice/1/2";
+  for (int s = 0; s < kShards; ++s) {
+    PushResult r;
+    ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, witness, 0, Delta(2, s), &r));
+  }
+  for (auto* c : {c0.get(), c1.get()}) {
+    ASSERT_TRUE(testing::WaitFor([&] { return !Env::Default()->Exists(c->StagedPath(witness)); },
+                                 std::chrono::seconds(10)));
+    ASSERT_TRUE(c->WaitForVersion(1, 10000));
+    auto log = c->AppliedLog();
+    ASSERT_EQ(log.size(), 1u);
+    EXPECT_EQ(log[0].seq, 1);
+    EXPECT_EQ(log[0].update_id, id);
+    EXPECT_FALSE(log[0].skipped);
+    // Kept: the oldest checkpoint (v-0) does not cover seq 1, so it is the replay log.
+    EXPECT_TRUE(Env::Default()->Exists(c->StagedPath(id)));
+  }
+  for (int s = 0; s < kShards; ++s) {
+    auto [v, slice] = (s == 0 ? c0 : c1)->CurrentSlice();
+    EXPECT_EQ(v, 1);
+    auto x = InitSlice(s), d = Delta(1, s);
+    for (int64_t i = 0; i < kN; ++i) ASSERT_FLOAT_EQ(slice[i], x[i] - d[i]) << "shard " << s << " element " << i;
+  }
+  PushResult r;
+  auto frames = Frames(Delta(1, 0));
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 0, frames[0]), &r));
+  EXPECT_EQ(r.state, UpdateState::kApplied);
+  EXPECT_EQ(r.seq.value_or(0), 1);
+}
+
+// The race of docs/protocol.md §4 / §9 ("A stage record expires while a commit runs"): the
+// commit lands at the very moment the shard's clock first passes the TTL, before the shard
+// has read it from the commit log. Whichever way the two interleave on the apply thread
+// (ReleaseStaged answering the seq, or the log read first) the slice is kept and applied.
+TEST_F(ShardCoreTest, CommitLandingAtTheExpiryInstantIsKeptAndApplied) {
+  HookEnv env;
+  auto o0 = Options(0), o1 = Options(1);
+  o0.ps.stage_ttl_ms = 60000;  // only the hooked clock's jump makes it expire
+  o0.env = &env;
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(o1);
+  ASSERT_TRUE(c0 && c1);
+  const std::string id = "alice/1/1";
+  for (int s = 0; s < kShards; ++s) {
+    PushResult r;
+    ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, id, 0, Delta(1, s), &r));
+    ASSERT_EQ(r.state, UpdateState::kStaged);
+  }
+  StatusOr<int64_t> seq = Status(StatusCode::kInternal, "not run");
+  env.clock_.Arm([&] { seq = Commit(id, 0); }, /*jump_us=*/120LL * 1000 * 1000);
+  ASSERT_TRUE(testing::WaitFor([&] { return env.clock_.fired(); }, std::chrono::seconds(10)));
+  ASSERT_OK(seq.status());
+  EXPECT_EQ(*seq, 1);
+  for (auto* c : {c0.get(), c1.get()}) {
+    ASSERT_TRUE(c->WaitForVersion(1, 10000));
+    auto log = c->AppliedLog();
+    ASSERT_EQ(log.size(), 1u);
+    EXPECT_EQ(log[0].update_id, id);
+    EXPECT_FALSE(log[0].skipped);
+    EXPECT_TRUE(Env::Default()->Exists(c->StagedPath(id)));
+  }
+  EXPECT_EQ(c0->GetStatus().state, ShardState::kServing);
+  auto x = InitSlice(0), d = Delta(1, 0);
+  auto slice = c0->CurrentSlice().second;
+  for (int64_t i = 0; i < kN; ++i) ASSERT_FLOAT_EQ(slice[i], x[i] - d[i]) << "element " << i;
+  c0->Stop();  // before `env` goes away
+}
+
+// docs/protocol.md §3 "Limits" / §9 "The client dies while pushing": a partially received
+// update idle longer than the receive timeout is dropped with its frames; resending the rest
+// starts it from scratch (RECEIVING, counting only the new frames), nothing is staged until
+// every frame has been sent again.
+TEST_F(ShardCoreTest, IdlePartialUpdateIsDroppedWithItsFrames) {
+  auto o0 = Options(0);
+  o0.receive_timeout_ms = 300;
+  auto c0 = StartCore(o0);
+  ASSERT_TRUE(c0);
+  const std::string id = "alice/1/1";
+  auto frames = Frames(Delta(1, 0));
+  ASSERT_EQ(frames.size(), 4u);
+  PushResult r;
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 0, frames[0]), &r));
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 1, frames[1]), &r));
+  EXPECT_EQ(r.state, UpdateState::kReceiving);
+  EXPECT_EQ(r.frames_received, 2);
+  EXPECT_EQ(c0->GetStatus().receiving_updates, 1);
+
+  ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().receiving_updates == 0; }, std::chrono::seconds(10)));
+
+  // The remaining frames do not complete it: frames 0 and 1 are gone.
+  r = PushResult();
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 2, frames[2]), &r));
+  EXPECT_EQ(r.state, UpdateState::kReceiving);
+  EXPECT_EQ(r.frames_received, 1);
+  r = PushResult();
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 3, frames[3]), &r));
+  EXPECT_EQ(r.state, UpdateState::kReceiving);
+  EXPECT_EQ(r.frames_received, 2);
+  ASSERT_TRUE(r.missing_frames.has_value());
+  EXPECT_THAT(*r.missing_frames, ::testing::ElementsAre(0, 1));
+  EXPECT_FALSE(Env::Default()->Exists(c0->StagedPath(id)));
+  auto marks = registry_->StagedShards(id);
+  ASSERT_OK(marks.status());
+  EXPECT_TRUE(marks->empty());
+  EXPECT_EQ(c0->GetStatus().staged_updates, 0);
+
+  // Sending the dropped frames again completes and stages it.
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 0, frames[0]), &r));
+  ASSERT_CORE_OK(c0->Push(Push(0, id, 0, 1, frames[1]), &r));
+  EXPECT_EQ(r.state, UpdateState::kStaged);
+  EXPECT_TRUE(Env::Default()->Exists(c0->StagedPath(id)));
+  EXPECT_EQ(c0->GetStatus().receiving_updates, 0);
+}
+
 }  // namespace
 }  // namespace fedps
