@@ -75,7 +75,7 @@ TEST(ConfigTest, MissingFileIsAClearError) {
 }
 
 TEST(ConfigTest, ShippedConfigsParse) {
-  for (const char* name : {"tiny.toml", "demo.toml"}) {
+  for (const char* name : {"tiny.toml", "demo.toml", "demo-smoke.toml", "20m.toml", "125m.toml"}) {
     auto c = LoadConfig(testing::SourceDir() + "/configs/" + name);
     EXPECT_TRUE(c.ok()) << name << ": " << c.status().ToString();
   }
