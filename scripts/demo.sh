@@ -123,6 +123,12 @@ wait_gone() {  # wait_gone PID [seconds]: wait for it to exit, SIGKILL after the
   for _ in $(seq $((t * 5))); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
   kill -KILL "$p" 2>/dev/null || true
   wait "$p" 2>/dev/null || true
+  forget "$p"
+}
+forget() {  # a reaped PID may be reused by another process: drop it from the clean-up list
+  local keep=() q
+  for q in "${PIDS[@]}"; do [[ "$q" != "$1" ]] && keep+=("$q"); done
+  PIDS=("${keep[@]}")
 }
 # One SIGTERM only: fedps processes treat a second signal as "exit now".
 stop_pid() { kill -TERM "$1" 2>/dev/null || return 0; wait_gone "$@"; }
@@ -229,7 +235,7 @@ while :; do
   done
   kill -0 "$EVAL_PID" 2>/dev/null || die "the evaluator exited: $(tail -5 "$RUN/logs/evaluator.log")"
   if [[ -n "$KILLED" && -z "$KILL_T" && $SEQ -ge $KILL_AT ]]; then
-    kill -KILL "${CPID[$KILLED]}"; wait "${CPID[$KILLED]}" 2>/dev/null || true
+    kill -KILL "${CPID[$KILLED]}"; wait "${CPID[$KILLED]}" 2>/dev/null || true; forget "${CPID[$KILLED]}"
     KILL_T=$(now); KILL_V=$SEQ; event kill client "$KILLED" version "$SEQ"
     echo "[demo] kill -9 $KILLED at version $SEQ; restarting it in $DOWN_S s from its state folder"
   fi
