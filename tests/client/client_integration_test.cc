@@ -186,7 +186,9 @@ class ClientIntegration : public ::testing::Test {
 };
 
 TEST_F(ClientIntegration, ThreeClientsCommitUpdatesOnceAndValidationLossFalls) {
-  std::string config = WriteConfig();
+  // FedBuff with SGD lr 1: every 3 updates the shards step on their mean (FedAvg), so three
+  // clients that pulled the same version do not add up to three times one client's move.
+  std::string config = WriteConfig("buffer_size = 3\n");
   StartShards(config);
   if (HasFatalFailure()) return;
   nlohmann::json before = EvaluateOnce(config, "eval-before");
@@ -248,7 +250,7 @@ TEST_F(ClientIntegration, ThreeClientsCommitUpdatesOnceAndValidationLossFalls) {
   ASSERT_FALSE(after.is_null());
   EXPECT_EQ(after["version"], kClients * kUpdates);
   EXPECT_EQ(after["federation_tokens"].get<int64_t>(), kClients * kUpdates * 10 * 8 * 64);
-  EXPECT_LT(after["loss"].get<double>(), before["loss"].get<double>() - 0.3)
+  EXPECT_LT(after["loss"].get<double>(), before["loss"].get<double>() - 0.1)
       << "validation loss " << before["loss"] << " -> " << after["loss"];
   for (const char* d : {"code", "licenses"}) {
     EXPECT_LT(after["domains"][d]["loss"].get<double>(), before["domains"][d]["loss"].get<double>()) << d;
