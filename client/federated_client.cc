@@ -146,6 +146,8 @@ Status FederatedClient::Init() {
   tokenizer_path_ = cfg_.data.tokenizer.empty() ? JoinPath(data_dir_, "tokenizer.model") : cfg_.data.tokenizer;
   ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Load(tokenizer_path_));
   ASSIGN_OR_RETURN(Manifest manifest, LoadManifest(data_dir_, tokenizer_->sha256()));
+  // The domains this member trains on, as the registry and `fedps-ctl members` show them.
+  member_domains_ = domains_.empty() ? manifest.DomainNames() : domains_;
   ASSIGN_OR_RETURN(ModelConfig model_config, ResolveModelConfig(cfg_.model, tokenizer_->vocab_size()));
   ASSIGN_OR_RETURN(model_, Model::Create(model_config, device, cfg_.run.seed));
   const ParamLayout& layout = model_->layout();
@@ -239,7 +241,7 @@ Status FederatedClient::JoinFresh() {
   if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
   Backoff backoff(cfg_.client.retry_initial_ms, cfg_.client.retry_max_ms, 2.0, options_.backoff_seed);
   for (;;) {
-    auto epoch = registry_->Join(options_.name, host, domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
+    auto epoch = registry_->Join(options_.name, host, member_domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
     if (epoch.ok()) {
       std::lock_guard<std::mutex> lock(membership_mu_);
       epoch_ = *epoch;
@@ -256,7 +258,7 @@ Status FederatedClient::Rejoin(RegistryLink* registry, int64_t fenced_epoch) {
   if (epoch_ != fenced_epoch) return Status::Ok();  // someone else already joined again
   char host[256] = {0};
   if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
-  auto epoch = registry->Join(options_.name, host, domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
+  auto epoch = registry->Join(options_.name, host, member_domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
   if (!epoch.ok()) return epoch.status().WithContext("rejoin");
   LOG(WARNING) << "client " << options_.name << ": membership epoch " << fenced_epoch
                << " was fenced (lease lapsed or a newer join under this name); joined again as epoch " << *epoch;
@@ -848,6 +850,7 @@ Status FederatedClient::ClearPendingCommitted(int64_t seq, double push_s, double
   next.pending.reset();
   next.residuals_before.clear();
   next.totals["committed"] = committed;
+  next.totals["staleness_sum"] = next.totals.value("staleness_sum", int64_t{0}) + staleness;
   next.totals["tokens"] = next.totals.value("tokens", int64_t{0}) + u.tokens;
   next.totals["last_seq"] = seq;
   RETURN_IF_ERROR(store_->Save(next, StateWrite{false, false}));
@@ -856,7 +859,10 @@ Status FederatedClient::ClearPendingCommitted(int64_t seq, double push_s, double
   stats_.last_seq = seq;
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
+    const double staleness_sum = static_cast<double>(state_.totals.value("staleness_sum", int64_t{0}));
     heartbeat_stats_ = {{"committed", committed},
+                        {"updates", committed},
+                        {"mean_staleness", committed > 0 ? staleness_sum / static_cast<double>(committed) : 0.0},
                         {"last_seq", seq},
                         {"tokens", state_.totals.value("tokens", int64_t{0})},
                         {"tokens_per_s", info.value("tokens_per_s", 0.0)},

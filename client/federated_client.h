@@ -201,6 +201,7 @@ class FederatedClient {
   RunConfig& cfg_;  // options_.config
   std::string data_dir_, state_dir_, tokenizer_path_;
   std::vector<std::string> domains_;
+  std::vector<std::string> member_domains_;  // domains_, or all of the dataset's when empty
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<SequenceLoader> loader_;

@@ -240,6 +240,17 @@ TEST_F(ClientIntegration, ThreeClientsCommitUpdatesOnceAndValidationLossFalls) {
   auto members = reg->Members();
   ASSERT_TRUE(members.ok());
   EXPECT_TRUE(members->empty());
+  // What `fedps-ctl members` shows of them: their domains and their last heartbeat stats.
+  auto past = reg->PastMembers(10);
+  ASSERT_TRUE(past.ok());
+  EXPECT_EQ(past->size(), size_t(kClients));
+  for (const auto& m : *past) {
+    EXPECT_FALSE(m.data_domains.empty()) << m.name;
+    if (m.stats.contains("updates")) {
+      EXPECT_LE(m.stats["updates"].get<int64_t>(), kUpdates) << m.name;
+      EXPECT_GE(m.stats["mean_staleness"].get<double>(), 0.0) << m.name;
+    }
+  }
 
   // Applied by both shards, and the global model got better.
   for (int i = 0; i < 2; ++i) {
