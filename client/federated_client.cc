@@ -21,31 +21,6 @@ double SecondsSince(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
 }
 
-std::vector<std::string> SplitList(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
-StatusOr<torch::Device> PickDevice(const std::string& name) {
-  try {
-    if (name == "auto") {
-      return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-    }
-    torch::Device d(name);
-    if (d.is_cuda() && !torch::cuda::is_available()) {
-      return FailedPrecondition("device " + name + " requested but CUDA is not available");
-    }
-    return d;
-  } catch (const std::exception&) {
-    return InvalidArgument("bad device \"" + name + "\" (auto, cpu, cuda, cuda:N)");
-  }
-}
-
 bool ValidName(const std::string& name) {
   if (name.empty() || name.size() > 200) return false;
   for (unsigned char c : name) {
@@ -138,9 +113,9 @@ Status FederatedClient::Init() {
   data_dir_ = options_.data_dir.empty() ? cfg_.data.prepared : options_.data_dir;
   state_dir_ = options_.state_dir.empty() ? JoinPath(JoinPath(cfg_.run.dir, "clients"), options_.name)
                                           : options_.state_dir;
-  domains_ = SplitList(cfg_.data.domains);
+  domains_ = SplitCommaList(cfg_.data.domains);
   if (cfg_.train.threads > 0) torch::set_num_threads(static_cast<int>(cfg_.train.threads));
-  ASSIGN_OR_RETURN(torch::Device device, PickDevice(cfg_.train.device));
+  ASSIGN_OR_RETURN(torch::Device device, ParseDevice(cfg_.train.device));
 
   // Tokenizer, data, model: the same wiring as `fedps-ctl train`.
   tokenizer_path_ = cfg_.data.tokenizer.empty() ? JoinPath(data_dir_, "tokenizer.model") : cfg_.data.tokenizer;

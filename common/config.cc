@@ -280,6 +280,16 @@ StatusOr<RunConfig> ParseConfig(const std::string& toml_text, const std::string&
   return config;
 }
 
+std::vector<std::string> SplitCommaList(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream in(list);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
 StatusOr<RunConfig> LoadConfig(const std::string& path) {
   auto text = Env::Default()->ReadFile(path);
   if (!text.ok()) return InvalidArgument("cannot read config: " + text.status().message());

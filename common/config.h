@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -130,6 +131,9 @@ struct RunConfig {
   PsOptions ps;
   ClientOptions client;
 };
+
+// "a,b,,c" -> {"a", "b", "c"} (config lists such as data.domains).
+std::vector<std::string> SplitCommaList(const std::string& list);
 
 // Parses and validates a config file.
 StatusOr<RunConfig> LoadConfig(const std::string& path);

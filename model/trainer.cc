@@ -34,6 +34,21 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 
 }  // namespace
 
+StatusOr<torch::Device> ParseDevice(const std::string& name) {
+  try {
+    if (name == "auto") {
+      return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+    }
+    torch::Device d(name);
+    if (d.is_cuda() && !torch::cuda::is_available()) {
+      return FailedPrecondition("device " + name + " requested but CUDA is not available");
+    }
+    return d;
+  } catch (const std::exception&) {
+    return InvalidArgument("bad device \"" + name + "\" (auto, cpu, cuda, cuda:N)");
+  }
+}
+
 double LearningRate(const TrainOptions& o, int64_t step) {
   const double min_lr = o.lr * o.min_lr_ratio;
   if (step < o.warmup_steps) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup_steps);

@@ -29,6 +29,10 @@
 
 namespace fedps {
 
+// train.device -> a device: "auto" is CUDA 0 when present, else the CPU; "cuda[:N]"
+// without CUDA is an error.
+StatusOr<torch::Device> ParseDevice(const std::string& name);
+
 // Learning rate for the optimizer step with 0-based index `step` (warm-up, then
 // the schedule; after opts.steps it stays at the final value).
 double LearningRate(const TrainOptions& opts, int64_t step);

@@ -12,53 +12,10 @@
 #include "common/config.h"
 #include "ps/registry.h"
 #include "tools/commands.h"
+#include "tools/run_target.h"
 
 namespace fedps::tools {
 namespace {
-
-struct Target {
-  std::string config;
-  std::string redis;
-  std::string run;
-  std::string password;
-};
-
-void AddTargetOptions(CLI::App* cmd, Target& t) {
-  cmd->add_option("-c,--config", t.config, "Run config (TOML): takes [ps] redis and [run] id from it");
-  cmd->add_option("--redis", t.redis, "Redis host:port (overrides the config)");
-  cmd->add_option("--run", t.run, "Run id (overrides the config)");
-  cmd->add_option("--password", t.password, "Redis password (overrides the config)");
-}
-
-StatusOr<std::unique_ptr<Registry>> ConnectTarget(const Target& t) {
-  RegistryOptions o;
-  std::string redis = t.redis;
-  o.run_id = t.run;
-  o.password = t.password;
-  if (!t.config.empty()) {
-    ASSIGN_OR_RETURN(RunConfig cfg, LoadConfig(t.config));
-    if (redis.empty()) redis = cfg.ps.redis;
-    if (o.run_id.empty()) o.run_id = cfg.run.id;
-    if (o.password.empty()) o.password = cfg.ps.redis_password;
-  }
-  if (redis.empty() || o.run_id.empty()) return InvalidArgument("say which run: --config FILE, or --redis HOST:PORT and --run ID");
-  auto colon = redis.rfind(':');
-  if (colon == std::string::npos) return InvalidArgument("--redis must be host:port (got \"" + redis + "\")");
-  o.host = redis.substr(0, colon);
-  try {
-    o.port = std::stoi(redis.substr(colon + 1));
-  } catch (const std::exception&) {
-    return InvalidArgument("--redis must be host:port (got \"" + redis + "\")");
-  }
-  o.connect_timeout = std::chrono::milliseconds(1500);
-  return Registry::Connect(o);
-}
-
-StatusOr<std::string> RunIdOf(const Target& t) {
-  if (!t.run.empty()) return t.run;
-  ASSIGN_OR_RETURN(RunConfig cfg, LoadConfig(t.config));
-  return cfg.run.id;
-}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -222,19 +179,19 @@ void PrintStatus(const nlohmann::json& j, const std::string& run_id) {
 }
 
 struct StatusArgs {
-  Target target;
+  RunTarget target;
   bool json = false;
   int64_t events = 10;
 };
 
 struct WatchArgs {
-  Target target;
+  RunTarget target;
   double interval = 2.0;
   int64_t count = 0;
 };
 
 struct UpdatesArgs {
-  Target target;
+  RunTarget target;
   bool json = false;
   int64_t last = 20;
 };
@@ -247,17 +204,17 @@ void AddOpsCommands(CLI::App& root, CommandList& commands) {
   {
     auto a = std::make_shared<StatusArgs>();
     auto* cmd = root.add_subcommand("status", "A running federation: run, global version, shards, clients, recent events");
-    AddTargetOptions(cmd, a->target);
+    AddRunTargetOptions(cmd, a->target);
     cmd->add_flag("--json", a->json, "Print JSON (schema: docs/status-json.md)");
     cmd->add_option("--events", a->events, "Recent events to show");
     commands.push_back({cmd, [a]() -> Status {
-                          ASSIGN_OR_RETURN(auto r, ConnectTarget(a->target));
+                          ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a->target));
+                          Registry* r = c.registry.get();
                           ASSIGN_OR_RETURN(nlohmann::json j, Snapshot(*r, a->events));
                           if (a->json) {
                             std::cout << j.dump(2) << "\n";
                           } else {
-                            ASSIGN_OR_RETURN(std::string run_id, RunIdOf(a->target));
-                            PrintStatus(j, run_id);
+                            PrintStatus(j, c.run_id);
                           }
                           return Status::Ok();
                         }});
@@ -265,10 +222,11 @@ void AddOpsCommands(CLI::App& root, CommandList& commands) {
   {
     auto a = std::make_shared<StatusArgs>();
     auto* cmd = root.add_subcommand("members", "Clients: live members with leases, and past ones (left, expired)");
-    AddTargetOptions(cmd, a->target);
+    AddRunTargetOptions(cmd, a->target);
     cmd->add_flag("--json", a->json, "Print JSON");
     commands.push_back({cmd, [a]() -> Status {
-                          ASSIGN_OR_RETURN(auto r, ConnectTarget(a->target));
+                          ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a->target));
+                          Registry* r = c.registry.get();
                           ASSIGN_OR_RETURN(nlohmann::json j, Snapshot(*r, 0));
                           if (a->json) std::cout << j["clients"].dump(2) << "\n";
                           else PrintClients(j["clients"]);
@@ -278,10 +236,11 @@ void AddOpsCommands(CLI::App& root, CommandList& commands) {
   {
     auto a = std::make_shared<StatusArgs>();
     auto* cmd = root.add_subcommand("shards", "The shard directory: addresses, epochs, versions, traffic, checkpoints");
-    AddTargetOptions(cmd, a->target);
+    AddRunTargetOptions(cmd, a->target);
     cmd->add_flag("--json", a->json, "Print JSON");
     commands.push_back({cmd, [a]() -> Status {
-                          ASSIGN_OR_RETURN(auto r, ConnectTarget(a->target));
+                          ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a->target));
+                          Registry* r = c.registry.get();
                           ASSIGN_OR_RETURN(nlohmann::json j, Snapshot(*r, 0));
                           if (a->json) std::cout << j["shards"].dump(2) << "\n";
                           else PrintShards(j["shards"]);
@@ -291,12 +250,13 @@ void AddOpsCommands(CLI::App& root, CommandList& commands) {
   {
     auto a = std::make_shared<UpdatesArgs>();
     auto* cmd = root.add_subcommand("updates", "The newest committed updates in global order, with their staleness");
-    AddTargetOptions(cmd, a->target);
+    AddRunTargetOptions(cmd, a->target);
     cmd->add_flag("--json", a->json, "Print JSON");
     cmd->add_option("-n,--last", a->last, "How many");
     commands.push_back({cmd, [a]() -> Status {
                           if (a->last < 1) return InvalidArgument("--last must be >= 1");
-                          ASSIGN_OR_RETURN(auto r, ConnectTarget(a->target));
+                          ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a->target));
+                          Registry* r = c.registry.get();
                           ASSIGN_OR_RETURN(int64_t seq, r->GlobalSeq());
                           ASSIGN_OR_RETURN(auto ups, r->CommittedAfter(std::max<int64_t>(0, seq - a->last), a->last));
                           nlohmann::json out = nlohmann::json::array();
@@ -322,14 +282,15 @@ void AddOpsCommands(CLI::App& root, CommandList& commands) {
   {
     auto a = std::make_shared<WatchArgs>();
     auto* cmd = root.add_subcommand("watch", "Live view of status, refreshed until Ctrl-C");
-    AddTargetOptions(cmd, a->target);
+    AddRunTargetOptions(cmd, a->target);
     cmd->add_option("-i,--interval", a->interval, "Seconds between refreshes");
     cmd->add_option("--count", a->count, "Stop after this many refreshes (0: until Ctrl-C)");
     commands.push_back({cmd, [a]() -> Status {
                           if (!(a->interval > 0)) return InvalidArgument("--interval must be > 0");
-                          ASSIGN_OR_RETURN(auto r, ConnectTarget(a->target));
+                          ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a->target));
+                          Registry* r = c.registry.get();
                           std::signal(SIGINT, [](int) { g_stop = 1; });
-                          ASSIGN_OR_RETURN(std::string run_id, RunIdOf(a->target));
+                          const std::string& run_id = c.run_id;
                           const bool tty = ::isatty(STDOUT_FILENO);
                           for (int64_t i = 0; !g_stop && (a->count == 0 || i < a->count); ++i) {
                             auto j = Snapshot(*r, 8);

@@ -38,6 +38,7 @@
 #include "ps/registry.h"
 #include "ps/shard_channel.h"
 #include "tools/commands.h"
+#include "tools/run_target.h"
 
 namespace fedps::tools {
 namespace {
@@ -45,65 +46,6 @@ namespace {
 constexpr const char* kCaller = "fedps-ctl";
 
 // ---- the run and its registry --------------------------------------------------------------
-
-struct ShardTarget {
-  std::string config;
-  std::string redis;
-  std::string run;
-  std::string password;
-};
-
-void AddShardTargetOptions(CLI::App* cmd, ShardTarget& t) {
-  cmd->add_option("-c,--config", t.config,
-                  "Run config (TOML): takes [ps] redis and [run] id from it");
-  cmd->add_option("--redis", t.redis, "Redis host:port (overrides the config)");
-  cmd->add_option("--run", t.run, "Run id (overrides the config)");
-  cmd->add_option("--password", t.password, "Redis password (overrides the config)");
-}
-
-// The registry of the run, and the run config when --config was given.
-struct Connected {
-  std::unique_ptr<Registry> registry;
-  std::optional<RunConfig> config;
-  std::string run_id;
-};
-
-StatusOr<Connected> ConnectShardTarget(const ShardTarget& t) {
-  Connected c;
-  RegistryOptions o;
-  std::string redis = t.redis;
-  o.run_id = t.run;
-  o.password = t.password;
-  if (!t.config.empty()) {
-    ASSIGN_OR_RETURN(RunConfig cfg, LoadConfig(t.config));
-    if (redis.empty()) redis = cfg.ps.redis;
-    if (o.run_id.empty()) o.run_id = cfg.run.id;
-    if (o.password.empty()) o.password = cfg.ps.redis_password;
-    c.config = std::move(cfg);
-  }
-  if (redis.empty() || o.run_id.empty()) {
-    return InvalidArgument("say which run: --config FILE, or --redis HOST:PORT and --run ID");
-  }
-  auto colon = redis.rfind(':');
-  int port = 0;
-  if (colon != std::string::npos) {
-    try {
-      size_t used = 0;
-      port = std::stoi(redis.substr(colon + 1), &used);
-      if (used != redis.size() - colon - 1) port = 0;
-    } catch (const std::exception&) {
-      port = 0;
-    }
-  }
-  if (port <= 0 || port > 65535)
-    return InvalidArgument("--redis must be host:port (got \"" + redis + "\")");
-  o.host = redis.substr(0, colon);
-  o.port = port;
-  o.connect_timeout = std::chrono::milliseconds(1500);
-  c.run_id = o.run_id;
-  ASSIGN_OR_RETURN(c.registry, Registry::Connect(o));
-  return c;
-}
 
 StatusOr<RunIdentity> RunOf(Registry& r, const std::string& run_id) {
   auto run = r.GetRun();
@@ -193,7 +135,7 @@ Status ShardsFailed(const std::string& what, const std::vector<std::string>& fai
 // ---- checkpoint -----------------------------------------------------------------------------
 
 struct CheckpointArgs {
-  ShardTarget target;
+  RunTarget target;
   bool json = false;
   double timeout_s = 600;
 };
@@ -211,7 +153,7 @@ struct CheckpointRow {
 
 Status RunCheckpoint(const CheckpointArgs& a) {
   if (!(a.timeout_s > 0)) return InvalidArgument("--timeout must be > 0");
-  ASSIGN_OR_RETURN(Connected c, ConnectShardTarget(a.target));
+  ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a.target));
   ASSIGN_OR_RETURN(RunIdentity run, RunOf(*c.registry, c.run_id));
   ASSIGN_OR_RETURN(std::vector<ShardStatus> dir, Directory(*c.registry, run.num_shards));
   std::vector<CheckpointRow> rows(dir.size());
@@ -287,7 +229,7 @@ Status RunCheckpoint(const CheckpointArgs& a) {
 // ---- pull-model -----------------------------------------------------------------------------
 
 struct PullModelArgs {
-  ShardTarget target;
+  RunTarget target;
   std::string out;
   std::string hf;
   std::string tokenizer;
@@ -457,7 +399,7 @@ Status PullOneShard(int i, const ShardStatus& entry, const RunIdentity& run,
 }
 
 // The tokenizer file for pull-model: --tokenizer, else the config's, checked against the run.
-StatusOr<std::string> TokenizerFor(const PullModelArgs& a, const Connected& c,
+StatusOr<std::string> TokenizerFor(const PullModelArgs& a, const ConnectedRun& c,
                                    const RunIdentity& run) {
   std::string path = a.tokenizer;
   if (path.empty() && c.config) {
@@ -487,7 +429,7 @@ Status RunPullModel(const PullModelArgs& a) {
                            " exists and is not empty (pass --force to replace it)");
     }
   }
-  ASSIGN_OR_RETURN(Connected c, ConnectShardTarget(a.target));
+  ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a.target));
   ASSIGN_OR_RETURN(RunIdentity run, RunOf(*c.registry, c.run_id));
 
   // The model and its layout, as the run pinned them.
@@ -642,7 +584,7 @@ void AddShardCommands(CLI::App& root, CommandList& commands) {
     auto a = std::make_shared<CheckpointArgs>();
     auto* cmd = root.add_subcommand("checkpoint",
                                     "Ask every shard of a running federation to checkpoint now");
-    AddShardTargetOptions(cmd, a->target);
+    AddRunTargetOptions(cmd, a->target);
     cmd->add_flag("--json", a->json, "Print JSON");
     cmd->add_option("--timeout", a->timeout_s, "Seconds to wait for one shard's checkpoint")
         ->capture_default_str();
@@ -653,7 +595,7 @@ void AddShardCommands(CLI::App& root, CommandList& commands) {
     auto* cmd = root.add_subcommand("pull-model",
                                     "Assemble the global model from a running federation's shards "
                                     "into a checkpoint folder (and a Hugging Face one)");
-    AddShardTargetOptions(cmd, a->target);
+    AddRunTargetOptions(cmd, a->target);
     cmd->add_option(
            "-o,--out", a->out,
            "Checkpoints root to write step-<version>/ under (eval/export/generate take it)")

@@ -20,27 +20,6 @@
 namespace fedps::tools {
 namespace {
 
-std::vector<std::string> SplitList(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
-StatusOr<torch::Device> PickDevice(const std::string& name) {
-  try {
-    if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-    torch::Device d(name);
-    if (d.is_cuda() && !torch::cuda::is_available()) return FailedPrecondition("device " + name + " requested but CUDA is not available");
-    return d;
-  } catch (const std::exception& e) {
-    return InvalidArgument("bad device \"" + name + "\"");
-  }
-}
-
 std::string Hms(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   int64_t s = static_cast<int64_t>(seconds + 0.5);
@@ -86,12 +65,12 @@ Status RunTrain(const TrainArgs& args) {
   const TrainOptions& t = cfg.train;
   Env* env = Env::Default();
   if (t.threads > 0) torch::set_num_threads(static_cast<int>(t.threads));
-  ASSIGN_OR_RETURN(torch::Device device, PickDevice(t.device));
+  ASSIGN_OR_RETURN(torch::Device device, ParseDevice(t.device));
 
   std::string tokenizer_path = cfg.data.tokenizer.empty() ? JoinPath(cfg.data.prepared, "tokenizer.model") : cfg.data.tokenizer;
   ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(tokenizer_path));
   ASSIGN_OR_RETURN(Manifest manifest, LoadManifest(cfg.data.prepared, tokenizer->sha256()));
-  std::vector<std::string> domains = SplitList(cfg.data.domains);
+  std::vector<std::string> domains = SplitCommaList(cfg.data.domains);
 
   const std::string ckpt_root = JoinPath(cfg.run.dir, "checkpoints");
   std::optional<CheckpointContents> resume_from;
@@ -232,7 +211,7 @@ struct EvalArgs {
 };
 
 Status RunEval(const EvalArgs& args) {
-  ASSIGN_OR_RETURN(torch::Device device, PickDevice(args.device));
+  ASSIGN_OR_RETURN(torch::Device device, ParseDevice(args.device));
   ASSIGN_OR_RETURN(CheckpointContents ckpt, LoadCheckpoint(args.checkpoint, /*with_optimizer=*/false));
   ASSIGN_OR_RETURN(Manifest manifest, LoadManifest(args.data, ckpt.tokenizer_sha256));
   ASSIGN_OR_RETURN(auto model, ModelFromCheckpoint(ckpt, device));
@@ -240,7 +219,7 @@ Status RunEval(const EvalArgs& args) {
   o.seq_len = args.seq_len > 0 ? args.seq_len : std::min<int64_t>(model->config().max_seq_len, 128);
   o.batch = args.batch;
   o.max_batches = args.batches;
-  ASSIGN_OR_RETURN(EvalResult r, Evaluate(*model, args.data, SplitList(args.domains), o));
+  ASSIGN_OR_RETURN(EvalResult r, Evaluate(*model, args.data, SplitCommaList(args.domains), o));
   if (args.json) {
     auto j = r.ToJson();
     j["checkpoint"] = ckpt.path;
@@ -279,7 +258,7 @@ struct GenerateArgs {
 };
 
 Status RunGenerate(const GenerateArgs& args) {
-  ASSIGN_OR_RETURN(torch::Device device, PickDevice(args.device));
+  ASSIGN_OR_RETURN(torch::Device device, ParseDevice(args.device));
   ASSIGN_OR_RETURN(CheckpointContents ckpt, LoadCheckpoint(args.checkpoint, /*with_optimizer=*/false));
   ASSIGN_OR_RETURN(auto model, ModelFromCheckpoint(ckpt, device));
   ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(ckpt.tokenizer_path()));
