@@ -32,4 +32,7 @@ void AddReportCommands(CLI::App& root, CommandList& commands);
 // tools/cmd_shards.cc: checkpoint, pull-model (talk to a running federation's shards).
 void AddShardCommands(CLI::App& root, CommandList& commands);
 
+// tools/cmd_demo.cc: demo (runs scripts/demo.sh against this build).
+void AddDemoCommands(CLI::App& root, CommandList& commands);
+
 }  // namespace fedps::tools

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   fedps::tools::AddDataCommands(app, commands);
   fedps::tools::AddTrainCommands(app, commands);
   fedps::tools::AddOpsCommands(app, commands);
+  fedps::tools::AddDemoCommands(app, commands);
   fedps::tools::AddShardCommands(app, commands);
   fedps::tools::AddCorpusCommands(app, commands);
   fedps::tools::AddReportCommands(app, commands);

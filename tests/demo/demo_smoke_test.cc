@@ -1,4 +1,4 @@
-// `make demo` in CI size: scripts/demo.sh --config configs/demo-smoke.toml end to end
+// `make demo` in CI size: `fedps-ctl demo --config configs/demo-smoke.toml` end to end
 // (corpus build through apt, tokenizer, prepare, partition, a private redis-server, two
 // fedps-shard, two fedps-client - one throttled, one killed with kill -9 and restarted -,
 // an evaluator, pull-model, the centralised baseline, eval, generate, fedps-ctl report).
@@ -59,9 +59,10 @@ TEST(DemoSmoke, TheDemoPipelineEndsInAReportWithItsPlots) {
 
   const std::string runs = dir.File("runs");
   const auto start = std::chrono::steady_clock::now();
-  auto st = RunLogged({"bash", SourceDir() + "/scripts/demo.sh", "--config", SourceDir() + "/configs/demo-smoke.toml",
-                       "--runs", runs, "--data", dir.File("data"), "--cache", dir.File("cache"), "--bin",
-                       testing::BinaryDir() + "/bin"},
+  // Through `fedps-ctl demo`, which runs scripts/demo.sh against this build.
+  auto st = RunLogged({testing::BinaryDir() + "/bin/fedps-ctl", "demo", "--config",
+                       SourceDir() + "/configs/demo-smoke.toml", "--runs", runs, "--data", dir.File("data"),
+                       "--cache", dir.File("cache")},
                       dir.File("demo.log"), "", std::chrono::seconds(540));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_TRUE(st.ok()) << "demo.sh still running after 540 s:\n" << testing::ReadLogTail(dir.File("demo.log"), 6000);
