@@ -1,5 +1,5 @@
-// fedps-ctl: prepare data, train the centralised baseline, evaluate and export
-// checkpoints; later inspect and operate a running federation.
+// fedps-ctl: build a corpus and prepare data, train the centralised baseline, evaluate
+// and export checkpoints, inspect and operate a running federation, write reports.
 #include <cstdio>
 #include <iostream>
 
