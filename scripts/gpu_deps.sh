@@ -9,9 +9,14 @@
 #                          Python 3.11 standard library (domain code), Python 3.11 docs
 #                          and /usr/share/common-licenses (domain docs; the licences alone
 #                          are too few tokens for a validation split of 2048-token windows)
+#   build-gpu-deps/redis/  this machine's Debian redis-server (redis-check-rdb copied under
+#                          the name redis-server, which it runs as), redis-cli, liblzf.so.1
+#                          and libjemalloc.so.2 (Ubuntu 24.04 has their other libraries);
+#                          run with LD_LIBRARY_PATH=build-gpu-deps/redis (bench/gpu_federation.sh)
 #   build-gpu-deps/stage/  downloads and unpacked packages (not carried)
 #
-# Pass build-gpu-deps/deps and build-gpu-deps/data in `carry`; scripts/gpu_train.sh uses them.
+# Pass build-gpu-deps/deps and build-gpu-deps/data in `carry` (and build-gpu-deps/redis for
+# bench/gpu_federation.sh); scripts/gpu_train.sh uses them.
 # Idempotent: a second run downloads and rebuilds nothing (delete a folder to redo it).
 # Needs: apt-get (downloads only, no root needed), dpkg-deb, g++, and a local fedps-ctl
 # for the data (FEDPS_CTL, default build/bin/fedps-ctl).
@@ -126,6 +131,21 @@ WRAP
 fi
 echo "[gpu_deps] deps: $(du -sh "$DEPS" | cut -f1) in $DEPS"
 
+# ---- 2b. redis-server for a federation on that machine -----------------------------------
+REDIS=$TOP/redis
+if [[ ! -f "$REDIS/.complete" ]]; then
+  for f in /usr/bin/redis-check-rdb /usr/bin/redis-cli /lib/$ARCH/liblzf.so.1 /lib/$ARCH/libjemalloc.so.2; do
+    [[ -e "$f" ]] || { echo "[gpu_deps] $f missing (package redis-server)" >&2; exit 1; }
+  done
+  rm -rf "$REDIS"; mkdir -p "$REDIS"
+  cp -L /usr/bin/redis-check-rdb "$REDIS/redis-server"
+  cp -L /usr/bin/redis-cli "$REDIS/redis-cli"
+  cp -L /lib/$ARCH/liblzf.so.1 /lib/$ARCH/libjemalloc.so.2 "$REDIS/"
+  LD_LIBRARY_PATH="$REDIS" "$REDIS/redis-server" --version >/dev/null
+  touch "$REDIS/.complete"
+fi
+echo "[gpu_deps] redis: $(du -sh "$REDIS" | cut -f1) in $REDIS ($(LD_LIBRARY_PATH="$REDIS" "$REDIS/redis-server" --version | cut -d' ' -f3))"
+
 # ---- 3. the prepared corpus ------------------------------------------------------------
 if [[ ! -f "$DATA/manifest.json" ]]; then
   CORPUS=$STAGE/corpus
@@ -153,4 +173,4 @@ if [[ ! -f "$DATA/manifest.json" ]]; then
     --vocab-size 32000 --out "$DATA"
 fi
 echo "[gpu_deps] data: $(du -sh "$DATA" | cut -f1) in $DATA"
-echo "[gpu_deps] carried in all: $(du -sc "$DEPS" "$DATA" | tail -1 | cut -f1) KiB (limit 65536 KiB with the working tree)"
+echo "[gpu_deps] carried in all: $(du -sc "$DEPS" "$REDIS" "$DATA" | tail -1 | cut -f1) KiB (limit 65536 KiB with the working tree)"
