@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,14 +16,10 @@
 namespace fedps {
 namespace {
 
-constexpr int kStateFormat = 1;
+constexpr int kStateFormat = 2;
+constexpr char kPendingFile[] = "pending.bin";
+constexpr char kOptimizerFile[] = "optimizer.safetensors";
 constexpr char kPendingMagic[4] = {'F', 'P', 'S', 'P'};
-
-std::string GenName(const char* stem, int64_t gen, const char* ext) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%s-%08lld%s", stem, static_cast<long long>(gen), ext);
-  return buf;
-}
 
 void PutU64(std::string* out, uint64_t v) {
   for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -145,20 +142,18 @@ StatusOr<ClientState> ClientStateStore::Load() {
   if (!env_->Exists(state_path)) return NotFound("no client state in " + dir_);
   ASSIGN_OR_RETURN(std::string text, env_->ReadFile(state_path));
   ClientState s;
-  nlohmann::json j;
+  std::string pending_sha;
   try {
-    j = nlohmann::json::parse(text);
-    if (j.at("format").get<int>() != kStateFormat) {
-      return DataLoss(state_path + ": unknown format " + j.at("format").dump());
+    nlohmann::json j = nlohmann::json::parse(text);
+    const int format = j.at("format").get<int>();
+    if (format != kStateFormat) {
+      return DataLoss(state_path + ": state format " + std::to_string(format) + " (this fedps reads " +
+                      std::to_string(kStateFormat) + "); finish that client with the fedps that wrote it, or "
+                      "remove the folder to start it afresh");
     }
-    generation_ = j.at("generation").get<int64_t>();
     s.next_counter = j.at("next_counter").get<int64_t>();
     s.trainer_step = j.at("trainer_step").get<int64_t>();
     s.totals = j.value("totals", nlohmann::json::object());
-    optimizer_file_ = j.at("files").value("optimizer", "");
-    residuals_file_ = j.at("files").value("residuals", "");
-    pending_file_ = j.at("files").value("pending", "");
-    pending_sha256_ = j.at("files").value("pending_sha256", "");
     if (j.contains("loader") && !j["loader"].is_null()) {
       ASSIGN_OR_RETURN(LoaderState ls, LoaderState::FromJson(j["loader"]));
       s.loader = ls;
@@ -166,122 +161,70 @@ StatusOr<ClientState> ClientStateStore::Load() {
     if (j.contains("pending") && !j["pending"].is_null()) {
       ASSIGN_OR_RETURN(PendingUpdate p, PendingFromJson(j["pending"]));
       s.pending = std::move(p);
+      pending_sha = j.at("pending_sha256").get<std::string>();
     }
   } catch (const std::exception& e) {
     return DataLoss(state_path + ": " + e.what());
   }
-  if (!optimizer_file_.empty()) {
-    auto t = LoadTensors(Path(optimizer_file_));
-    if (!t.ok()) return DataLoss(t.status().message());
-    s.optimizer = std::move(t).value();
-  }
-  if (!residuals_file_.empty()) {
-    auto t = LoadTensors(Path(residuals_file_));
-    if (!t.ok()) return DataLoss(t.status().message());
-    for (auto& [name, tensor] : *t) {
-      bool before = name.rfind("residual_before.", 0) == 0;
-      if (!before && name.rfind("residual.", 0) != 0) continue;
-      size_t index = 0;
-      try {
-        index = std::stoul(name.substr(name.find('.') + 1));
-      } catch (const std::exception&) {
-        index = SIZE_MAX;
-      }
-      if (index > 4096) return DataLoss(residuals_file_ + ": bad tensor name " + name);
-      auto& vec = before ? s.residuals_before : s.residuals;
-      if (vec.size() <= index) vec.resize(index + 1);
-      torch::Tensor f = tensor.to(torch::kFloat32).contiguous();
-      vec[index].assign(f.data_ptr<float>(), f.data_ptr<float>() + f.numel());
-    }
-  }
+  pending_sha256_.clear();
+  pending_update_id_.clear();
   if (s.pending) {
-    if (pending_file_.empty()) return DataLoss(state_path + ": pending update without frames file");
-    ASSIGN_OR_RETURN(std::string bytes, env_->ReadFile(Path(pending_file_)));
-    if (Sha256Hex(bytes) != pending_sha256_) {
-      return DataLoss("pending update " + Path(pending_file_) + ": sha256 differs from state.json");
+    ASSIGN_OR_RETURN(std::string bytes, env_->ReadFile(Path(kPendingFile)));
+    if (Sha256Hex(bytes) != pending_sha) {
+      return DataLoss("pending update " + Path(kPendingFile) + ": sha256 differs from state.json");
     }
-    RETURN_IF_ERROR(ParseFrames(bytes, &*s.pending, Path(pending_file_)));
+    RETURN_IF_ERROR(ParseFrames(bytes, &*s.pending, Path(kPendingFile)));
+    pending_sha256_ = pending_sha;
     pending_update_id_ = s.pending->update_id;
   }
   return s;
 }
 
-Status ClientStateStore::Save(const ClientState& state, StateWrite what) {
-  const int64_t gen = generation_ + 1;
-  std::string optimizer_file = optimizer_file_, residuals_file = residuals_file_;
-  std::string pending_file = pending_file_, pending_sha = pending_sha256_;
-  if (what.optimizer || optimizer_file.empty()) {
-    if (state.optimizer.empty()) {
-      optimizer_file.clear();
-    } else {
-      optimizer_file = GenName("optimizer", gen, ".safetensors");
-      RETURN_IF_ERROR(SaveTensors(Path(optimizer_file), state.optimizer));
+Status ClientStateStore::Save(const ClientState& state) {
+  if (state.pending && state.pending->update_id != pending_update_id_) {
+    if (!pending_update_id_.empty()) {
+      return FailedPrecondition("client state: update " + state.pending->update_id + " while " + pending_update_id_ +
+                                " is still pending");
     }
-  }
-  if (what.residuals || residuals_file.empty()) {
-    std::vector<std::pair<std::string, torch::Tensor>> tensors;
-    auto add = [&](const char* stem, const std::vector<std::vector<float>>& vecs) {
-      for (size_t i = 0; i < vecs.size(); ++i) {
-        if (vecs[i].empty()) continue;
-        auto* data = const_cast<float*>(vecs[i].data());  // from_blob wants non-const; only read
-        tensors.emplace_back(std::string(stem) + "." + std::to_string(i),
-                             torch::from_blob(data, {static_cast<int64_t>(vecs[i].size())}, torch::kFloat32));
-      }
-    };
-    add("residual", state.residuals);
-    if (state.pending) add("residual_before", state.residuals_before);
-    if (tensors.empty()) {
-      residuals_file.clear();
-    } else {
-      residuals_file = GenName("residuals", gen, ".safetensors");
-      RETURN_IF_ERROR(SaveTensors(Path(residuals_file), tensors));
-    }
-  }
-  std::string pending_id;
-  if (!state.pending) {
-    pending_file.clear();
-    pending_sha.clear();
-  } else if (state.pending->update_id != pending_update_id_ || pending_file.empty()) {
+    // state.json names no pending update now, so pending.bin may be replaced.
     std::string bytes = SerializeFrames(*state.pending);
-    pending_file = GenName("pending", gen, ".bin");
-    pending_sha = Sha256Hex(bytes);
-    RETURN_IF_ERROR(env_->WriteFileAtomic(Path(pending_file), bytes));
+    RETURN_IF_ERROR(env_->WriteFileAtomic(Path(kPendingFile), bytes));
+    pending_sha256_ = Sha256Hex(bytes);
   }
-  if (state.pending) pending_id = state.pending->update_id;
-
-  nlohmann::json files = {{"optimizer", optimizer_file},
-                          {"residuals", residuals_file},
-                          {"pending", pending_file},
-                          {"pending_sha256", pending_sha}};
   nlohmann::json j = {{"format", kStateFormat},
-                      {"generation", gen},
                       {"next_counter", state.next_counter},
                       {"trainer_step", state.trainer_step},
                       {"loader", state.loader ? state.loader->ToJson() : nlohmann::json(nullptr)},
                       {"totals", state.totals},
                       {"pending", state.pending ? PendingToJson(*state.pending) : nlohmann::json(nullptr)},
-                      {"files", files}};
+                      {"pending_sha256", state.pending ? pending_sha256_ : std::string()}};
   RETURN_IF_ERROR(env_->WriteFileAtomic(Path("state.json"), j.dump(2) + "\n"));
-  generation_ = gen;
-  optimizer_file_ = optimizer_file;
-  residuals_file_ = residuals_file;
-  pending_file_ = pending_file;
-  pending_sha256_ = pending_sha;
-  pending_update_id_ = pending_id;
-  return RemoveUnreferenced();
-}
-
-Status ClientStateStore::RemoveUnreferenced() {
-  ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(dir_));
-  for (const auto& name : names) {
-    bool ours = name.rfind("optimizer-", 0) == 0 || name.rfind("residuals-", 0) == 0 ||
-                name.rfind("pending-", 0) == 0;
-    if (!ours || name == optimizer_file_ || name == residuals_file_ || name == pending_file_) continue;
-    // Leftovers of older generations (or of a crash mid-save): never named by state.json.
-    Status s = env_->RemoveFile(Path(name));
-    if (!s.ok()) LOG(WARNING) << "client state: cannot remove " << name << ": " << s.message();
+  pending_update_id_ = state.pending ? state.pending->update_id : std::string();
+  if (!state.pending) {
+    pending_sha256_.clear();
+    if (env_->Exists(Path(kPendingFile))) {
+      Status rm = env_->RemoveFile(Path(kPendingFile));
+      if (!rm.ok()) LOG(WARNING) << "client state: " << rm.message();
+    }
   }
   return Status::Ok();
+}
+
+Status ClientStateStore::SaveOptimizer(const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  return SaveTensors(Path(kOptimizerFile), tensors);
+}
+
+StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ClientStateStore::LoadOptimizer() {
+  if (!env_->Exists(Path(kOptimizerFile))) return NotFound("no optimizer state in " + dir_);
+  return LoadTensors(Path(kOptimizerFile));
+}
+
+StatusOr<int64_t> ClientStateStore::FreeBytes() const {
+  struct statvfs st {};
+  if (::statvfs(dir_.c_str(), &st) != 0) {
+    return Unavailable("cannot read free space of " + dir_ + ": " + std::strerror(errno));
+  }
+  return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
 }
 
 }  // namespace fedps

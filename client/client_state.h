@@ -1,30 +1,32 @@
 // The state folder of one fedps-client (--state DIR, default <run.dir>/clients/<name>):
-// everything a restarted client needs to continue without losing or repeating work.
+// everything a restarted client needs to continue without losing or repeating an update.
 //
-//   state.json                       the commit point, replaced atomically (written last):
-//                                    format, generation, update counter, the inner trainer's
-//                                    global step, loader state (data cursor), totals, the
-//                                    pending update's metadata and the names of the files below
-//   optimizer-<gen>.safetensors      inner AdamW state (LocalTrainer::OptimizerState)
-//   residuals-<gen>.safetensors      codec error-feedback residual per shard slice
-//                                    ("residual.<i>"), and with a pending update the residuals
-//                                    from before encoding it ("residual_before.<i>", restored
-//                                    if the update is dropped)
-//   pending-<gen>.bin                the pending update's encoded frames (sha256 in state.json)
-//   metrics.jsonl                    the client's records (written by FederatedClient)
-//   LOCK                             flock()ed while a process uses the folder
+//   state.json               the commit point, replaced atomically: format, update counter,
+//                            the inner trainer's global step, loader state (data cursor),
+//                            totals, the pending update's metadata and its frames' sha256
+//   pending.bin              the pending update's encoded frames (one copy: written only
+//                            while state.json names no pending update, removed once it is
+//                            committed or dropped)
+//   optimizer.safetensors    the inner AdamW moments (LocalTrainer::OptimizerState), written
+//                            every client.optimizer_save_every updates and on a clean stop,
+//                            atomically (a temporary file renamed over the old one)
+//   metrics.jsonl            the client's records (written by FederatedClient)
+//   LOCK                     flock()ed while a process uses the folder
 //
-// Every file is written atomically (Env::WriteFileAtomic / SaveTensors) under a new
-// generation number and only then named by a new state.json; files of older generations
-// are removed afterwards. A crash at any point leaves the previous state.json and the files
-// it names intact, so Load() sees either the old state or the new one, never a mix.
+// Disk bound (docs/client.md), P parameters, E = the encoded bytes of one update
+// (bf16 + zstd: below 2P): state.json + pending.bin E + optimizer 8P, plus 8P more while a
+// new optimizer file is written beside the old one: at most E + 16P bytes + metrics.
 //
-// The pending update is written *before* the first frame is pushed. A restarted client
-// therefore either finds it committed (Registry::LookupCommit) and moves on, or re-pushes
-// the very same frames under the same update id and scalars (the shards' idempotency key),
-// then commits: nothing is lost and nothing is applied twice.
+// The pending update is written *before* its first frame is pushed, so a restarted client
+// either finds it committed (Registry::LookupCommit) and moves on, or re-pushes the very
+// same frames under the same update id and scalars (the shards' idempotency key), then
+// commits: nothing is lost and nothing is applied twice. The optimizer moments are a
+// performance aid, not part of that guarantee: a restarted client continues with moments up
+// to optimizer_save_every updates old (or fresh ones when the file is missing or unreadable,
+// with a warning), and its data cursor from state.json, so no data is trained twice.
 //
-// Threads: a ClientStateStore is used by one thread (the update loop).
+// Threads: a ClientStateStore is used by one thread at a time (the update loop, or the
+// update pipeline while it owns the pending update: docs/client.md, "Pipeline").
 #pragma once
 
 #include <cstdint>
@@ -71,16 +73,7 @@ struct ClientState {
   int64_t trainer_step = 0;   // LocalTrainer::global_step (drives the lr schedule)
   std::optional<LoaderState> loader;
   nlohmann::json totals = nlohmann::json::object();  // committed, dropped, tokens, ...
-  std::vector<std::pair<std::string, torch::Tensor>> optimizer;  // empty: none yet
-  std::vector<std::vector<float>> residuals;         // per shard; an empty vector: none
-  std::vector<std::vector<float>> residuals_before;  // with `pending`; same shape
   std::optional<PendingUpdate> pending;
-};
-
-// Which parts changed since the last Save (unchanged tensor files are reused).
-struct StateWrite {
-  bool optimizer = true;
-  bool residuals = true;
 };
 
 class ClientStateStore {
@@ -92,24 +85,30 @@ class ClientStateStore {
   ClientStateStore& operator=(const ClientStateStore&) = delete;
 
   const std::string& dir() const { return dir_; }
-  // kNotFound when the folder holds no state yet; kDataLoss when a file named by
-  // state.json is missing or corrupt.
+  // kNotFound when the folder holds no state yet; kDataLoss when state.json or the pending
+  // frames it names are missing or corrupt.
   StatusOr<ClientState> Load();
-  // Writes a new generation (see the file comment). Pending frames are written when the
-  // pending update differs from the one last written.
-  Status Save(const ClientState& state, StateWrite what = {});
+  // Replaces state.json; writes pending.bin first when `state.pending` is an update not
+  // written yet (FailedPrecondition if another pending update is still recorded: it must be
+  // committed or dropped first). Removes pending.bin once no update is pending.
+  Status Save(const ClientState& state);
+
+  // The optimizer file (see the file comment). LoadOptimizer: kNotFound when there is none.
+  Status SaveOptimizer(const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
+  StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> LoadOptimizer();
+
+  // Free bytes on the folder's file system (for the check before a cycle).
+  StatusOr<int64_t> FreeBytes() const;
 
  private:
   ClientStateStore(std::string dir, Env* env, int lock_fd) : dir_(std::move(dir)), env_(env), lock_fd_(lock_fd) {}
   std::string Path(const std::string& name) const { return JoinPath(dir_, name); }
-  Status RemoveUnreferenced();
 
   std::string dir_;
   Env* env_;
   int lock_fd_ = -1;
-  int64_t generation_ = 0;
-  std::string optimizer_file_, residuals_file_, pending_file_, pending_sha256_;
-  std::string pending_update_id_;  // whose frames pending_file_ holds
+  std::string pending_sha256_;     // of pending.bin as state.json records it
+  std::string pending_update_id_;  // whose frames pending.bin holds ("" = none recorded)
 };
 
 }  // namespace fedps

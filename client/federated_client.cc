@@ -130,10 +130,11 @@ Status FederatedClient::Init() {
     return InvalidArgument("ps.num_shards must be 1..4096");
   }
   ASSIGN_OR_RETURN(slices_, layout.Partition(static_cast<int>(cfg_.ps.num_shards)));
-  pulled_.assign(static_cast<size_t>(layout.total_numel()), 0.0f);
 
   // Codecs: the push codec is the run's; pulled frames decode whatever kind they carry.
   ASSIGN_OR_RETURN(push_kind_, ParseCodecKind(cfg_.compression.codec));
+  update_path_ = std::make_unique<DeviceUpdate>(layout.total_numel(), device, push_kind_,
+                                                cfg_.compression.error_feedback);
   ASSIGN_OR_RETURN(CodecKind pull_kind, ParseCodecKind(options_.pull_codec));
   CodecOptions pco;
   pco.kind = pull_kind;
@@ -181,9 +182,21 @@ Status FederatedClient::Init() {
   if (loaded.ok()) {
     state_ = std::move(loaded).value();
     if (state_.loader) RETURN_IF_ERROR(loader_->Restore(*state_.loader).WithContext("state " + state_dir_));
-    if (!state_.optimizer.empty()) {
-      std::map<std::string, torch::Tensor> opt(state_.optimizer.begin(), state_.optimizer.end());
-      RETURN_IF_ERROR(trainer_->LoadOptimizerState(opt, state_.trainer_step).WithContext("state " + state_dir_));
+    auto saved = store_->LoadOptimizer();
+    Status restored = saved.status();
+    if (saved.ok()) {
+      std::map<std::string, torch::Tensor> opt(saved->begin(), saved->end());
+      restored = trainer_->LoadOptimizerState(opt, state_.trainer_step);
+    }
+    if (!restored.ok()) {
+      // The moments only speed training up (client/client_state.h): go on with fresh ones,
+      // at the saved step of the lr schedule.
+      LOG(WARNING) << "client " << options_.name << ": optimizer moments not restored (" << restored.message()
+                   << "); continuing with fresh ones";
+      const int64_t n = model_->layout().total_numel();
+      RETURN_IF_ERROR(trainer_->LoadOptimizerState(
+          {{"exp_avg", torch::zeros({n})}, {"exp_avg_sq", torch::zeros({n})}, {"step", torch::zeros({2})}},
+          state_.trainer_step));
     }
     LOG(INFO) << "client " << options_.name << ": resumed from " << state_dir_ << " (next update "
               << state_.next_counter << ", trainer step " << state_.trainer_step
@@ -191,7 +204,6 @@ Status FederatedClient::Init() {
   } else if (loaded.status().code() != StatusCode::kNotFound) {
     return loaded.status();
   }
-  state_.residuals.resize(slices_.size());
   return Status::Ok();
 }
 
@@ -349,7 +361,7 @@ ShardChannel& FederatedClient::Channel(int shard) { return *channels_[shard]; }
 Status FederatedClient::PullShard(int shard, std::optional<int64_t> min_version, PulledSlice* out) {
   const SliceRange range = slices_[shard];
   const int64_t n = range.size();
-  std::span<float> dest(pulled_.data() + range.begin, static_cast<size_t>(n));
+  std::span<float> dest = update_path_->PullBuffer().subspan(static_cast<size_t>(range.begin), static_cast<size_t>(n));
   ShardChannel& ch = Channel(shard);
   const ShardAddress addr = directory_[shard];
   Backoff backoff(cfg_.client.retry_initial_ms, cfg_.client.retry_max_ms, 2.0,
@@ -533,7 +545,16 @@ Status FederatedClient::TrainLocal(TrainFigures* out) {
       if (budget <= 0) break;
     }
     const auto t0 = SteadyClock::now();
-    ASSIGN_OR_RETURN(TrainResult r, trainer_->Run(std::min(chunk, max_steps - out->steps), budget));
+    auto run = trainer_->Run(std::min(chunk, max_steps - out->steps), budget);
+    if (!run.ok() && run.status().message().find("out of memory") != std::string::npos) {
+      // Nothing of this update was saved: the state folder and a pending update are intact.
+      return FailedPrecondition("the training device ran out of memory at train.micro_batch = " +
+                                std::to_string(cfg_.train.micro_batch) + ", train.seq_len = " +
+                                std::to_string(cfg_.train.seq_len) +
+                                ": lower train.micro_batch (raise train.grad_accum to keep the batch) or the "
+                                "model size; " + run.status().message());
+    }
+    ASSIGN_OR_RETURN(TrainResult r, std::move(run));
     const double dt = SecondsSince(t0);
     out->steps += r.steps;
     out->tokens += r.tokens;
@@ -567,97 +588,246 @@ StatusOr<Codec*> FederatedClient::PushCodec(int64_t frame_elements) {
   return push_codecs_.back().get();
 }
 
-StatusOr<FederatedClient::Outcome> FederatedClient::RunCycle() {
-  const auto t_pull = SteadyClock::now();
-  std::vector<PulledSlice> pulled;
-  Status ps = PullAll(std::nullopt, &pulled);
-  if (!ps.ok()) {
-    if (Stopping()) return Outcome::kStopped;
-    return ps;
-  }
-  const double pull_s = SecondsSince(t_pull);
-  int64_t base_version = INT64_MAX, max_version = 0, pull_bytes = 0;
-  for (const auto& p : pulled) {
-    base_version = std::min(base_version, p.version);
-    max_version = std::max(max_version, p.version);
-    pull_bytes += p.bytes;
-  }
+Status FederatedClient::PullBase(Base* out, std::optional<int64_t> min_version) {
+  const auto t = SteadyClock::now();
+  RETURN_IF_ERROR(PullAll(min_version, &out->slices));
+  out->pull_s = SecondsSince(t);
+  return Status::Ok();
+}
 
-  LOG(INFO) << "pulled " << pulled.size() << " slices at versions " << base_version << ".." << max_version << " in "
-            << pull_s << " s; training update " << state_.next_counter;
+Status FederatedClient::CheckDiskSpace(bool optimizer_due) {
+  const int64_t params = model_->layout().total_numel();
+  // What the next cycle writes at most (client/client_state.h): the pending update (below
+  // 2 bytes a value for bf16 + zstd; 4 for fp32, int8 far less) and, when due, a new
+  // optimizer file (8 bytes a value) beside the old one.
+  const int64_t pending = (push_kind_ == CodecKind::kFp32 ? 4 : 2) * params + (int64_t{1} << 20);
+  const int64_t optimizer = optimizer_due ? 8 * params + (int64_t{1} << 20) : 0;
+  const int64_t margin = cfg_.client.min_free_disk_mb << 20;
+  ASSIGN_OR_RETURN(int64_t free, store_->FreeBytes());
+  if (free >= pending + optimizer + margin) return Status::Ok();
+  auto mb = [](int64_t b) { return std::to_string(b >> 20) + " MB"; };
+  return FailedPrecondition("state folder " + state_dir_ + " has " + mb(free) + " free; the next update needs " +
+                            mb(pending) + " for its frames" + (optimizer_due ? " + " + mb(optimizer) + " for the optimizer moments" : "") +
+                            " + client.min_free_disk_mb (" + mb(margin) + "): free disk space, or save the moments "
+                            "less often (client.optimizer_save_every)");
+}
 
-  // Train from the pulled model.
-  const int64_t total = static_cast<int64_t>(pulled_.size());
-  {
-    torch::NoGradGuard guard;
-    model_->flat_params().copy_(torch::from_blob(pulled_.data(), {total}, torch::kFloat32));
-  }
-  TrainFigures tf;
-  RETURN_IF_ERROR(TrainLocal(&tf));
-  if (tf.stopped) return Outcome::kStopped;  // abandoned: the saved cursor replays this data
-  if (tf.steps == 0) return FailedPrecondition("local training made no step");
+Status FederatedClient::SaveOptimizer() {
+  if (cfg_.client.optimizer_save_every <= 0) return Status::Ok();
+  return store_->SaveOptimizer(trainer_->OptimizerState()).WithContext("saving the optimizer moments");
+}
 
-  // Delta per shard, encoded with error feedback.
-  const auto t_enc = SteadyClock::now();
-  torch::Tensor trained_t = model_->flat_params().detach().to(torch::kCPU).contiguous();
-  std::span<const float> trained(trained_t.data_ptr<float>(), static_cast<size_t>(total));
-  PendingUpdate u;
-  const int64_t epoch = CurrentEpoch();
-  u.client_epoch = epoch;
-  u.counter = state_.next_counter;
-  u.update_id = options_.name + "/" + std::to_string(epoch) + "/" + std::to_string(u.counter);
-  u.base_version = base_version;
-  for (const auto& p : pulled) u.pulled_versions.push_back(p.version);
-  u.tokens = tf.tokens;
-  u.local_steps = tf.steps;
-  u.codec = std::string(CodecKindName(push_kind_));
-  ClientState next = state_;
-  next.residuals_before = state_.residuals;
-  std::vector<float> delta;
-  uint64_t bytes = 0, raw = 0;
-  for (size_t i = 0; i < slices_.size(); ++i) {
-    const SliceRange r = slices_[i];
-    const size_t n = static_cast<size_t>(r.size());
-    delta.resize(n);
-    RETURN_IF_ERROR(PseudoGradient(std::span<const float>(pulled_.data() + r.begin, n), trained.subspan(r.begin, n),
-                                   delta));
-    std::span<float> residual;
-    if (cfg_.compression.error_feedback) {
-      if (next.residuals[i].size() != n) next.residuals[i].assign(n, 0.0f);
-      residual = next.residuals[i];
-    } else {
-      next.residuals[i].clear();
+void FederatedClient::Communicate(CommJob* job) {
+  try {
+    ClientState& next = job->next;
+    PendingUpdate& u = *next.pending;
+    // zstd per shard slice on the codecs' threads.
+    const auto t_code = SteadyClock::now();
+    uint64_t bytes = 0, raw = 0;
+    for (size_t i = 0; i < slices_.size(); ++i) {
+      const SliceRange r = slices_[i];
+      PendingShard& s = u.shards[i];
+      auto codec = PushCodec(s.frame_elements);
+      if (!codec.ok()) {
+        job->outcome = codec.status();
+        return;
+      }
+      StatusOr<std::vector<std::string>> frames =
+          update_path_->device_rounding()
+              ? (*codec)->EncodeBf16Bits(update_path_->Bf16Bits(r.begin, r.size()))
+              : (*codec)->Encode(update_path_->Values(r.begin, r.size()), update_path_->HostResidual(r.begin, r.size()));
+      if (!frames.ok()) {
+        job->outcome = frames.status().WithContext("encoding shard " + std::to_string(i));
+        return;
+      }
+      s.frames = std::move(frames).value();
+      bytes += Codec::TotalBytes(s.frames);
+      raw += 4 * static_cast<uint64_t>(r.size());
     }
-    ASSIGN_OR_RETURN(Codec * codec, PushCodec(pulled[i].frame_elements));
-    ASSIGN_OR_RETURN(EncodedSlice enc, EncodeSlice(*codec, delta, residual));
-    bytes += enc.bytes;
-    raw += enc.raw_bytes;
-    PendingShard s;
-    s.shard = static_cast<int>(i);
-    s.slice_begin = r.begin;
-    s.slice_elements = r.size();
-    s.frame_elements = pulled[i].frame_elements;
-    s.frames = std::move(enc.frames);
-    u.shards.push_back(std::move(s));
+    u.info["compress_s"] = SecondsSince(t_code);
+    u.info["encode_s"] = u.info.value("quantize_s", 0.0) + SecondsSince(t_code);
+    u.info["bytes_encoded"] = bytes;
+    u.info["bytes_fp32"] = raw;
+    const auto t_save = SteadyClock::now();
+    u.info["state_s"] = u.info.value("optimizer_save_s", 0.0);
+    Status saved = store_->Save(next).WithContext("saving client state");
+    if (!saved.ok()) {
+      job->outcome = saved;
+      return;
+    }
+    u.info["state_s"] = u.info.value("optimizer_save_s", 0.0) + SecondsSince(t_save);
+    state_ = std::move(next);
+    job->outcome = FinishPending();
+    if (!job->outcome.ok() || *job->outcome == Outcome::kStopped || !job->pull_after) return;
+    // A committed update is in the model pulled next: wait (on the shards) until it is applied.
+    std::optional<int64_t> min_version;
+    if (*job->outcome == Outcome::kCommitted) min_version = stats_.last_seq;
+    Status pulled = PullBase(&job->pulled, min_version);
+    if (pulled.ok()) {
+      job->did_pull = true;
+    } else if (!Stopping()) {
+      job->outcome = pulled;
+    }
+  } catch (const std::exception& e) {
+    job->outcome = Internal(std::string("communication: ") + e.what());
   }
-  const double encode_s = SecondsSince(t_enc);
-  u.info = {{"train_loss", tf.loss},
-            {"train_s", tf.seconds},
-            {"pull_s", pull_s},
-            {"encode_s", encode_s},
-            {"tokens_per_s", tf.seconds > 0 ? double(tf.tokens) / tf.seconds : 0.0},
-            {"bytes_encoded", bytes},
-            {"bytes_fp32", raw},
-            {"pull_bytes", pull_bytes},
-            {"max_pulled_version", max_version}};
-  next.pending = std::move(u);
-  next.next_counter = state_.next_counter + 1;
-  next.trainer_step = trainer_->global_step();
-  next.loader = loader_->state();
-  next.optimizer = trainer_->OptimizerState();
-  RETURN_IF_ERROR(store_->Save(next).WithContext("saving client state"));
-  state_ = std::move(next);
-  return FinishPending();
+}
+
+Status FederatedClient::RunTrainer() {
+  const int64_t max_updates = cfg_.client.max_updates;
+  const int64_t save_every = cfg_.client.optimizer_save_every;
+  const bool pipelined = cfg_.client.pipeline_depth > 0;
+  if (state_.pending) {
+    ASSIGN_OR_RETURN(Outcome o, FinishPending());
+    if (o == Outcome::kStopped) return Status::Ok();
+  }
+  Base base;                 // what the model in training was pulled as
+  Base fresh;                // the pull buffer's contents, when newer than `base`
+  bool buffer_fresh = false;
+  int64_t committed = stats_.committed;  // as of the last time no job ran
+  int64_t cycles = 0;
+  std::unique_ptr<CommJob> job;  // the update being communicated, if any
+  std::thread comm;
+  auto wait_job = [&]() -> Status {
+    if (!job) return Status::Ok();
+    if (comm.joinable()) comm.join();
+    std::unique_ptr<CommJob> done = std::move(job);
+    committed = stats_.committed;
+    if (done->did_pull) {
+      fresh = std::move(done->pulled);
+      buffer_fresh = true;
+    }
+    if (!done->outcome.ok()) return done->outcome.status();
+    if (*done->outcome == Outcome::kStopped) stopping_ = true;
+    return Status::Ok();
+  };
+  auto load_model = [&](int64_t counter) -> Status {
+    if (!buffer_fresh) {
+      Status p = PullBase(&fresh, std::nullopt);
+      if (!p.ok()) return p;
+    }
+    RETURN_IF_ERROR(update_path_->LoadPulled(model_->flat_params()));
+    base = std::move(fresh);
+    buffer_fresh = false;
+    int64_t lo = INT64_MAX, hi = 0;
+    for (const auto& p : base.slices) lo = std::min(lo, p.version), hi = std::max(hi, p.version);
+    LOG(INFO) << "training update " << counter << " from versions " << lo << ".." << hi << " (pulled in "
+              << base.pull_s << " s)";
+    return Status::Ok();
+  };
+
+  auto loop = [&]() -> Status {
+  Status result = load_model(state_.next_counter);
+  while (result.ok() && !Stopping()) {
+    const int64_t in_flight = job ? 1 : 0;
+    if (max_updates > 0 && committed + in_flight >= max_updates) {
+      if (in_flight == 0) break;
+      result = wait_job();  // a drop would leave the budget unspent
+      if (result.ok() && committed < max_updates && !Stopping()) result = load_model(state_.next_counter);
+      continue;
+    }
+    const bool optimizer_due = save_every > 0 && (cycles + 1) % save_every == 0;
+    result = CheckDiskSpace(optimizer_due);
+    if (!result.ok()) break;
+    TrainFigures tf;
+    result = TrainLocal(&tf);
+    if (!result.ok() || tf.stopped) break;  // abandoned: the saved cursor replays this data
+    if (tf.steps == 0) {
+      result = FailedPrecondition("local training made no step");
+      break;
+    }
+    // The pipeline has one slot: the previous update must be settled before this one.
+    const auto t_wait = SteadyClock::now();
+    result = wait_job();
+    if (!result.ok() || Stopping()) break;
+    const double wait_s = SecondsSince(t_wait);
+    const auto t_quant = SteadyClock::now();
+    result = update_path_->Quantize(model_->flat_params());
+    if (!result.ok()) break;
+    const double quantize_s = SecondsSince(t_quant);
+    ++cycles;
+
+    auto next = std::make_unique<CommJob>();
+    next->next = state_;
+    PendingUpdate u;
+    const int64_t epoch = CurrentEpoch();
+    u.client_epoch = epoch;
+    u.counter = state_.next_counter;
+    u.update_id = options_.name + "/" + std::to_string(epoch) + "/" + std::to_string(u.counter);
+    int64_t base_version = INT64_MAX, max_version = 0, pull_bytes = 0;
+    for (const auto& p : base.slices) {
+      base_version = std::min(base_version, p.version);
+      max_version = std::max(max_version, p.version);
+      pull_bytes += p.bytes;
+      u.pulled_versions.push_back(p.version);
+    }
+    u.base_version = base_version;
+    u.tokens = tf.tokens;
+    u.local_steps = tf.steps;
+    u.codec = std::string(CodecKindName(push_kind_));
+    for (size_t i = 0; i < slices_.size(); ++i) {
+      PendingShard s;
+      s.shard = static_cast<int>(i);
+      s.slice_begin = slices_[i].begin;
+      s.slice_elements = slices_[i].size();
+      s.frame_elements = base.slices[i].frame_elements;
+      u.shards.push_back(std::move(s));
+    }
+    double optimizer_save_s = 0;
+    if (optimizer_due) {
+      const auto t_opt = SteadyClock::now();
+      result = SaveOptimizer();
+      if (!result.ok()) break;
+      optimizer_save_s = SecondsSince(t_opt);
+    }
+    u.info = {{"train_loss", tf.loss},
+              {"train_s", tf.seconds},
+              {"pull_s", base.pull_s},
+              {"wait_s", wait_s},
+              {"quantize_s", quantize_s},
+              {"optimizer_save_s", optimizer_save_s},
+              {"tokens_per_s", tf.seconds > 0 ? double(tf.tokens) / tf.seconds : 0.0},
+              {"pull_bytes", pull_bytes},
+              {"max_pulled_version", max_version},
+              {"pipelined", pipelined}};
+    next->next.pending = std::move(u);
+    next->next.next_counter = state_.next_counter + 1;
+    next->next.trainer_step = trainer_->global_step();
+    next->next.loader = loader_->state();
+    next->pull_after = max_updates == 0 || committed + 1 < max_updates;
+    job = std::move(next);
+    if (pipelined) {
+      // Train the next update from the newest model we hold while this one travels.
+      if (!buffer_fresh) fresh = base;  // the first cycle: nothing newer pulled yet
+      buffer_fresh = true;
+      result = load_model(job->next.next_counter);
+      if (!result.ok()) break;
+      comm = std::thread([this, j = job.get()] { Communicate(j); });
+    } else {
+      Communicate(job.get());
+      result = wait_job();
+      if (result.ok() && !Stopping() && (max_updates == 0 || committed < max_updates)) {
+        result = load_model(state_.next_counter);
+      }
+    }
+  }
+  return result;
+  };
+  Status result;
+  try {
+    result = loop();
+  } catch (const std::exception& e) {  // LibTorch (a CUDA error, say): settle the job first
+    result = Internal(std::string("client: ") + e.what());
+  }
+  Status settled = wait_job();
+  if (result.ok()) result = settled;
+  // An interrupted pull or push while stopping is a clean stop, not an error.
+  if (!result.ok() && Stopping() && result.code() == StatusCode::kAborted) result = Status::Ok();
+  if (result.ok() && Stopping() && cycles > 0) {
+    Status s = SaveOptimizer();  // a clean stop keeps the newest moments
+    if (!s.ok()) LOG(WARNING) << s.message();
+  }
+  return result;
 }
 
 // ---- push and commit --------------------------------------------------------------------
@@ -774,13 +944,9 @@ Status FederatedClient::DropPending(const std::string& reason) {
   std::fprintf(stderr, "[client %s] update %s dropped: %s\n", options_.name.c_str(), u.update_id.c_str(),
                reason.c_str());
   ClientState next = state_;
-  // The residual of a dropped update would carry coding error of values never applied.
-  if (!next.residuals_before.empty()) next.residuals = next.residuals_before;
-  next.residuals.resize(slices_.size());
-  next.residuals_before.clear();
   next.pending.reset();
   next.totals["dropped"] = next.totals.value("dropped", int64_t{0}) + 1;
-  RETURN_IF_ERROR(store_->Save(next, StateWrite{false, true}));
+  RETURN_IF_ERROR(store_->Save(next));
   state_ = std::move(next);
   ++stats_.dropped;
   return Status::Ok();
@@ -812,6 +978,11 @@ Status FederatedClient::ClearPendingCommitted(int64_t seq, double push_s, double
                         {"encode_s", info.value("encode_s", 0.0)},
                         {"push_s", push_s},
                         {"commit_s", commit_s},
+                        {"wait_s", info.value("wait_s", 0.0)},
+                        {"quantize_s", info.value("quantize_s", 0.0)},
+                        {"compress_s", info.value("compress_s", 0.0)},
+                        {"state_s", info.value("state_s", 0.0)},
+                        {"pipelined", info.value("pipelined", false)},
                         {"epoch", CurrentEpoch()}};
   RETURN_IF_ERROR(metrics_->Write("update", rec));
   std::fprintf(stderr,
@@ -823,12 +994,11 @@ Status FederatedClient::ClearPendingCommitted(int64_t seq, double push_s, double
                info.value("train_s", 0.0), push_s);
   ClientState next = state_;
   next.pending.reset();
-  next.residuals_before.clear();
   next.totals["committed"] = committed;
   next.totals["staleness_sum"] = next.totals.value("staleness_sum", int64_t{0}) + staleness;
   next.totals["tokens"] = next.totals.value("tokens", int64_t{0}) + u.tokens;
   next.totals["last_seq"] = seq;
-  RETURN_IF_ERROR(store_->Save(next, StateWrite{false, false}));
+  RETURN_IF_ERROR(store_->Save(next));
   state_ = std::move(next);
   ++stats_.committed;
   stats_.last_seq = seq;
@@ -986,20 +1156,7 @@ Status FederatedClient::Run() {
                                               {"resumed_pending", state_.pending.has_value()}}));
     heartbeat_stop_ = false;
     heartbeat_ = std::thread([this] { HeartbeatLoop(); });
-    Status result;
-    const int64_t max_updates = cfg_.client.max_updates;
-    if (state_.pending) {
-      auto o = FinishPending();
-      if (!o.ok()) result = o.status();
-    }
-    while (result.ok() && !Stopping() && (max_updates == 0 || stats_.committed < max_updates)) {
-      auto o = RunCycle();
-      if (!o.ok()) {
-        result = o.status();
-        break;
-      }
-      if (*o == Outcome::kStopped) break;
-    }
+    Status result = RunTrainer();
     heartbeat_stop_ = true;
     hb_cv_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
@@ -1066,11 +1223,7 @@ Status FederatedClient::RunEvaluator() {
       max_version = std::max(max_version, p.version);
     }
     if (target && version < *target) continue;  // the shards have not got there yet
-    {
-      torch::NoGradGuard guard;
-      model_->flat_params().copy_(
-          torch::from_blob(pulled_.data(), {static_cast<int64_t>(pulled_.size())}, torch::kFloat32));
-    }
+    RETURN_IF_ERROR(update_path_->LoadPulled(model_->flat_params(), /*keep_base=*/false));
     ASSIGN_OR_RETURN(EvalResult r, Evaluate(*model_, data_dir_, domains_, eo));
     auto tokens = FederationTokens(version);
     nlohmann::json j = r.ToJson();

@@ -1,23 +1,28 @@
 // FederatedClient: one member of a fedps federation (docs/protocol.md, docs/client.md).
 //
-// The update cycle, repeated until client.max_updates commits or a stop request:
+// The update cycle, repeated until client.max_updates commits or a stop request
+// (docs/client.md, "Data path" and "Pipeline"):
 //   1. pull: status() then every frame of a pinned snapshot from every shard, in parallel
-//      (one worker thread per shard), into one flat fp32 vector; SNAPSHOT_EXPIRED restarts
-//      that shard's pull from frame 0. base_version = min over the shards' versions.
-//   2. train: copy it into the model's flat parameters and run LocalTrainer for
-//      client.local_steps (or client.local_time_s); client.throttle > 1 sleeps after each
-//      step so that a step takes `throttle` times longer (a simulated slow client).
-//   3. encode: Delta = pulled - trained (fp32), per shard slice, with the push codec and a
-//      per-shard error-feedback residual. The update (frames + scalars) and the state after
-//      training (optimizer, loader cursor, residuals, counter) are saved atomically in the
-//      state folder (client/client_state.h) BEFORE the first frame is pushed.
-//   4. push every shard's frames in parallel; retry UNAVAILABLE / transport errors with
-//      exponential backoff (client.retry_initial_ms .. retry_max_ms, the shard's
-//      retry_after_ms respected); DATA_LOSS resends the frame; FENCED re-reads the shard
-//      directory; STALE_REFUSED drops the update (pull and train again).
-//   5. when every shard answered STAGED: Registry::CommitUpdate (global seq, staleness
-//      checked against ps.max_staleness); "not staged" -> push again; too stale -> drop.
-//   6. commit_notify every shard (a hint), a metrics.jsonl "update" record, a progress line.
+//      (one worker thread per shard), into the host pull buffer (client/device_update.h);
+//      SNAPSHOT_EXPIRED restarts that shard's pull from frame 0. base_version = min over
+//      the shards' versions. The buffer is copied into the model and kept as the base.
+//   2. train: LocalTrainer for client.local_steps (or client.local_time_s); client.throttle
+//      > 1 sleeps after each step so that a step takes `throttle` times longer.
+//   3. quantise on the device: Delta = base - trained, error feedback and bf16 rounding
+//      there (DeviceUpdate::Quantize); only the rounded values go to the host.
+//   4. communicate (the pipeline): zstd-code every shard's frames on the codec's threads,
+//      save the pending update and the state after training (optimizer moments every
+//      client.optimizer_save_every updates) in the state folder BEFORE the first frame is
+//      pushed, push every shard's frames in parallel (retry UNAVAILABLE / transport errors
+//      with backoff; DATA_LOSS resends; FENCED re-reads the shard directory; STALE_REFUSED
+//      drops the update), commit through the registry once every shard answered STAGED,
+//      commit_notify every shard, write a metrics.jsonl "update" record; then pull the
+//      model for the update after next into the pull buffer.
+//   With client.pipeline_depth = 1 (the default) step 4 for update n runs on a background
+//   thread while update n + 1 trains from the model pulled after update n - 1 committed:
+//   the GPU does not wait for the network, and each update is one update staler than it
+//   would be without the overlap (counted and weighted like any staleness). With 0, step 4
+//   runs in line and update n + 1 trains from a model that includes update n.
 //
 // Fencing and restarts. Updates are identified by "<name>/<client_epoch>/<counter>" and the
 // shards' idempotency key is (update_id, frame). A pending update keeps its id and its
@@ -38,14 +43,19 @@
 // federation committed up to that version).
 //
 // Concurrency contract
-//   * update-loop thread (the caller of Run()): owns the model, trainer, loader, codecs,
-//     state store, metrics log, `registry_` (the main Redis connection), the pulled/trained
-//     buffers and the pending update. Only it starts and joins workers.
+//   * update-loop thread (the caller of Run()): owns the model, trainer, loader and the
+//     device buffers of update_path_. While no communication job runs it also owns what
+//     the job uses: push codecs, state store and `state_`, metrics log, `registry_` (the
+//     main Redis connection), the shard directory and channels, the host pull and
+//     quantised buffers, stats_.
+//   * communication thread (pipeline_depth 1): one job at a time, started by the update
+//     loop after Quantize and joined before the loop touches any of the job's objects
+//     above again (before the next Quantize, a stop, or a synchronous pull).
 //   * heartbeat thread (trainers only; started by Run, joined before it returns): owns
 //     `heartbeat_registry_` (its own connection, so that it never waits behind a commit).
 //     Calls Heartbeat every client.heartbeat_ms; on kAborted (fenced) it rejoins.
 //   * pull/push workers: one std::thread per shard per phase, started and joined by the
-//     update loop. Worker i uses only channels_[i] (a ShardChannel is single-threaded), its
+//     update loop or the communication job. Worker i uses only channels_[i] (a ShardChannel is single-threaded), its
 //     own Backoff, and writes only its own slice of the pulled buffer / its own result slot.
 //     Codecs are thread-safe (compression/codec.h).
 //   * membership_mu_ guards epoch_ and rejoins_: Rejoin() is called by the heartbeat thread
@@ -71,6 +81,7 @@
 
 #include "client/backoff.h"
 #include "client/client_state.h"
+#include "client/device_update.h"
 #include "common/config.h"
 #include "common/metrics_log.h"
 #include "common/status.h"
@@ -183,8 +194,26 @@ class FederatedClient {
     double loss = 0, seconds = 0;
     bool stopped = false;
   };
+  // The model in training: what it was pulled as.
+  struct Base {
+    std::vector<PulledSlice> slices;
+    double pull_s = 0;
+  };
+  // One update handed to communication, and what the job reports back.
+  struct CommJob {
+    ClientState next;          // the state after training; next.pending without frames yet
+    bool pull_after = true;    // pull the next model once the update is settled
+    StatusOr<Outcome> outcome = Outcome::kStopped;
+    Base pulled;               // filled when pull_after and the pull succeeded
+    bool did_pull = false;
+  };
+  Status RunTrainer();
   Status TrainLocal(TrainFigures* out);
-  StatusOr<Outcome> RunCycle();
+  Status PullBase(Base* out, std::optional<int64_t> min_version);
+  Status CheckDiskSpace(bool optimizer_due);
+  Status SaveOptimizer();
+  // Step 4 of the cycle (file comment), on whichever thread runs the job.
+  void Communicate(CommJob* job);
   StatusOr<Outcome> FinishPending();
   void PushAll(const PendingUpdate& update, std::vector<PushResult>* results);
   PushResult PushShard(const PendingUpdate& update, const PendingShard& slice);
@@ -218,7 +247,7 @@ class FederatedClient {
 
   std::vector<ShardAddress> directory_;
   std::vector<std::unique_ptr<ShardChannel>> channels_;
-  std::vector<float> pulled_;   // flat model as pulled
+  std::unique_ptr<DeviceUpdate> update_path_;  // pull buffer, base, residual, quantised buffer
   ClientState state_;           // the update loop's view of the state folder
 
   std::mutex membership_mu_;
@@ -233,7 +262,6 @@ class FederatedClient {
   std::condition_variable hb_cv_;
   std::thread heartbeat_;
   ClientRunStats stats_;
-  int64_t total_wall_tokens_ = 0;
 };
 
 // "host:port" -> (host, port); InvalidArgument otherwise.

@@ -143,7 +143,10 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                  {"retry_initial_ms", Bind(&k.retry_initial_ms)},
                  {"retry_max_ms", Bind(&k.retry_max_ms)},
                  {"throttle", Bind(&k.throttle)},
-                 {"eval_every_versions", Bind(&k.eval_every_versions)}};
+                 {"eval_every_versions", Bind(&k.eval_every_versions)},
+                 {"pipeline_depth", Bind(&k.pipeline_depth)},
+                 {"optimizer_save_every", Bind(&k.optimizer_save_every)},
+                 {"min_free_disk_mb", Bind(&k.min_free_disk_mb)}};
   return s;
 }
 
@@ -235,6 +238,9 @@ Status Validate(const RunConfig& c, const std::string& origin) {
     return bad("client.retry_max_ms", "must be >= client.retry_initial_ms >= 1");
   if (k.throttle < 1) return bad("client.throttle", "must be >= 1");
   if (k.eval_every_versions < 1) return bad("client.eval_every_versions", "must be >= 1");
+  if (k.pipeline_depth < 0 || k.pipeline_depth > 1) return bad("client.pipeline_depth", "must be 0 or 1");
+  if (k.optimizer_save_every < 0) return bad("client.optimizer_save_every", "must be >= 0");
+  if (k.min_free_disk_mb < 0) return bad("client.min_free_disk_mb", "must be >= 0");
   return Status::Ok();
 }
 

@@ -118,6 +118,16 @@ struct ClientOptions {
   int64_t retry_max_ms = 5000;
   double throttle = 1.0;             // > 1: sleep so each step takes this many times longer (tests, demo)
   int64_t eval_every_versions = 10;  // evaluator mode: evaluate every N global versions
+  // Updates in flight while the next one trains (docs/client.md): 1 = encode, push and
+  // commit update n (and pull the next model) in the background while n+1 trains; 0 = one
+  // after the other.
+  int64_t pipeline_depth = 1;
+  // Write the inner optimizer's moments to the state folder every N updates (and on a
+  // clean stop); 0 = never (a restarted client starts with fresh moments).
+  int64_t optimizer_save_every = 10;
+  // Refuse to start a cycle unless the state folder's file system has this much free space
+  // beyond what the cycle will write (docs/client.md gives the bound).
+  int64_t min_free_disk_mb = 256;
 };
 
 struct RunConfig {

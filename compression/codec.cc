@@ -216,6 +216,28 @@ StatusOr<std::vector<std::string>> Codec::Encode(std::span<const float> values,
   return out;
 }
 
+StatusOr<std::vector<std::string>> Codec::EncodeBf16Bits(std::span<const uint16_t> bits) {
+  if (options_.kind != CodecKind::kBf16) {
+    return FailedPrecondition("EncodeBf16Bits needs a bf16 codec, this one is " +
+                              std::string(CodecKindName(options_.kind)));
+  }
+  const uint64_t n = bits.size();
+  const uint64_t chunk = static_cast<uint64_t>(options_.chunk_elements);
+  const size_t frames = static_cast<size_t>(std::max<uint64_t>(1, (n + chunk - 1) / chunk));
+  std::vector<std::string> out(frames);
+  std::vector<Status> status(frames);
+  pool_->ParallelFor(frames, [&](size_t f) {
+    const uint64_t offset = f * chunk;
+    const uint64_t count = std::min(chunk, n - offset);
+    WorkspacePool::Lease ws = workspaces_->Acquire();
+    (*ws).raw.resize(RawBytes(CodecKind::kBf16, count, 0));
+    SplitBf16Planes(bits.data() + offset, count, (*ws).raw.data());
+    status[f] = PackFrame(*ws, 0, offset, count, n, &out[f]);
+  });
+  for (const Status& s : status) RETURN_IF_ERROR(s);
+  return out;
+}
+
 Status Codec::EncodeFrame(Workspace& ws, std::span<const float> values, std::span<float> residual,
                           uint64_t offset, uint64_t slice_length, std::string* frame) {
   const CodecKind kind = options_.kind;
@@ -241,6 +263,13 @@ Status Codec::EncodeFrame(Workspace& ws, std::span<const float> values, std::spa
     }
   }
 
+  return PackFrame(ws, block, offset, count, slice_length, frame);
+}
+
+Status Codec::PackFrame(Workspace& ws, uint32_t block, uint64_t offset, uint64_t count,
+                        uint64_t slice_length, std::string* frame) {
+  const CodecKind kind = options_.kind;
+  const uint64_t raw_bytes = ws.raw.size();
   if (ws.cctx == nullptr) {
     ws.cctx.reset(ZSTD_createCCtx());
     if (ws.cctx == nullptr) return Internal("ZSTD_createCCtx failed");

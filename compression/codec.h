@@ -139,6 +139,12 @@ class Codec {
   StatusOr<std::vector<std::string>> Encode(std::span<const float> values,
                                             std::span<float> residual = {});
 
+  // Encodes values already rounded to bfloat16 (their 16-bit patterns, e.g. computed on
+  // a GPU) into the same frames Encode makes for a bf16 codec from the fp32 values; no
+  // error feedback here (the caller did it where it rounded). FailedPrecondition unless
+  // options().kind is bf16.
+  StatusOr<std::vector<std::string>> EncodeBf16Bits(std::span<const uint16_t> bits);
+
   // Checks one frame and decodes it into out[offset, offset + count), where `out`
   // is the whole slice (out.size() must equal the frame's slice length). Writes
   // nothing to `out` unless every check passes.
@@ -162,6 +168,9 @@ class Codec {
 
   Status EncodeFrame(Workspace& ws, std::span<const float> values, std::span<float> residual,
                      uint64_t offset, uint64_t slice_length, std::string* frame);
+  // zstd-codes ws.raw (the kind's raw payload of `count` values) and writes the frame.
+  Status PackFrame(Workspace& ws, uint32_t block, uint64_t offset, uint64_t count,
+                   uint64_t slice_length, std::string* frame);
   Status DecodeFrameWith(Workspace& ws, std::string_view frame, std::span<float> out);
   static Status CheckCoverage(const std::vector<std::string>& frames, uint64_t n);
   static Status CheckCoverageOfHeaders(const std::vector<std::string>& frames, uint64_t n);

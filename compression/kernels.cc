@@ -85,6 +85,15 @@ void EncodeBf16(const float* v, float* r, size_t n, uint8_t* planes) {
   }
 }
 
+void SplitBf16Planes(const uint16_t* bits, size_t n, uint8_t* planes) {
+  uint8_t* hi = planes;
+  uint8_t* lo = planes + n;
+  for (size_t i = 0; i < n; ++i) {
+    hi[i] = static_cast<uint8_t>(bits[i] >> 8);
+    lo[i] = static_cast<uint8_t>(bits[i]);
+  }
+}
+
 void DecodeBf16(const uint8_t* planes, size_t n, float* out) {
   const uint8_t* hi = planes;
   const uint8_t* lo = planes + n;

@@ -34,6 +34,8 @@ void DecodeFp32(const uint8_t* planes, size_t n, float* out);
 // bf16: 2 planes of n bytes. r may be null (no error feedback).
 void EncodeBf16(const float* v, float* r, size_t n, uint8_t* planes);
 void DecodeBf16(const uint8_t* planes, size_t n, float* out);
+// bf16 bit patterns (already rounded) into the same 2 planes.
+void SplitBf16Planes(const uint16_t* bits, size_t n, uint8_t* planes);
 
 // int8: raw = Int8Blocks(n, block) fp32 scales, then n int8 values. Returns the
 // index of the first non-finite input (after adding r) or n when all are finite;

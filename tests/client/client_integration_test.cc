@@ -12,6 +12,8 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
+#include <tuple>
 
 #include "common/env.h"
 #include "common/metrics_log.h"
@@ -293,6 +295,15 @@ TEST_F(ClientIntegration, AClientKilledWithAnUpdateInFlightResumesItUnderTheSame
   ASSERT_TRUE(pending) << testing::ReadLogTail(c.log_path());
   auto j = nlohmann::json::parse(*Env::Default()->ReadFile(state + "/state.json"));
   const std::string update_id = j["pending"]["update_id"];
+  // Pipelined (client.pipeline_depth 1): update 2 trains while update 1 is pushed in the
+  // background; the kill lands in the middle of that background push.
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        auto log = Env::Default()->ReadFile(c.log_path());
+        return log.ok() && log->find("training update 2") != std::string::npos;
+      },
+      60s, 5ms))
+      << testing::ReadLogTail(c.log_path());
   ASSERT_TRUE(c.Kill().ok());  // SIGKILL: no clean-up at all
   ASSERT_TRUE(shards_[1].Continue().ok());
 
@@ -321,6 +332,91 @@ TEST_F(ClientIntegration, AClientKilledWithAnUpdateInFlightResumesItUnderTheSame
   for (int i = 0; i < 2; ++i) {
     EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == 2; }, 60s, 50ms)) << ShardVersion(i);
   }
+}
+
+// Resident memory of a process, from /proc (0 when it is gone).
+int64_t RssBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+// Bytes in a folder, metrics.jsonl (the log, which grows by design) left out.
+int64_t StateBytes(const std::string& dir) {
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file(ec) && e.path().filename() != "metrics.jsonl") total += e.file_size(ec);
+  }
+  return total;
+}
+
+TEST_F(ClientIntegration, ManyPipelinedCyclesKeepMemoryAndStateFlat) {
+  // Short cycles (2 local steps), the moments saved every 3 updates: 36 updates.
+  std::string config = WriteConfig();
+  std::ofstream(config, std::ios::app) << "optimizer_save_every = 3\n";
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  int64_t params = 0;
+  for (int i = 0; i < 2; ++i) {
+    ShardChannelOptions o;
+    o.port = shard_ports_[i];
+    ShardChannel ch(o);
+    auto st = ch.GetStatus();
+    ASSERT_TRUE(st.ok());
+    params += st->slice_elements;
+  }
+  const std::string state = dir_.File("run/clients/c-long");
+  const std::string metrics = state + "/metrics.jsonl";
+  const int kUpdates = 36;
+  ScopedProcess c = StartClient(config, "c-long", {"--data", dir_.File("clients/client-0"), "--max-updates",
+                                                   std::to_string(kUpdates), "--local-steps", "2"});
+  // (updates committed, RSS, state bytes) while it runs.
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> samples;
+  while (!testing::ProcessGone(c.pid())) {
+    const int64_t n = static_cast<int64_t>(Records(metrics, "update").size());
+    const int64_t rss = RssBytes(c.pid());
+    if (rss > 0) samples.emplace_back(n, rss, StateBytes(state));
+    std::this_thread::sleep_for(50ms);
+  }
+  auto st = c.Wait(60s);
+  ASSERT_TRUE(st.ok() && st->success()) << testing::ReadLogTail(c.log_path());
+  auto updates = Records(metrics, "update");
+  ASSERT_EQ(updates.size(), size_t(kUpdates));
+  for (const auto& u : updates) EXPECT_TRUE(u["pipelined"].get<bool>());
+
+  // RSS: what it was once warm (10 updates in) is what it stays (no per-cycle growth).
+  int64_t warm = 0, late_max = 0, disk_max = 0;
+  for (const auto& [n, rss, disk] : samples) {
+    if (n >= 8 && n <= 12) warm = std::max(warm, rss);
+    if (n >= 24) late_max = std::max(late_max, rss);
+    disk_max = std::max(disk_max, disk);
+  }
+  ASSERT_GT(warm, 0) << samples.size() << " samples";
+  ASSERT_GT(late_max, 0);
+  EXPECT_LE(late_max, warm + warm / 20 + (8 << 20)) << "RSS " << warm << " after ~10 updates, " << late_max
+                                                    << " after 24+";
+  // Disk: within docs/client.md's bound E + 16P (E < 2P + frame headers for bf16), and one
+  // copy of each file at the end.
+  EXPECT_LE(disk_max, 18 * params + (1 << 20)) << params << " parameters";
+  auto names = Env::Default()->ListDir(state);
+  ASSERT_TRUE(names.ok());
+  EXPECT_EQ(*names, (std::vector<std::string>{"LOCK", "metrics.jsonl", "optimizer.safetensors", "state.json"}));
+  // Exactly once: contiguous seqs, one commit per update id.
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  std::set<int64_t> seqs;
+  for (const auto& u : updates) {
+    auto commit = reg->LookupCommit(u["update_id"].get<std::string>());
+    ASSERT_TRUE(commit.ok());
+    EXPECT_EQ(commit->seq, u["seq"].get<int64_t>());
+    seqs.insert(commit->seq);
+  }
+  EXPECT_EQ(seqs.size(), size_t(kUpdates));
+  EXPECT_EQ(*seqs.rbegin(), kUpdates);
 }
 
 TEST_F(ClientIntegration, SigtermEndsTheLoopCleanlyAndLeaves) {

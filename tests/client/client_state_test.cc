@@ -19,11 +19,6 @@ ClientState SampleState() {
   ls.sequences_per_epoch = 99;
   s.loader = ls;
   s.totals = {{"committed", 6}, {"tokens", 12345}};
-  s.optimizer = {{"exp_avg", torch::arange(10, torch::kFloat32)},
-                 {"exp_avg_sq", torch::full({10}, 0.5f)},
-                 {"step", torch::tensor({350.0f})}};
-  s.residuals = {{0.1f, -0.2f, 0.3f}, {1.0f, 2.0f}};
-  s.residuals_before = {{0.0f, 0.0f, 0.0f}, {0.5f, 0.5f}};
   PendingUpdate p;
   p.update_id = "org-a/gpu0/12/7";
   p.client_epoch = 12;
@@ -63,13 +58,6 @@ TEST(ClientStateStore, RoundTripsEverythingARestartNeeds) {
   ASSERT_TRUE(out->loader.has_value());
   EXPECT_EQ(*out->loader, *in.loader);
   EXPECT_EQ(out->totals, in.totals);
-  ASSERT_EQ(out->optimizer.size(), 3u);
-  for (size_t i = 0; i < 3; ++i) {
-    EXPECT_EQ(out->optimizer[i].first, in.optimizer[i].first);
-    EXPECT_TRUE(torch::equal(out->optimizer[i].second, in.optimizer[i].second));
-  }
-  EXPECT_EQ(out->residuals, in.residuals);
-  EXPECT_EQ(out->residuals_before, in.residuals_before);
   ASSERT_TRUE(out->pending.has_value());
   const PendingUpdate& p = *out->pending;
   EXPECT_EQ(p.update_id, "org-a/gpu0/12/7");
@@ -88,34 +76,70 @@ TEST(ClientStateStore, RoundTripsEverythingARestartNeeds) {
   EXPECT_EQ(p.shards[1].frame_elements, 2);
 }
 
-TEST(ClientStateStore, ClearingThePendingUpdateReusesTensorFilesAndRemovesOldOnes) {
+std::vector<std::pair<std::string, torch::Tensor>> SampleOptimizer() {
+  return {{"exp_avg", torch::arange(10, torch::kFloat32)},
+          {"exp_avg_sq", torch::full({10}, 0.5f)},
+          {"step", torch::tensor({350.0f})}};
+}
+
+// The folder holds one copy of each piece: after many cycles exactly state.json,
+// pending.bin (while an update is pending), optimizer.safetensors and LOCK.
+TEST(ClientStateStore, ManyCyclesKeepOneCopyOfEachFile) {
   testing::ScopedTempDir dir;
   auto store = ClientStateStore::Open(dir.File("s"));
   ASSERT_TRUE(store.ok());
   ClientState s = SampleState();
-  ASSERT_TRUE((*store)->Save(s).ok());
-  s.pending.reset();
-  s.residuals_before.clear();
-  ASSERT_TRUE((*store)->Save(s, StateWrite{false, false}).ok());
+  for (int cycle = 0; cycle < 20; ++cycle) {
+    s.pending->update_id = "org-a/gpu0/12/" + std::to_string(100 + cycle);
+    s.pending->shards[0].frames[0] = std::string(1000 + cycle, 'x');
+    ASSERT_TRUE((*store)->Save(s).ok());
+    if (cycle % 3 == 0) {
+      ASSERT_TRUE((*store)->SaveOptimizer(SampleOptimizer()).ok());
+    }
+    ClientState committed = s;
+    committed.pending.reset();
+    ASSERT_TRUE((*store)->Save(committed).ok());
+  }
+  ASSERT_TRUE((*store)->Save(s).ok());  // one left pending
   auto names = Env::Default()->ListDir(dir.File("s"));
   ASSERT_TRUE(names.ok());
-  int pending = 0, optimizer = 0;
-  for (const auto& n : *names) {
-    pending += n.rfind("pending-", 0) == 0;
-    optimizer += n.rfind("optimizer-", 0) == 0;
-  }
-  EXPECT_EQ(pending, 0) << "the committed update's frames are gone";
-  EXPECT_EQ(optimizer, 1);
-  auto again = ClientStateStore::Open(dir.File("other"));  // a different folder: no lock clash
-  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*names, (std::vector<std::string>{"LOCK", "optimizer.safetensors", "pending.bin", "state.json"}));
   store->reset();
   auto reopened = ClientStateStore::Open(dir.File("s"));
   ASSERT_TRUE(reopened.ok());
   auto out = (*reopened)->Load();
   ASSERT_TRUE(out.ok()) << out.status().ToString();
-  EXPECT_FALSE(out->pending.has_value());
-  EXPECT_EQ(out->optimizer.size(), 3u);
-  EXPECT_EQ(out->residuals, s.residuals);
+  EXPECT_EQ(out->pending->update_id, "org-a/gpu0/12/119");
+  EXPECT_EQ(out->pending->shards[0].frames[0], std::string(1019, 'x'));
+  auto opt = (*reopened)->LoadOptimizer();
+  ASSERT_TRUE(opt.ok()) << opt.status().ToString();
+  ASSERT_EQ(opt->size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal((*opt)[i].second, SampleOptimizer()[i].second));
+  // Clearing the pending update removes its frames.
+  out->pending.reset();
+  ASSERT_TRUE((*reopened)->Save(*out).ok());
+  EXPECT_FALSE(Env::Default()->Exists(dir.File("s/pending.bin")));
+}
+
+TEST(ClientStateStore, ANewPendingUpdateWaitsForTheOldOne) {
+  testing::ScopedTempDir dir;
+  auto store = ClientStateStore::Open(dir.File("s"));
+  ASSERT_TRUE(store.ok());
+  ClientState s = SampleState();
+  ASSERT_TRUE((*store)->Save(s).ok());
+  ASSERT_TRUE((*store)->Save(s).ok());  // the same pending update again: fine
+  s.pending->update_id = "org-a/gpu0/12/8";
+  EXPECT_EQ((*store)->Save(s).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*store)->LoadOptimizer().status().code(), StatusCode::kNotFound);
+}
+
+TEST(ClientStateStore, FreeBytesIsPositive) {
+  testing::ScopedTempDir dir;
+  auto store = ClientStateStore::Open(dir.File("s"));
+  ASSERT_TRUE(store.ok());
+  auto free = (*store)->FreeBytes();
+  ASSERT_TRUE(free.ok()) << free.status().ToString();
+  EXPECT_GT(*free, 0);
 }
 
 TEST(ClientStateStore, OneProcessAtATime) {
@@ -140,7 +164,7 @@ TEST(ClientStateStore, CorruptPendingFramesAreDataLossNotGarbage) {
   auto names = Env::Default()->ListDir(dir.File("s"));
   ASSERT_TRUE(names.ok());
   for (const auto& n : *names) {
-    if (n.rfind("pending-", 0) != 0) continue;
+    if (n != "pending.bin") continue;
     auto bytes = Env::Default()->ReadFile(dir.File("s/" + n));
     ASSERT_TRUE(bytes.ok());
     std::string b = *bytes;
@@ -155,25 +179,28 @@ TEST(ClientStateStore, CorruptPendingFramesAreDataLossNotGarbage) {
 TEST(ClientStateStore, ACrashBeforeStateJsonKeepsThePreviousState) {
   testing::ScopedTempDir dir;
   ClientState s = SampleState();
+  s.pending.reset();
   {
     auto store = ClientStateStore::Open(dir.File("s"));
     ASSERT_TRUE(store.ok());
     ASSERT_TRUE((*store)->Save(s).ok());
   }
-  // Files of a newer generation written, state.json not yet replaced (the crash).
-  ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("s/optimizer-00000002.safetensors"), "torn").ok());
-  ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("s/pending-00000002.bin"), "torn").ok());
+  // A new update's frames written, state.json not yet replaced (the crash).
+  ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("s/pending.bin"), "torn").ok());
   auto store = ClientStateStore::Open(dir.File("s"));
   ASSERT_TRUE(store.ok());
   auto out = (*store)->Load();
   ASSERT_TRUE(out.ok()) << out.status().ToString();
-  EXPECT_EQ(out->pending->update_id, s.pending->update_id);
-  // The next save overwrites the leftovers with sound files.
-  out->next_counter = 9;
-  ASSERT_TRUE((*store)->Save(*out).ok());
+  EXPECT_FALSE(out->pending.has_value());
+  EXPECT_EQ(out->next_counter, 8);
+  // The next save of a pending update replaces the leftover with sound frames.
+  ClientState next = SampleState();
+  next.next_counter = 9;
+  ASSERT_TRUE((*store)->Save(next).ok());
   auto again = (*store)->Load();
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(again->next_counter, 9);
+  EXPECT_EQ(again->pending->shards[0].frames, next.pending->shards[0].frames);
 }
 
 }  // namespace

@@ -203,6 +203,24 @@ void ExpectInt8Bound(const std::vector<float>& v, const std::vector<float>& out,
   }
 }
 
+TEST(Bf16Test, PreRoundedBitsGiveTheSameFrames) {
+  // A GPU rounds to bf16 and hands over the bit patterns: the frames must be the ones
+  // Encode makes from the fp32 values, for odd sizes and several frames.
+  for (size_t n : {size_t{0}, size_t{1}, size_t{1000}, size_t{2500}}) {
+    std::vector<float> v = Gaussian(n, 0.01f, 7 + n);
+    std::vector<uint16_t> bits(n);
+    for (size_t i = 0; i < n; ++i) bits[i] = codec_internal::FloatToBf16(v[i]);
+    auto codec = MakeCodec(CodecKind::kBf16, /*chunk=*/1024);
+    auto want = codec->Encode(v);
+    auto got = codec->EncodeBf16Bits(bits);
+    ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, *want) << n;
+  }
+  auto fp32 = MakeCodec(CodecKind::kFp32);
+  std::vector<uint16_t> one(1, 0);
+  EXPECT_EQ(fp32->EncodeBf16Bits(one).status().code(), StatusCode::kFailedPrecondition);
+}
+
 TEST(Int8Test, RoundTripWithinBlockwiseBound) {
   for (int block : {256, 100, 1}) {
     const int64_t chunk = 1000;  // not a multiple of 256: frames end with a partial block
