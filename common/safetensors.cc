@@ -254,7 +254,7 @@ Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std
     if (static_cast<uint64_t>(numel) * DTypeSize(t.dtype) != t.bytes)
       return InvalidArgument("safetensors " + path + ": tensor " + name + " has " + std::to_string(t.bytes) +
                              " bytes, its shape needs " + std::to_string(numel * DTypeSize(t.dtype)));
-    if (t.bytes > 0 && t.data == nullptr)
+    if (t.bytes > 0 && t.data == nullptr && !t.read)
       return InvalidArgument("safetensors " + path + ": tensor " + name + " has no data");
     header[name] = {{"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes}}};
     offset += t.bytes;
@@ -277,9 +277,21 @@ Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std
   }
   Status s = WriteAll(fd.get(), prefix.data(), prefix.size(), tmp);
   if (s.ok()) s = WriteAll(fd.get(), text.data(), text.size(), tmp);
+  std::string scratch;  // for tensors given by `read`: bounded pieces, not whole copies
+  constexpr size_t kPiece = size_t{64} << 20;
   for (const auto& [name, t] : tensors) {
     if (!s.ok()) break;
-    if (t.bytes > 0) s = WriteAll(fd.get(), static_cast<const char*>(t.data), t.bytes, tmp);
+    if (t.bytes == 0) continue;
+    if (t.data != nullptr) {
+      s = WriteAll(fd.get(), static_cast<const char*>(t.data), t.bytes, tmp);
+      continue;
+    }
+    scratch.resize(std::min(kPiece, t.bytes));
+    for (size_t at = 0; at < t.bytes && s.ok(); at += scratch.size()) {
+      const size_t n = std::min(scratch.size(), t.bytes - at);
+      s = t.read(at, scratch.data(), n);
+      if (s.ok()) s = WriteAll(fd.get(), scratch.data(), n, tmp);
+    }
   }
   if (s.ok() && ::fsync(fd.get()) != 0) s = Internal("fsync " + tmp + ": " + ErrnoText(errno));
   if (::close(fd.release()) != 0 && s.ok()) s = Internal("close " + tmp + ": " + ErrnoText(errno));

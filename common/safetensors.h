@@ -19,6 +19,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -37,12 +38,16 @@ std::string_view DTypeName(DType d);
 StatusOr<DType> DTypeFromName(std::string_view name);
 size_t DTypeSize(DType d);
 
-// A tensor to write, viewed in the caller's memory (which must outlive the write).
+// A tensor to write, viewed in the caller's memory (which must outlive the write), or,
+// when `data` is null, produced piece by piece by `read` (memory that is not the host's,
+// e.g. a GPU tensor copied through a small buffer): read(offset, dst, n) fills dst with the
+// tensor's bytes [offset, offset + n).
 struct TensorRef {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
   const void* data = nullptr;
   size_t bytes = 0;  // must equal numel * DTypeSize(dtype)
+  std::function<Status(uint64_t offset, void* dst, size_t n)> read;
 };
 
 // A tensor read back, owning its bytes.

@@ -64,16 +64,41 @@ StatusOr<torch::Tensor> TensorFromBytes(const TensorBytes& b) {
 
 Status SaveTensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                    const std::map<std::string, std::string>& metadata) {
-  std::vector<torch::Tensor> keep;  // owns the contiguous CPU copies during the write
+  std::vector<torch::Tensor> keep;  // owns the contiguous copies during the write
   std::vector<std::pair<std::string, TensorRef>> refs;
   keep.reserve(tensors.size());
   try {
     for (const auto& [name, t] : tensors) {
       if (!t.defined()) return InvalidArgument("safetensors " + path + ": tensor " + name + " is undefined");
-      keep.push_back(t.detach().to(torch::kCPU).contiguous());
-      auto ref = TensorRefFromTorch(keep.back());
-      if (!ref.ok()) return ref.status().WithContext(path + ": " + name);
-      refs.emplace_back(name, std::move(ref).value());
+      if (t.device().is_cpu()) {
+        keep.push_back(t.detach().contiguous());
+        auto ref = TensorRefFromTorch(keep.back());
+        if (!ref.ok()) return ref.status().WithContext(path + ": " + name);
+        refs.emplace_back(name, std::move(ref).value());
+        continue;
+      }
+      // Not in host memory: copied to the host a piece at a time while writing, so a GPU
+      // tensor never needs a whole host copy.
+      keep.push_back(t.detach().contiguous().view({-1}));
+      const torch::Tensor& flat = keep.back();
+      ASSIGN_OR_RETURN(DType dtype, DTypeFromTorch(flat.scalar_type()));
+      TensorRef ref;
+      ref.dtype = dtype;
+      ref.shape = t.sizes().vec();
+      const size_t elem = flat.element_size();
+      ref.bytes = static_cast<size_t>(flat.numel()) * elem;
+      ref.read = [flat, elem](uint64_t offset, void* dst, size_t n) -> Status {
+        if (offset % elem != 0 || n % elem != 0) return Internal("safetensors: unaligned piece");
+        try {
+          const int64_t count = static_cast<int64_t>(n / elem);
+          torch::Tensor out = torch::from_blob(dst, {count}, flat.options().device(torch::kCPU));
+          out.copy_(flat.narrow(0, static_cast<int64_t>(offset / elem), count));
+        } catch (const std::exception& e) {
+          return Internal(std::string("copying a tensor to the host: ") + e.what());
+        }
+        return Status::Ok();
+      };
+      refs.emplace_back(name, std::move(ref));
     }
   } catch (const std::exception& e) {
     return Internal("safetensors " + path + ": " + e.what());

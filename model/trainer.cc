@@ -209,7 +209,8 @@ StatusOr<TrainResult> LocalTrainer::Run(int64_t max_steps, double time_budget_s,
 
 std::vector<std::pair<std::string, torch::Tensor>> LocalTrainer::OptimizerState() const {
   auto steps = torch::stack({step_decay_.cpu(), step_no_decay_.cpu()});
-  return {{"exp_avg", exp_avg_.cpu()}, {"exp_avg_sq", exp_avg_sq_.cpu()}, {"step", steps}};
+  // The moments stay where they are (on a GPU, SaveTensors copies them out piece by piece).
+  return {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}, {"step", steps}};
 }
 
 Status LocalTrainer::LoadOptimizerState(const std::map<std::string, torch::Tensor>& state,

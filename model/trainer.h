@@ -73,8 +73,9 @@ class LocalTrainer {
 
   int64_t global_step() const { return global_step_; }
 
-  // Optimizer state for checkpoints: "exp_avg", "exp_avg_sq" (flat fp32, CPU copies)
-  // and "step" (the AdamW step count as a 1-element fp32 tensor).
+  // Optimizer state for checkpoints: "exp_avg", "exp_avg_sq" (flat fp32, the live tensors
+  // on the model's device: write them before training on) and "step" (the two AdamW step
+  // counts, a CPU copy).
   std::vector<std::pair<std::string, torch::Tensor>> OptimizerState() const;
   // Restores state written by OptimizerState(); checks sizes.
   Status LoadOptimizerState(const std::map<std::string, torch::Tensor>& state, int64_t global_step);

@@ -2,6 +2,7 @@
 // the torch glue, and interoperability with Python's `safetensors` both ways when available.
 #include "common/safetensors.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/env.h"
 #include "model/safetensors.h"
 #include "tests/testing/temp_dir.h"
 
@@ -53,12 +55,12 @@ TEST(SafetensorsTest, RoundTripAllDtypesAndMetadata) {
     std::vector<int64_t> shape = {3, i + 1};
     size_t bytes = 3 * static_cast<size_t>(i + 1) * DTypeSize(d);
     payloads.push_back(d == DType::kBool ? std::string(bytes, '\1') : Bytes(bytes, i));
-    tensors.push_back({"t." + std::string(DTypeName(d)), TensorRef{d, shape, nullptr, bytes}});
+    tensors.push_back({"t." + std::string(DTypeName(d)), TensorRef{d, shape, nullptr, bytes, {}}});
     ++i;
   }
   for (size_t k = 0; k < tensors.size(); ++k) tensors[k].second.data = payloads[k].data();
-  tensors.push_back({"scalar", TensorRef{DType::kF32, {}, payloads[0].data(), 4}});
-  tensors.push_back({"empty", TensorRef{DType::kF32, {0, 5}, nullptr, 0}});
+  tensors.push_back({"scalar", TensorRef{DType::kF32, {}, payloads[0].data(), 4, {}}});
+  tensors.push_back({"empty", TensorRef{DType::kF32, {0, 5}, nullptr, 0, {}}});
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"version", "42"}, {"note", "ünïcode"}};
   const std::string path = dir.File("a.safetensors");
   ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
@@ -97,19 +99,53 @@ TEST(SafetensorsTest, RoundTripAllDtypesAndMetadata) {
   EXPECT_EQ(index->file_size, raw.size());
 }
 
+TEST(SafetensorsTest, TensorsGivenByAReadFunctionAreWrittenInPieces) {
+  // 80 MiB + 12 bytes of int8 produced piece by piece (pieces are 64 MiB at most), beside a
+  // tensor in memory: the file reads back byte for byte.
+  testing::ScopedTempDir dir;
+  const std::string path = dir.File("pieces.safetensors");
+  const size_t big = (size_t{80} << 20) + 12;
+  size_t calls = 0, largest = 0;
+  TensorRef gen;
+  gen.dtype = DType::kI8;
+  gen.shape = {static_cast<int64_t>(big)};
+  gen.bytes = big;
+  gen.read = [&](uint64_t offset, void* dst, size_t n) -> Status {
+    ++calls;
+    largest = std::max(largest, n);
+    auto* out = static_cast<unsigned char*>(dst);
+    for (size_t i = 0; i < n; ++i) out[i] = static_cast<unsigned char>((offset + i) * 7 % 251);
+    return Status::Ok();
+  };
+  const float small[2] = {1.5f, -2.0f};
+  ASSERT_TRUE(WriteSafetensors(path, {{"small", {DType::kF32, {2}, small, 8, {}}}, {"gen", gen}}, {}).ok());
+  EXPECT_EQ(calls, 2u);
+  EXPECT_LE(largest, size_t{64} << 20);
+  auto file = ReadSafetensors(path);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  const TensorBytes* g = file->Find("gen");
+  ASSERT_NE(g, nullptr);
+  ASSERT_EQ(g->data.size(), big);
+  for (size_t i = 0; i < big; i += 4099) ASSERT_EQ(static_cast<unsigned char>(g->data[i]), i * 7 % 251) << i;
+  // A failing read fails the write and leaves no file.
+  gen.read = [](uint64_t, void*, size_t) -> Status { return Internal("device gone"); };
+  EXPECT_EQ(WriteSafetensors(dir.File("bad.safetensors"), {{"gen", gen}}, {}).code(), StatusCode::kInternal);
+  EXPECT_FALSE(Env::Default()->Exists(dir.File("bad.safetensors")));
+}
+
 TEST(SafetensorsTest, WriteRejectsBadInput) {
   testing::ScopedTempDir dir;
   float x[4] = {1, 2, 3, 4};
   const std::string p = dir.File("b.safetensors");
-  EXPECT_EQ(WriteSafetensors(p, {{"a", {DType::kF32, {3}, x, 16}}}, {}).code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(WriteSafetensors(p, {{"a", {DType::kF32, {4}, x, 16}}, {"a", {DType::kF32, {4}, x, 16}}}, {}).code(),
+  EXPECT_EQ(WriteSafetensors(p, {{"a", {DType::kF32, {3}, x, 16, {}}}}, {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(WriteSafetensors(p, {{"a", {DType::kF32, {4}, x, 16, {}}}, {"a", {DType::kF32, {4}, x, 16, {}}}}, {}).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(WriteSafetensors(p, {{"__metadata__", {DType::kF32, {4}, x, 16}}}, {}).code(),
+  EXPECT_EQ(WriteSafetensors(p, {{"__metadata__", {DType::kF32, {4}, x, 16, {}}}}, {}).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(WriteSafetensors(p, {{"", {DType::kF32, {4}, x, 16}}}, {}).code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(WriteSafetensors(p, {{"a", {DType::kF32, {-4}, x, 16}}}, {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(WriteSafetensors(p, {{"", {DType::kF32, {4}, x, 16, {}}}}, {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(WriteSafetensors(p, {{"a", {DType::kF32, {-4}, x, 16, {}}}}, {}).code(), StatusCode::kInvalidArgument);
   EXPECT_FALSE(Env::Default()->Exists(p));
-  EXPECT_EQ(WriteSafetensors(dir.File("no/such/dir/c.safetensors"), {{"a", {DType::kF32, {4}, x, 16}}}, {}).code(),
+  EXPECT_EQ(WriteSafetensors(dir.File("no/such/dir/c.safetensors"), {{"a", {DType::kF32, {4}, x, 16, {}}}}, {}).code(),
             StatusCode::kNotFound);
 }
 
@@ -117,7 +153,7 @@ TEST(SafetensorsTest, DamagedFilesAreDataLoss) {
   testing::ScopedTempDir dir;
   float x[4] = {1, 2, 3, 4};
   const std::string good = dir.File("good.safetensors");
-  ASSERT_TRUE(WriteSafetensors(good, {{"a", {DType::kF32, {2, 2}, x, 16}}, {"b", {DType::kF32, {4}, x, 16}}},
+  ASSERT_TRUE(WriteSafetensors(good, {{"a", {DType::kF32, {2, 2}, x, 16, {}}}, {"b", {DType::kF32, {4}, x, 16, {}}}},
                                {{"k", "v"}})
                   .ok());
   const std::string raw = ReadRaw(good);
