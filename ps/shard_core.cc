@@ -17,6 +17,9 @@ namespace {
 
 constexpr const char* kCheckpointFormat = "fedps-shard-checkpoint-1";
 constexpr const char* kStagedFormat = "fedps-staged-1";
+// Checkpoint folders being built, and ones set aside while being replaced.
+constexpr const char* kTmpPrefix = ".tmp-";
+constexpr const char* kOldPrefix = ".old-";
 constexpr int64_t kCommitBatch = 256;
 
 std::string Str(int64_t v) { return std::to_string(v); }
@@ -1233,10 +1236,11 @@ std::vector<std::string> ShardCore::CheckpointFolders() {
 
 StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason) {
   const int64_t start = NowUs();
-  int64_t version, applied, skipped;
+  int64_t version, applied, skipped, checkpoint_version;
   {
     std::lock_guard<std::mutex> lock(mu_);
     version = version_;
+    checkpoint_version = checkpoint_version_;
     applied = applied_updates_;
     skipped = skipped_updates_;
   }
@@ -1244,7 +1248,18 @@ StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason)
   std::snprintf(name, sizeof(name), "v-%012" PRId64, version);
   const std::string root = CheckpointRoot();
   const std::string folder = JoinPath(root, name);
-  const std::string tmp = JoinPath(root, std::string(".tmp-") + name);
+  if (version == checkpoint_version && env_->Exists(JoinPath(folder, "meta.json"))) {
+    // This process wrote or loaded (and verified) the checkpoint of this version, and
+    // nothing was applied since: the folder already holds this exact state.
+    CheckpointResult r;
+    r.version = version;
+    r.optimizer_steps = optimizer_ ? optimizer_->steps() : 0;
+    r.path = folder;
+    LOG(INFO) << "shard " << options_.shard_index << ": checkpoint " << folder << " is current (" << reason << ")";
+    Metric("checkpoint", {{"version", version}, {"reason", reason}, {"path", folder}, {"ms", 0}, {"unchanged", true}});
+    return r;
+  }
+  const std::string tmp = JoinPath(root, std::string(kTmpPrefix) + name);
   env_->RemoveAll(tmp).IgnoreError();
   RETURN_IF_ERROR(env_->CreateDirs(tmp));
 
@@ -1284,9 +1299,22 @@ StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason)
     meta["files"][f] = sha;
   }
   RETURN_IF_ERROR(env_->WriteFileAtomic(JoinPath(tmp, "meta.json"), meta.dump(2)));
-  if (env_->Exists(folder)) RETURN_IF_ERROR(env_->RemoveAll(folder));
+  // A folder of this version that this process did not verify (an unverifiable leftover,
+  // or one written before a restart that replayed to the same version): set it aside,
+  // rename the new one in, then remove the old one, so that some folder holds the
+  // version at every instant. RecoverCheckpointRoot finishes the job after a crash.
+  const std::string aside = JoinPath(root, std::string(kOldPrefix) + name);
+  const bool replace = env_->Exists(folder);
+  if (replace) {
+    RETURN_IF_ERROR(env_->RemoveAll(aside));
+    RETURN_IF_ERROR(env_->Rename(folder, aside));
+  }
   RETURN_IF_ERROR(env_->Rename(tmp, folder));
   RETURN_IF_ERROR(env_->SyncDir(root));
+  if (replace) {
+    Status removed = env_->RemoveAll(aside);
+    if (!removed.ok()) LOG(WARNING) << "removing the replaced checkpoint: " << removed.ToString();
+  }
 
   CheckpointResult r;
   r.version = version;
@@ -1408,8 +1436,29 @@ Status ShardCore::LoadCheckpoint(const std::string& folder) {
   return Status::Ok();
 }
 
+Status ShardCore::RecoverCheckpointRoot() {
+  const std::string root = CheckpointRoot();
+  ASSIGN_OR_RETURN(auto names, env_->ListDir(root));
+  for (const std::string& n : names) {
+    const std::string path = JoinPath(root, n);
+    if (n.rfind(kTmpPrefix, 0) == 0) {  // a checkpoint that was never finished
+      RETURN_IF_ERROR(env_->RemoveAll(path));
+    } else if (n.rfind(kOldPrefix, 0) == 0) {
+      // Set aside while its replacement was renamed in: keep it only if that never happened.
+      const std::string original = JoinPath(root, n.substr(std::strlen(kOldPrefix)));
+      if (env_->Exists(original)) {
+        RETURN_IF_ERROR(env_->RemoveAll(path));
+      } else {
+        RETURN_IF_ERROR(env_->Rename(path, original));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 Status ShardCore::LoadNewestCheckpoint(bool* found) {
   *found = false;
+  RETURN_IF_ERROR(RecoverCheckpointRoot());
   std::vector<std::string> folders = CheckpointFolders();
   for (auto it = folders.rbegin(); it != folders.rend(); ++it) {
     const std::string folder = JoinPath(CheckpointRoot(), *it);

@@ -329,6 +329,9 @@ class ShardCore {
   // Checkpoints (apply thread only, or Start before the thread runs).
   StatusOr<CheckpointResult> WriteCheckpoint(const std::string& reason);
   Status LoadNewestCheckpoint(bool* found);
+  // Removes unfinished checkpoint folders and restores one set aside by an interrupted
+  // replacement (WriteCheckpoint).
+  Status RecoverCheckpointRoot();
   Status LoadCheckpoint(const std::string& folder);
   std::vector<std::string> CheckpointFolders();  // oldest first
   void PruneAfterCheckpoint();

@@ -7,6 +7,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <cstdio>
 #include <fstream>
 #include <span>
 
@@ -496,6 +499,91 @@ TEST_F(ShardCoreTest, CorruptStagedSliceOfACommittedUpdateHaltsWithDataLoss) {
   EXPECT_EQ((*again)->GetStatus().version, 0);
 }
 
+// ---- drain at a checkpointed version (issue 7) ---------------------------------------
+
+std::string CheckpointFolder(ShardCore& core, int64_t version) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "v-%012lld", static_cast<long long>(version));
+  return JoinPath(core.CheckpointRoot(), name);
+}
+
+ino_t Inode(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+// fedps-shard crashed in Drain when the checkpoint of its version already existed. Now a
+// drain (or an on-demand checkpoint) at a version this process checkpointed or loaded
+// leaves that folder as it is, before and after a restart.
+TEST_F(ShardCoreTest, DrainAtAnAlreadyCheckpointedVersionKeepsThatCheckpoint) {
+  auto c0 = StartCore(Options(0));
+  auto c1 = StartCore(Options(1));
+  ASSERT_TRUE(c0 && c1);
+  StageAndCommit({c0.get(), c1.get()}, 1, 0);
+  ASSERT_TRUE(c0->WaitForVersion(1, 10000));
+  CheckpointResult ck;
+  ASSERT_CORE_OK(c0->Checkpoint(Header(0), "request", &ck));
+  EXPECT_EQ(ck.version, 1);
+  const std::string folder = CheckpointFolder(*c0, 1);
+  EXPECT_EQ(ck.path, folder);
+  const ino_t meta = Inode(folder + "/meta.json");
+  ASSERT_NE(meta, 0u);
+  ASSERT_OK(c0->Drain());
+  EXPECT_EQ(Inode(folder + "/meta.json"), meta);
+  c0.reset();
+
+  auto again = StartCore(Options(0));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->GetStatus().version, 1);
+  EXPECT_TRUE(again->AppliedLog().empty());
+  ASSERT_OK(again->Drain());  // at the version it loaded
+  EXPECT_EQ(Inode(folder + "/meta.json"), meta);
+  auto names = Env::Default()->ListDir(again->CheckpointRoot());
+  ASSERT_OK(names.status());
+  EXPECT_THAT(*names, ::testing::ElementsAre("v-000000000000", "v-000000000001"));
+}
+
+// A folder of the current version that does not verify is replaced, never removed first;
+// leftovers of an interrupted replacement are finished at the next start.
+TEST_F(ShardCoreTest, DrainReplacesAnUnverifiedCheckpointOfItsVersion) {
+  auto c0 = StartCore(Options(0));
+  auto c1 = StartCore(Options(1));
+  ASSERT_TRUE(c0 && c1);
+  StageAndCommit({c0.get(), c1.get()}, 1, 0);
+  ASSERT_TRUE(c0->WaitForVersion(1, 10000));
+  const std::string root = c0->CheckpointRoot();
+  const std::string folder = CheckpointFolder(*c0, 1);
+  c0->Stop();  // a crash: no checkpoint of version 1
+  c0.reset();
+  Env* env = Env::Default();
+  ASSERT_OK(env->CreateDirs(folder));
+  ASSERT_OK(env->WriteFileAtomic(folder + "/meta.json", "{}"));
+  ASSERT_OK(env->CreateDirs(root + "/.tmp-v-000000000007/deeper"));
+
+  auto again = StartCore(Options(0));  // skips the bad v-1, replays seq 1 from v-0
+  ASSERT_TRUE(again);
+  ASSERT_TRUE(again->WaitForVersion(1, 10000));
+  ASSERT_EQ(again->AppliedLog().size(), 1u);
+  EXPECT_FALSE(env->Exists(root + "/.tmp-v-000000000007"));
+  ASSERT_OK(again->Drain());
+  again.reset();
+  auto names = env->ListDir(root);
+  ASSERT_OK(names.status());
+  EXPECT_THAT(*names, ::testing::ElementsAre("v-000000000000", "v-000000000001"));
+
+  // A replacement interrupted after setting the old folder aside: it is put back.
+  ASSERT_OK(env->Rename(folder, root + "/.old-v-000000000001"));
+  auto third = StartCore(Options(0));
+  ASSERT_TRUE(third);
+  EXPECT_EQ(third->GetStatus().version, 1);
+  EXPECT_TRUE(third->AppliedLog().empty());  // loaded v-1, nothing to replay
+  auto x = InitSlice(0), d = Delta(1, 0);
+  auto slice = third->CurrentSlice().second;
+  for (int64_t i = 0; i < kN; ++i) ASSERT_FLOAT_EQ(slice[i], x[i] - d[i]) << "element " << i;
+  names = env->ListDir(root);
+  ASSERT_OK(names.status());
+  EXPECT_THAT(*names, ::testing::ElementsAre("v-000000000000", "v-000000000001"));
+}
 
 // ---- expiry of staged updates and of partially received ones --------------------------
 

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <csignal>
 #include <fstream>
 #include <map>
@@ -344,6 +346,73 @@ TEST_F(ShardServerTest, TwoShardsApplyCommitsAndAKilledShardRecoversToTheHead) {
     if (r["event"] == "checkpoint" && r["reason"] == "shutdown" && r["version"] == 5) final_checkpoint = true;
   }
   EXPECT_TRUE(final_checkpoint);
+}
+
+// Issue 7: SIGTERM at a version whose checkpoint already exists (written by the schedule,
+// or loaded at start) drains and exits 0, leaving that checkpoint in place.
+TEST_F(ShardServerTest, SigtermAtAnAlreadyCheckpointedVersionExitsCleanly) {
+  const std::string config = WriteConfig("run.toml", "fp32");  // checkpoint_every = 2
+  ScopedProcess procs[kShards];
+  std::vector<std::unique_ptr<ShardChannel>> ch;
+  std::vector<rpc::ShardStatus> st(kShards);
+  for (int i = 0; i < kShards; ++i) {
+    int port = StartShard(i, config, &procs[i]);
+    ASSERT_GT(port, 0);
+    ch.push_back(std::make_unique<ShardChannel>(ShardChannelOptions{.port = port}));
+    ASSERT_TRUE(WaitServing(*ch[i], 0, procs[i]));
+    auto s = ch[i]->GetStatus();
+    ASSERT_OK(s.status());
+    st[i] = *s;
+  }
+  auto reg = Registry::Connect(ropts_);
+  ASSERT_OK(reg.status());
+  auto epoch = (*reg)->Join("bob", ClientInfo{}, std::chrono::milliseconds(60000));
+  ASSERT_OK(epoch.status());
+  client_epoch_ = *epoch;
+  for (int k = 1; k <= 2; ++k) {
+    const std::string id = "bob/1/" + std::to_string(k);
+    for (int i = 0; i < kShards; ++i) {
+      EXPECT_EQ(PushUpdate(*ch[i], st[i], id, 0, Delta(k, i, st[i].slice_elements)), rpc::UpdateState::STAGED);
+    }
+    ASSERT_OK(Commit(**reg, id).status());
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto s = ch[0]->GetStatus();
+        return s.ok() && s->version == 2 && s->checkpoint_version == 2;
+      },
+      std::chrono::seconds(30)));
+  const std::string meta = dir_.File("run/shard-0/checkpoints/v-000000000002/meta.json");
+  struct stat before {};
+  ASSERT_EQ(::stat(meta.c_str(), &before), 0);
+
+  auto unchanged_shutdowns = [&] {
+    auto records = ReadMetrics(dir_.File("run/shard-0/metrics.jsonl"));
+    EXPECT_TRUE(records.ok());
+    int n = 0;
+    for (const auto& r : records.ok() ? *records : std::vector<nlohmann::json>{}) {
+      if (r["event"] == "checkpoint" && r["reason"] == "shutdown" && r["version"] == 2 &&
+          r.value("unchanged", false)) {
+        ++n;
+      }
+    }
+    return n;
+  };
+  // Written by the schedule in this life, then loaded at start in the next one.
+  for (int life = 1; life <= 2; ++life) {
+    auto ended = procs[0].Terminate(std::chrono::seconds(30));
+    ASSERT_OK(ended.status());
+    ASSERT_TRUE(ended->success()) << ended->ToString() << testing::ReadLogTail(procs[0].log_path());
+    EXPECT_EQ(unchanged_shutdowns(), life);
+    struct stat after {};
+    ASSERT_EQ(::stat(meta.c_str(), &after), 0);
+    EXPECT_EQ(after.st_ino, before.st_ino);
+    if (life == 2) break;
+    int port = StartShard(0, config, &procs[0]);
+    ASSERT_GT(port, 0);
+    ch[0] = std::make_unique<ShardChannel>(ShardChannelOptions{.port = port});
+    ASSERT_TRUE(WaitServing(*ch[0], 2, procs[0]));
+  }
 }
 
 TEST_F(ShardServerTest, ARunIdentityMismatchRefusesToStartNamingTheField) {
