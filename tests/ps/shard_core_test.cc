@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -583,6 +584,89 @@ TEST_F(ShardCoreTest, DrainReplacesAnUnverifiedCheckpointOfItsVersion) {
   names = env->ListDir(root);
   ASSERT_OK(names.status());
   EXPECT_THAT(*names, ::testing::ElementsAre("v-000000000000", "v-000000000001"));
+}
+// ---- memory: shard RAM stays flat over many updates (issue 7, item 5) ---------------------
+
+int64_t RssBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * ::sysconf(_SC_PAGESIZE);
+}
+
+// Many updates of a 16 MB slice through two in-process shards, each version pulled whole
+// (so every apply takes the copy-on-write path and pinned snapshots fill up to their cap):
+// once warm, resident memory does not grow with the number of updates, and it stays
+// within the stated bound. The test's own buffers are allocated before the first reading.
+TEST_F(ShardCoreTest, ManyUpdatesKeepShardMemoryFlat) {
+  constexpr int64_t kBig = int64_t{4} << 20;  // 16 MB of fp32 per shard
+  constexpr int64_t kBigFrame = int64_t{1} << 18;
+  constexpr int kWarm = 8, kUpdates = 40;
+  std::vector<float> delta(kBig);
+  for (int64_t i = 0; i < kBig; ++i) delta[i] = 1e-6f * static_cast<float>(i % 97) - 4e-5f;
+  auto encoder = Codec::Create(CodecOptions{.kind = CodecKind::kBf16, .chunk_elements = kBigFrame});
+  ASSERT_OK(encoder.status());
+  auto frames = (*encoder)->Encode(std::span<const float>(delta));
+  ASSERT_OK(frames.status());
+  std::vector<float> pulled(kBig);
+  auto options = [&](int shard) {
+    ShardCoreOptions o = Options(shard);
+    o.slice_elements = kBig;
+    o.ps.frame_elements = kBigFrame;
+    o.ps.optimizer = "nesterov";  // one state tensor: the bound's "3"
+    o.ps.max_staleness = 1000;
+    o.max_pinned_snapshots = 2;
+    o.init_slice = [&]() -> StatusOr<std::vector<float>> { return std::vector<float>(kBig, 0.5f); };
+    return o;
+  };
+  auto c0 = StartCore(options(0));
+  auto c1 = StartCore(options(1));
+  ASSERT_TRUE(c0 && c1);
+  std::vector<ShardCore*> cores = {c0.get(), c1.get()};
+  int64_t warm_rss = 0;
+  const int64_t start_rss = RssBytes();
+  for (int k = 1; k <= kUpdates; ++k) {
+    const std::string id = "alice/big/" + std::to_string(k);
+    for (int s = 0; s < kShards; ++s) {
+      PushArgs a = Push(s, id, k - 1, 0, "");
+      a.codec = "bf16";
+      a.total_frames = static_cast<int64_t>(frames->size());
+      a.frame_elements = kBigFrame;
+      PushResult r;
+      for (size_t f = 0; f < frames->size(); ++f) {
+        a.frame_index = static_cast<int64_t>(f);
+        a.frame = (*frames)[f];
+        ASSERT_CORE_OK(cores[s]->Push(a, &r));
+      }
+      ASSERT_EQ(r.state, UpdateState::kStaged);
+    }
+    ASSERT_OK(Commit(id, k - 1).status());
+    for (int s = 0; s < kShards; ++s) {
+      ASSERT_TRUE(cores[s]->WaitForVersion(k, 20000));
+      // A client pulls the new version whole: it stays pinned for snapshot_ttl_ms.
+      for (size_t f = 0; f < frames->size(); ++f) {
+        PullArgs p;
+        p.header = Header(s);
+        p.codec = "bf16";
+        p.frame_index = static_cast<int64_t>(f);
+        p.version = k;
+        PullResult r;
+        ASSERT_CORE_OK(cores[s]->Pull(p, &r));
+        ASSERT_OK(codec_->DecodeFrame(r.frame, std::span<float>(pulled)));
+      }
+    }
+    if (k == kWarm) warm_rss = RssBytes();
+  }
+  const int64_t end_rss = RssBytes();
+  const int64_t slice_bytes = kBig * static_cast<int64_t>(sizeof(float));
+  std::printf("shard RSS: start %.1f MB, after %d updates %.1f MB, after %d %.1f MB (slice %.1f MB, 2 shards)\n",
+              start_rss / 1e6, kWarm, warm_rss / 1e6, kUpdates, end_rss / 1e6, slice_bytes / 1e6);
+  // Flat: what the last 32 updates added is well under one slice of either shard.
+  EXPECT_LT(end_rss - warm_rss, slice_bytes / 2);
+  // Bounded: per shard (3 + pinned) slices of fp32, plus the bf16 frames cached for pulls
+  // of the current and pinned versions (about half a slice each).
+  const int64_t pinned = 2;
+  EXPECT_LT(end_rss - start_rss, kShards * ((3 + pinned) * slice_bytes + (1 + pinned) * slice_bytes / 2));
 }
 
 // ---- expiry of staged updates and of partially received ones --------------------------
