@@ -102,6 +102,7 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
   staged->frames.clear();
   staged->frames.shrink_to_fit();  // the encoded bytes are not needed past here
   const int64_t decoded_us = NowUs();
+  int64_t cow_us = 0;  // BeginWrite: a copy when a pull pins the current version
   if (skip_reason.empty()) {
     const int64_t s = (c.seq - 1) - *base;
     auto ws = s < 0 ? StatusOr<double>(InvalidArgument("base_version " + Str(*base) + " is ahead of seq - 1"))
@@ -124,7 +125,9 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
         skip_reason = w.status().message();
       } else {
         weight = *w;
-        auto applied = optimizer_->Apply(snapshots_->BeginWrite(), delta->values(), weight);
+        std::span<float> slice = snapshots_->BeginWrite();
+        cow_us = NowUs() - decoded_us;
+        auto applied = optimizer_->Apply(slice, delta->values(), weight);
         if (!applied.ok()) skip_reason = applied.status().message();
       }
     }
@@ -166,7 +169,8 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
                       {"apply_ms", (end - start) / 1000.0},
                       {"read_ms", (read_us - start) / 1000.0},
                       {"decode_ms", (decoded_us - read_us) / 1000.0},
-                      {"step_ms", (end - decoded_us) / 1000.0}};
+                      {"copy_ms", cow_us / 1000.0},
+                      {"step_ms", (end - decoded_us - cow_us) / 1000.0}};
   if (base.ok()) m["staleness"] = (c.seq - 1) - *base;
   if (skipped) m["reason"] = skip_reason;
   Metric("apply", std::move(m));

@@ -24,11 +24,12 @@
 // (the registry says another process owns the shard): every call answers FENCED, nothing
 // more is applied.
 //
-// Memory (docs/protocol.md §11): shard RAM <= (3 + pinned snapshots) x slice bytes for an
-// outer optimizer with one state tensor (SGD has none, Adam two): the master slice, the
-// optimizer state, the decode scratch (ps/applier.h), and one buffer per older snapshot a
-// pull pins (ps/snapshots.h); beside them encoded frames: those cached for pulls and those
-// of updates being received (at most max_receiving updates of one encoded slice each).
+// Memory (docs/protocol.md, "Shard implementation notes"): shard RAM <= (3 + pinned
+// snapshots) x slice bytes for an outer optimizer with one state tensor (SGD has none,
+// Adam two): the master slice, the optimizer state, the decode scratch (ps/applier.h),
+// and one buffer per older snapshot a pull pins (ps/snapshots.h); beside them encoded
+// frames: those cached for pulls and those of updates being received (at most
+// max_receiving updates of one encoded slice each).
 //
 // Concurrency contract
 //   * apply thread (one, started by Start): owns the master slice (SnapshotStore's write

@@ -1,7 +1,7 @@
 // SnapshotStore: see the header.
 #include "ps/snapshots.h"
 
-#include <glog/logging.h>
+#include <algorithm>
 
 namespace fedps {
 
@@ -60,8 +60,15 @@ std::span<float> SnapshotStore::BeginWrite() {
     current_.reset();
   } else {
     if (pinned) older_[current_->version] = current_;
-    master_ = std::make_shared<std::vector<float>>(*master_);  // the one copy of this version
-    ExpireLocked(now);
+    // The one copy of this version: into the buffer of a snapshot that expires now, when
+    // there is one (no fresh pages to fault in, and the buffer count stays put).
+    std::shared_ptr<std::vector<float>> reuse = ExpireLocked(now);
+    if (reuse) {
+      std::copy(master_->begin(), master_->end(), reuse->begin());
+      master_ = std::move(reuse);
+    } else {
+      master_ = std::make_shared<std::vector<float>>(*master_);
+    }
   }
   return std::span<float>(*master_);
 }
@@ -81,10 +88,19 @@ void SnapshotStore::Publish(int64_t version) {
   published_.notify_all();
 }
 
-void SnapshotStore::ExpireLocked(int64_t now_us) {
+std::shared_ptr<std::vector<float>> SnapshotStore::ExpireLocked(int64_t now_us) {
+  std::shared_ptr<std::vector<float>> reusable;
+  auto drop = [&](std::map<int64_t, std::shared_ptr<Snapshot>>::iterator it) {
+    // Nobody else holds the snapshot or its buffer (no pull under way, not the master):
+    // the buffer may be written. Its object was made non-const (make_shared below).
+    if (it->second.use_count() == 1 && it->second->data.use_count() == 1) {
+      reusable = std::const_pointer_cast<std::vector<float>>(it->second->data);
+    }
+    return older_.erase(it);
+  };
   for (auto it = older_.begin(); it != older_.end();) {
     if (!PinnedLocked(*it->second, now_us)) {
-      it = older_.erase(it);
+      it = drop(it);
     } else {
       ++it;
     }
@@ -94,8 +110,9 @@ void SnapshotStore::ExpireLocked(int64_t now_us) {
     for (auto it = older_.begin(); it != older_.end(); ++it) {
       if (it->second->last_used_us < oldest->second->last_used_us) oldest = it;
     }
-    older_.erase(oldest);
+    drop(oldest);
   }
+  return reusable;
 }
 
 SnapshotStore::PinResult SnapshotStore::Pin(std::optional<int64_t> version) {

@@ -84,7 +84,9 @@ class SnapshotStore {
 
  private:
   bool PinnedLocked(const Snapshot& s, int64_t now_us) const;
-  void ExpireLocked(int64_t now_us);
+  // Drops older snapshots past their TTL or over the cap; returns the buffer of a dropped
+  // one that nobody else holds (for BeginWrite to reuse), else null.
+  std::shared_ptr<std::vector<float>> ExpireLocked(int64_t now_us);
 
   const Options options_;
   const std::map<CodecKind, std::unique_ptr<Codec>> codecs_;

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <span>
 
+#include "common/metrics_log.h"
 #include "compression/codec.h"
 #include "ps/registry.h"
 #include "tests/testing/process.h"
@@ -619,8 +620,12 @@ TEST_F(ShardCoreTest, ManyUpdatesKeepShardMemoryFlat) {
     o.init_slice = [&]() -> StatusOr<std::vector<float>> { return std::vector<float>(kBig, 0.5f); };
     return o;
   };
-  auto c0 = StartCore(options(0));
-  auto c1 = StartCore(options(1));
+  auto metrics = MetricsLog::Open(dir_.File("metrics.jsonl"), "test");
+  ASSERT_OK(metrics.status());
+  auto o0 = options(0), o1 = options(1);
+  o0.metrics = metrics->get();
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(o1);
   ASSERT_TRUE(c0 && c1);
   std::vector<ShardCore*> cores = {c0.get(), c1.get()};
   int64_t warm_rss = 0;
@@ -661,6 +666,22 @@ TEST_F(ShardCoreTest, ManyUpdatesKeepShardMemoryFlat) {
   const int64_t slice_bytes = kBig * static_cast<int64_t>(sizeof(float));
   std::printf("shard RSS: start %.1f MB, after %d updates %.1f MB, after %d %.1f MB (slice %.1f MB, 2 shards)\n",
               start_rss / 1e6, kWarm, warm_rss / 1e6, kUpdates, end_rss / 1e6, slice_bytes / 1e6);
+  // Apply rate of shard 0 (decode + outer step of fp32 pseudo-gradient), for the record.
+  auto records = ReadMetrics(dir_.File("metrics.jsonl"));
+  ASSERT_OK(records.status());
+  double decode_ms = 0, copy_ms = 0, step_ms = 0;
+  int applies = 0;
+  for (const auto& r : *records) {
+    if (r["event"] != "apply") continue;
+    decode_ms += r["decode_ms"].get<double>();
+    copy_ms += r["copy_ms"].get<double>();
+    step_ms += r["step_ms"].get<double>();
+    ++applies;
+  }
+  ASSERT_EQ(applies, kUpdates);
+  std::printf("shard apply of %.1f MB: decode %.2f ms, copy %.2f ms, step %.2f ms (%.2f GB/s of fp32)\n",
+              slice_bytes / 1e6, decode_ms / applies, copy_ms / applies, step_ms / applies,
+              slice_bytes * applies / ((decode_ms + copy_ms + step_ms) * 1e-3) / 1e9);
   // Flat: what the last 32 updates added is well under one slice of either shard.
   EXPECT_LT(end_rss - warm_rss, slice_bytes / 2);
   // Bounded: per shard (3 + pinned) slices of fp32, plus the bf16 frames cached for pulls
