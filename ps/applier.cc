@@ -5,9 +5,16 @@
 // cores into the decode scratch, weighs the update by its staleness, and steps the outer
 // optimizer IN PLACE on the master slice (SnapshotStore::BeginWrite: copy-on-write only
 // when a pull pins the current version), then publishes the new version. Between entries
-// it serves checkpoint requests, and when caught up it expires uncommitted staged updates
-// and idle partial ones. It alone touches the master slice, the optimizer and the
-// checkpoint store (ShardCore's header: concurrency contract).
+// it takes checkpoints (scheduled and requested), and when caught up it expires
+// uncommitted staged updates and idle partial ones. It alone touches the master slice and
+// the optimizer (ShardCore's header: concurrency contract).
+//
+// The checkpoint thread writes what the apply thread took: the published version's slice
+// buffer, held (an apply meanwhile continues in a copy: SnapshotStore's copy on write),
+// and a copy of the optimizer state; so checkpoints do not stall applies. One is written
+// at a time; a scheduled checkpoint due while one is written is taken after the next apply.
+// Memory while one is written: + 1 slice (when an apply happens meanwhile) + the optimizer
+// state's size.
 #include "ps/applier.h"
 
 #include <thread>
@@ -87,48 +94,53 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
   if (!base.ok() || !tokens.ok()) {
     skip_reason = "commit record has no integer base_version/tokens";
   }
-  // The staged update must exist and decode even for a skip: otherwise data was lost.
-  auto staged = staged_store_->Read(c.update_id);
-  if (!staged.ok()) {
-    Halt("committed update " + c.update_id + " (seq " + Str(c.seq) + "): " + staged.status().message());
-    return false;
-  }
-  const int64_t read_us = NowUs();
-  auto delta = decoder_->Decode(staged->frames);
-  if (!delta.ok()) {
-    Halt("committed update " + c.update_id + " (seq " + Str(c.seq) + "): staged frames: " + delta.status().message());
-    return false;
-  }
-  staged->frames.clear();
-  staged->frames.shrink_to_fit();  // the encoded bytes are not needed past here
-  const int64_t decoded_us = NowUs();
+  int64_t read_us = 0, decoded_us = 0;
   int64_t cow_us = 0;  // BeginWrite: a copy when a pull pins the current version
-  if (skip_reason.empty()) {
-    const int64_t s = (c.seq - 1) - *base;
-    auto ws = s < 0 ? StatusOr<double>(InvalidArgument("base_version " + Str(*base) + " is ahead of seq - 1"))
-                    : staleness_->Weight(s);
-    if (!ws.ok()) {
-      skip_reason = ws.status().message();
-    } else {
-      if (!optimizer_) {
-        // weight_by_tokens with reference_tokens 0: the first committed update's tokens.
-        reference_tokens_ = std::max<int64_t>(*tokens, 1);
-        auto opt = MakeOptimizer(reference_tokens_);
-        if (!opt.ok()) {
-          Halt("optimizer: " + opt.status().ToString());
-          return false;
-        }
-        optimizer_ = std::move(opt).value();
-      }
-      auto w = optimizer_->Weight(*ws, *tokens);
-      if (!w.ok()) {
-        skip_reason = w.status().message();
+  {
+    // The decode scratch stays locked while `delta` lives: released before the scheduled
+    // checkpoint below, so that stagers (which decode a completed push) never wait for it.
+    // The staged update must exist and decode even for a skip: otherwise data was lost.
+    auto staged = staged_store_->Read(c.update_id);
+    if (!staged.ok()) {
+      Halt("committed update " + c.update_id + " (seq " + Str(c.seq) + "): " + staged.status().message());
+      return false;
+    }
+    read_us = NowUs();
+    auto delta = decoder_->Decode(staged->frames);
+    if (!delta.ok()) {
+      Halt("committed update " + c.update_id + " (seq " + Str(c.seq) + "): staged frames: " + delta.status().message());
+      return false;
+    }
+    staged->frames.clear();
+    staged->frames.shrink_to_fit();  // the encoded bytes are not needed past here
+    decoded_us = NowUs();
+    if (skip_reason.empty()) {
+      const int64_t s = (c.seq - 1) - *base;
+      auto ws = s < 0 ? StatusOr<double>(InvalidArgument("base_version " + Str(*base) + " is ahead of seq - 1"))
+                      : staleness_->Weight(s);
+      if (!ws.ok()) {
+        skip_reason = ws.status().message();
       } else {
-        weight = *w;
-        std::span<float> slice = snapshots_->BeginWrite();
-        cow_us = NowUs() - decoded_us;
-        auto applied = optimizer_->Apply(slice, delta->values(), weight);
-        if (!applied.ok()) skip_reason = applied.status().message();
+        if (!optimizer_) {
+          // weight_by_tokens with reference_tokens 0: the first committed update's tokens.
+          reference_tokens_ = std::max<int64_t>(*tokens, 1);
+          auto opt = MakeOptimizer(reference_tokens_);
+          if (!opt.ok()) {
+            Halt("optimizer: " + opt.status().ToString());
+            return false;
+          }
+          optimizer_ = std::move(opt).value();
+        }
+        auto w = optimizer_->Weight(*ws, *tokens);
+        if (!w.ok()) {
+          skip_reason = w.status().message();
+        } else {
+          weight = *w;
+          std::span<float> slice = snapshots_->BeginWrite();
+          cow_us = NowUs() - decoded_us;
+          auto applied = optimizer_->Apply(slice, delta->values(), weight);
+          if (!applied.ok()) skip_reason = applied.status().message();
+        }
       }
     }
   }
@@ -176,8 +188,8 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
   Metric("apply", std::move(m));
   ++applied_since_checkpoint_;
   if (options_.ps.checkpoint_every > 0 && applied_since_checkpoint_ >= options_.ps.checkpoint_every) {
-    auto ck = WriteCheckpoint("schedule");
-    if (!ck.ok()) LOG(ERROR) << "checkpoint: " << ck.status().ToString();
+    // While the previous one is still being written this is retried after the next apply.
+    StartBackgroundCheckpoint("schedule", {});
   }
   return true;
 }
@@ -186,17 +198,11 @@ void ShardCore::ServeCheckpointRequests() {
   std::vector<std::shared_ptr<CheckpointRequest>> reqs;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (checkpoint_requests_.empty() || checkpoint_job_) return;  // served once the writer is free
     reqs.swap(checkpoint_requests_);
   }
-  if (reqs.empty()) return;
-  auto ck = WriteCheckpoint(reqs.front()->reason);
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& r : reqs) {
-    r->done = true;
-    r->status = ck.status();
-    if (ck.ok()) r->result = *ck;
-    r->cv.notify_all();
-  }
+  const std::string reason = reqs.front()->reason;
+  StartBackgroundCheckpoint(reason, std::move(reqs));
 }
 
 void ShardCore::ExpireStaged() {
@@ -308,49 +314,44 @@ void ShardCore::ApplyLoop() {
     std::unique_lock<std::mutex> lock(mu_);
     if (caught_up || halted || fenced || failures > 0) {
       apply_cv_.wait_for(lock, std::chrono::milliseconds(options_.poll_ms),
-                         [&] { return stop_ || nudged_ || draining_ != draining || !checkpoint_requests_.empty(); });
+                         [&] {
+                           return stop_ || nudged_ || draining_ != draining ||
+                                  (!checkpoint_requests_.empty() && !checkpoint_job_);
+                         });
     }
   }
 }
 
 // ---- checkpoints ------------------------------------------------------------------------
 
-StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason) {
-  const int64_t start = NowUs();
-  CheckpointView view;
-  int64_t checkpoint_version;
+std::optional<CheckpointResult> ShardCore::CurrentCheckpoint(const std::string& reason) {
+  CheckpointResult r;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    view.version = version_;
-    view.applied_updates = applied_updates_;
-    view.skipped_updates = skipped_updates_;
-    checkpoint_version = checkpoint_version_;
+    if (checkpoint_version_ != version_) return std::nullopt;
+    r.version = version_;
   }
+  r.optimizer_steps = optimizer_ ? optimizer_->steps() : 0;
+  r.path = checkpoints_->FolderOf(r.version);
+  // This process wrote or loaded (and verified) the checkpoint of this version, and
+  // nothing was applied since: the folder already holds this exact state.
+  if (!env_->Exists(JoinPath(r.path, "meta.json"))) return std::nullopt;
+  LOG(INFO) << "shard " << options_.shard_index << ": checkpoint " << r.path << " is current (" << reason << ")";
+  Metric("checkpoint", {{"version", r.version}, {"reason", reason}, {"path", r.path}, {"ms", 0}, {"unchanged", true}});
+  return r;
+}
+
+CheckpointResult ShardCore::FinishCheckpoint(const CheckpointView& view, const std::string& reason, int64_t start_us) {
   CheckpointResult r;
   r.version = view.version;
-  r.optimizer_steps = optimizer_ ? optimizer_->steps() : 0;
+  r.optimizer_steps = view.optimizer_json.is_object() ? view.optimizer_json.value("steps", int64_t{0}) : 0;
   r.path = checkpoints_->FolderOf(view.version);
-  if (view.version == checkpoint_version && env_->Exists(JoinPath(r.path, "meta.json"))) {
-    // This process wrote or loaded (and verified) the checkpoint of this version, and
-    // nothing was applied since: the folder already holds this exact state.
-    LOG(INFO) << "shard " << options_.shard_index << ": checkpoint " << r.path << " is current (" << reason << ")";
-    Metric("checkpoint", {{"version", view.version}, {"reason", reason}, {"path", r.path}, {"ms", 0}, {"unchanged", true}});
-    return r;
-  }
-  view.slice = snapshots_->master();
-  if (optimizer_) {
-    view.optimizer_tensors = optimizer_->StateTensors();
-    view.optimizer_json = optimizer_->StateJson();
-  }
-  view.reference_tokens = reference_tokens_;
-  RETURN_IF_ERROR(checkpoints_->Write(view, reason).status());
-  r.duration_ms = (NowUs() - start) / 1000;
+  r.duration_ms = (NowUs() - start_us) / 1000;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    checkpoint_version_ = view.version;
+    checkpoint_version_ = std::max(checkpoint_version_, view.version);
     checkpoint_ms_ = env_->clock()->WallMicros() / 1000;
   }
-  applied_since_checkpoint_ = 0;
   PruneAfterCheckpoint();
   LOG(INFO) << "shard " << options_.shard_index << ": checkpoint " << r.path << " (" << reason << ", "
             << r.duration_ms << " ms)";
@@ -361,6 +362,122 @@ StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason)
     if (!ev.ok()) LOG(WARNING) << "event: " << ev.status().ToString();
   }
   return r;
+}
+
+StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    checkpoint_cv_.wait(lock, [&] { return !checkpoint_job_; });
+  }
+  if (auto current = CurrentCheckpoint(reason)) return *current;
+  const int64_t start = NowUs();
+  CheckpointView view;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    view.version = version_;
+    view.applied_updates = applied_updates_;
+    view.skipped_updates = skipped_updates_;
+  }
+  view.slice = snapshots_->master();
+  if (optimizer_) {
+    view.optimizer_tensors = optimizer_->StateTensors();
+    view.optimizer_json = optimizer_->StateJson();
+  }
+  view.reference_tokens = reference_tokens_;
+  RETURN_IF_ERROR(checkpoints_->Write(view, reason).status());
+  applied_since_checkpoint_ = 0;
+  return FinishCheckpoint(view, reason, start);
+}
+
+bool ShardCore::StartBackgroundCheckpoint(const std::string& reason,
+                                          std::vector<std::shared_ptr<CheckpointRequest>> requests) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (checkpoint_job_) {
+      // One at a time: the requests wait for the next turn.
+      for (auto& r : requests) checkpoint_requests_.push_back(std::move(r));
+      return false;
+    }
+  }
+  if (auto current = CurrentCheckpoint(reason)) {
+    applied_since_checkpoint_ = 0;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& r : requests) {
+      r->done = true;
+      r->result = *current;
+      r->cv.notify_all();
+    }
+    return true;
+  }
+  auto job = std::make_shared<CheckpointJob>();
+  job->start_us = NowUs();
+  job->reason = reason;
+  job->requests = std::move(requests);
+  job->held = snapshots_->Hold();  // the published version == version_ on this thread
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job->view.version = version_;
+    job->view.applied_updates = applied_updates_;
+    job->view.skipped_updates = skipped_updates_;
+  }
+  job->view.slice = SnapshotStore::Values(*job->held);
+  if (optimizer_) {
+    // A copy: the optimizer steps its tensors in place (one memcpy per tensor, far
+    // cheaper than writing and hashing them).
+    for (const auto& [name, data] : optimizer_->StateTensors()) {
+      job->optimizer_copy.emplace_back(name, std::vector<float>(data.begin(), data.end()));
+    }
+    for (const auto& [name, data] : job->optimizer_copy) job->view.optimizer_tensors.emplace_back(name, data);
+    job->view.optimizer_json = optimizer_->StateJson();
+  }
+  job->view.reference_tokens = reference_tokens_;
+  applied_since_checkpoint_ = 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  checkpoint_job_ = std::move(job);
+  checkpoint_cv_.notify_all();
+  return true;
+}
+
+void ShardCore::CheckpointLoop() {
+  while (true) {
+    std::shared_ptr<CheckpointJob> job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      checkpoint_cv_.wait(lock, [&] { return checkpoint_stop_ || (checkpoint_job_ && !checkpoint_writing_); });
+      if (!checkpoint_job_) return;  // stop, nothing queued
+      if (checkpoint_stop_) {        // queued, not started: nobody waits for the state it holds
+        for (auto& r : checkpoint_job_->requests) {
+          r->done = true;
+          r->status = fedps::Unavailable("shard stopping");
+          r->cv.notify_all();
+        }
+        checkpoint_job_.reset();
+        checkpoint_cv_.notify_all();
+        return;
+      }
+      checkpoint_writing_ = true;
+      job = checkpoint_job_;
+    }
+    auto written = checkpoints_->Write(job->view, job->reason);
+    CheckpointResult result;
+    if (written.ok()) {
+      result = FinishCheckpoint(job->view, job->reason, job->start_us);
+    } else {
+      LOG(ERROR) << "checkpoint: " << written.status().ToString();
+    }
+    job->held.reset();  // the version's buffer goes (unless a pull pins it)
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& r : job->requests) {
+      r->done = true;
+      r->status = written.status();
+      if (written.ok()) r->result = result;
+      r->cv.notify_all();
+    }
+    checkpoint_job_.reset();
+    checkpoint_writing_ = false;
+    checkpoint_cv_.notify_all();
+    apply_cv_.notify_all();  // requests that waited for the writer
+  }
 }
 
 void ShardCore::PruneAfterCheckpoint() {

@@ -1,5 +1,5 @@
 // UpdateDecoder: turns a staged update's frames into fp32 values, across all cores, in one
-// reused scratch slice; and the apply thread of ShardCore (ps/applier.cc).
+// reused scratch slice; and the apply and checkpoint threads of ShardCore (ps/applier.cc).
 //
 // A staged update is kept as the client's encoded frames (ps/staged_store.h). The apply
 // thread decodes it here (Codec::DecodeAll: frames in parallel on a pool of

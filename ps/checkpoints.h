@@ -11,9 +11,9 @@
 // The newest `keep` folders are kept. Loading checks every file's sha256; a checkpoint of
 // another run, layout or slice is refused (FailedPrecondition: wrong --dir), not skipped.
 //
-// Threads: no state besides the folder's name. ShardCore calls it from its apply thread
-// only (and from Start/Drain while that thread is not running), so that slice, optimizer
-// and version are consistent and one folder is written at a time.
+// Threads: no state besides the folder's name; one caller at a time. ShardCore calls it
+// from its checkpoint thread (background checkpoints, from state the apply thread took)
+// and from Start / Drain while no background checkpoint runs.
 #pragma once
 
 #include <cstdint>

@@ -211,6 +211,7 @@ Status ShardCore::Start() {
     std::lock_guard<std::mutex> lock(mu_);
     apply_running_ = true;
   }
+  checkpoint_thread_ = std::thread([this] { CheckpointLoop(); });
   apply_thread_ = std::thread([this] {
     ApplyLoop();
     OnApplyExit();
@@ -240,6 +241,12 @@ void ShardCore::Stop() {
     version_cv_.notify_all();
   }
   if (apply_thread_.joinable()) apply_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    checkpoint_stop_ = true;  // a checkpoint being written is finished first
+    checkpoint_cv_.notify_all();
+  }
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
 }
 
 void ShardCore::OnApplyExit() {

@@ -29,20 +29,25 @@
 // Adam two): the master slice, the optimizer state, the decode scratch (ps/applier.h),
 // and one buffer per older snapshot a pull pins (ps/snapshots.h); beside them encoded
 // frames: those cached for pulls and those of updates being received (at most
-// max_receiving updates of one encoded slice each).
+// max_receiving updates of one encoded slice each); while a background checkpoint is
+// written, up to one more slice and a copy of the optimizer state.
 //
 // Concurrency contract
 //   * apply thread (one, started by Start): owns the master slice (SnapshotStore's write
-//     side), optimizer_, the checkpoint store, apply_registry_, and the counters marked
-//     [apply]. It is the only writer of version_ (under mu_). On-demand checkpoints are
-//     handed to it (checkpoint_requests_) so that slice, optimizer and version agree.
+//     side), optimizer_, apply_registry_, and the counters marked [apply]. It is the only
+//     writer of version_ (under mu_). Checkpoints are taken on it (scheduled, and
+//     on-demand ones handed over in checkpoint_requests_) so that slice, optimizer and
+//     version agree, and written by the checkpoint thread.
+//   * checkpoint thread (one): writes checkpoint_job_ through the checkpoint store, then
+//     prunes checkpoints and staged files and answers the job's requests. It is the only
+//     user of the checkpoint store while the apply thread runs.
 //   * RPC threads (any number): Pull / Push / CommitNotify / Checkpoint / GetStatus.
 //     Checking frames, decoding, encoding, file writes and Redis calls happen outside
 //     mu_; the maps are only looked up / changed under it. Entries are shared_ptr so that
 //     a request can work on one while it is removed from a map.
 //   * mu_ guards: state_, fenced_, halt_message_, epoch_, version_, committed_seq_,
 //     receiving_ (the table; an entry's frames have their own lock), staged_, done_,
-//     checkpoint_requests_, stats. version_cv_ (with mu_) signals version changes;
+//     checkpoint_requests_, checkpoint_job_ (the pointer), checkpoint_version_, stats. version_cv_ (with mu_) signals version changes;
 //     apply_cv_ (with mu_) wakes the apply thread (commit_notify, checkpoint, stop).
 //   * Lock order: mu_, then a receiving entry's mu; SnapshotStore's and UpdateDecoder's
 //     locks are never taken while holding mu_.
@@ -338,7 +343,27 @@ class ShardCore {
   void ServeCheckpointRequests();
   void OnApplyExit();  // the apply thread's last act
 
-  // Checkpoints (apply thread only, or Start / Drain while it does not run).
+  // Checkpoints (ps/applier.cc). A checkpoint of the apply thread's state is written by
+  // the checkpoint thread while applies go on: the job holds the version's slice buffer
+  // (SnapshotStore::Hold; an apply meanwhile writes a copy) and a copy of the optimizer
+  // state, taken on the apply thread so that slice, optimizer and version agree.
+  struct CheckpointJob {
+    CheckpointView view;  // spans into `held` and `optimizer_copy`
+    std::shared_ptr<SnapshotStore::Snapshot> held;
+    std::vector<std::pair<std::string, std::vector<float>>> optimizer_copy;
+    std::string reason;
+    std::vector<std::shared_ptr<CheckpointRequest>> requests;  // answered when durable
+    int64_t start_us = 0;
+  };
+  // [apply] Hands a checkpoint of the current state to the checkpoint thread (or answers
+  // at once when the newest checkpoint holds this version); false while one is written.
+  bool StartBackgroundCheckpoint(const std::string& reason, std::vector<std::shared_ptr<CheckpointRequest>> requests);
+  void CheckpointLoop();  // the checkpoint thread
+  // The newest checkpoint when it holds the current version (nothing applied since).
+  std::optional<CheckpointResult> CurrentCheckpoint(const std::string& reason);
+  // Bookkeeping once a checkpoint is durable (either thread).
+  CheckpointResult FinishCheckpoint(const CheckpointView& view, const std::string& reason, int64_t start_us);
+  // Writes a checkpoint on the calling thread, after any background one (Start, Drain).
   StatusOr<CheckpointResult> WriteCheckpoint(const std::string& reason);
   Status LoadNewestCheckpoint(bool* found);
   void PruneAfterCheckpoint();
@@ -366,6 +391,7 @@ class ShardCore {
   int64_t recovery_target_ = 0;   // commit-log head read at start
 
   std::thread apply_thread_;
+  std::thread checkpoint_thread_;
 
   mutable std::mutex mu_;
   std::condition_variable version_cv_;
@@ -387,6 +413,10 @@ class ShardCore {
   std::map<std::string, DoneUpdate> done_;
   std::vector<AppliedRecord> applied_log_;
   std::vector<std::shared_ptr<CheckpointRequest>> checkpoint_requests_;
+  std::shared_ptr<CheckpointJob> checkpoint_job_;  // queued or being written (one at a time)
+  bool checkpoint_writing_ = false;                // the checkpoint thread took checkpoint_job_
+  bool checkpoint_stop_ = false;
+  std::condition_variable checkpoint_cv_;  // with mu_: a job queued or finished, or stop
   int64_t checkpoint_version_ = -1;
   int64_t checkpoint_ms_ = 0;
   int64_t optimizer_steps_ = 0;

@@ -165,6 +165,13 @@ StatusOr<std::string> SnapshotStore::Frame(const std::shared_ptr<Snapshot>& snap
   return cell->frames[static_cast<size_t>(index)];
 }
 
+std::shared_ptr<SnapshotStore::Snapshot> SnapshotStore::Hold() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_;
+}
+
+std::span<const float> SnapshotStore::Values(const Snapshot& snapshot) { return std::span<const float>(*snapshot.data); }
+
 std::pair<int64_t, std::vector<float>> SnapshotStore::CopyCurrent() {
   std::unique_lock<std::mutex> lock(mu_);
   published_.wait(lock, [&] { return !writing_; });

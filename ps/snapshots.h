@@ -21,8 +21,8 @@
 // pull ends. Encoded frames add, per kept snapshot and codec pulled, its encoded size
 // (fp32 about 1x, bf16 about 0.5x, int8 about 0.26x of the slice).
 //
-// Threads: the apply thread calls Reset / BeginWrite / Publish / master(); RPC threads
-// call Pin and Frame. mu_ guards the snapshot map and the current pointer; a cache cell's
+// Threads: the apply thread calls Reset / BeginWrite / Publish / master() / Hold; RPC
+// threads call Pin and Frame; the checkpoint thread reads a held snapshot's Values. mu_ guards the snapshot map and the current pointer; a cache cell's
 // own mutex guards one encoding (so two codecs or two snapshots encode in parallel).
 // master() and the span from BeginWrite are the apply thread's alone.
 #pragma once
@@ -77,6 +77,10 @@ class SnapshotStore {
   PinResult Pin(std::optional<int64_t> version);
   // Frame `index` of `snapshot` in codec `kind` (encodes the snapshot once per codec).
   StatusOr<std::string> Frame(const std::shared_ptr<Snapshot>& snapshot, CodecKind kind, int64_t index);
+  // The current snapshot, held without counting as a pull (a background checkpoint keeps
+  // its version's buffer this way: while it is held, BeginWrite copies); and its values.
+  std::shared_ptr<Snapshot> Hold();
+  static std::span<const float> Values(const Snapshot& snapshot);
   // A copy of the current snapshot (tests and tools).
   std::pair<int64_t, std::vector<float>> CopyCurrent();
   // Older snapshots kept (tests).

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <span>
@@ -417,7 +418,8 @@ TEST_F(ShardCoreTest, RecoversFromCheckpointAndStagedLogWithoutLosingOrRepeating
   ASSERT_TRUE(c0 && c1);
   for (int k = 1; k <= 3; ++k) StageAndCommit({c0.get(), c1.get()}, k, k - 1);
   ASSERT_TRUE(c0->WaitForVersion(3, 10000) && c1->WaitForVersion(3, 10000));
-  EXPECT_EQ(c0->GetStatus().checkpoint_version, 2);
+  // Written in the background: wait for it.
+  EXPECT_TRUE(testing::WaitFor([&] { return c0->GetStatus().checkpoint_version == 2; }, std::chrono::seconds(10)));
   // Two more staged; shard 0 "crashes" (no drain, no checkpoint) before they commit.
   for (int k = 4; k <= 5; ++k) {
     for (int s = 0; s < kShards; ++s) {
@@ -586,6 +588,91 @@ TEST_F(ShardCoreTest, DrainReplacesAnUnverifiedCheckpointOfItsVersion) {
   ASSERT_OK(names.status());
   EXPECT_THAT(*names, ::testing::ElementsAre("v-000000000000", "v-000000000001"));
 }
+// An Env whose checkpoint writes block (at state.json) while armed, until released.
+class BlockingCheckpointEnv : public Env {
+ public:
+  Status WriteFileAtomic(const std::string& path, std::string_view contents) override {
+    if (path.size() >= 11 && path.compare(path.size() - 11, 11, "/state.json") == 0) {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (armed_) {
+        blocked_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !armed_; });
+        blocked_ = false;
+      }
+    }
+    return Env::WriteFileAtomic(path, contents);
+  }
+  void Arm() {
+    std::lock_guard<std::mutex> lock(mu_);
+    armed_ = true;
+  }
+  bool WaitBlocked() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return blocked_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    armed_ = false;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool armed_ = false;
+  bool blocked_ = false;
+};
+
+// Checkpoints are written by the checkpoint thread: while one is stuck on the disk, the
+// next update applies and pulls see it; the checkpoint holds the version it was taken at
+// (a restart from it replays the later update once, bit for bit); a checkpoint requested
+// meanwhile is served when the writer is free, at the newest version.
+TEST_F(ShardCoreTest, CheckpointIsWrittenInTheBackgroundWhileUpdatesApply) {
+  BlockingCheckpointEnv env;
+  auto o0 = Options(0), o1 = Options(1);
+  o0.env = &env;
+  o0.ps.checkpoint_every = 1;
+  auto c0 = StartCore(o0);
+  auto c1 = StartCore(o1);
+  ASSERT_TRUE(c0 && c1);
+  env.Arm();
+  StageAndCommit({c0.get(), c1.get()}, 1, 0);
+  ASSERT_TRUE(env.WaitBlocked());  // the scheduled checkpoint of version 1 is being written
+  StageAndCommit({c0.get(), c1.get()}, 2, 1);
+  ASSERT_TRUE(c0->WaitForVersion(2, 10000));
+  EXPECT_EQ(c0->GetStatus().checkpoint_version, 0);
+  int64_t v = 0;
+  auto pulled = PullAll(*c0, 0, &v);
+  EXPECT_EQ(v, 2);
+  CheckpointResult requested;
+  CoreError requested_error;
+  std::thread requester([&] { requested_error = c0->Checkpoint(Header(0), "request", &requested); });
+  env.Release();
+  requester.join();
+  ASSERT_CORE_OK(requested_error);
+  EXPECT_EQ(requested.version, 2);
+  EXPECT_EQ(c0->GetStatus().checkpoint_version, 2);
+  auto names = Env::Default()->ListDir(c0->CheckpointRoot());
+  ASSERT_OK(names.status());
+  EXPECT_THAT(*names, ::testing::ElementsAre("v-000000000001", "v-000000000002"));
+
+  // Version 1's checkpoint holds version 1's state: drop the newer one and restart from it.
+  c0->Stop();
+  c0.reset();
+  ASSERT_OK(Env::Default()->RemoveAll(JoinPath(Options(0).dir, "checkpoints/v-000000000002")));
+  auto again = StartCore(Options(0));
+  ASSERT_TRUE(again);
+  ASSERT_TRUE(again->WaitForVersion(2, 10000));
+  auto log = again->AppliedLog();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0].seq, 2);
+  auto x = InitSlice(0), d1 = Delta(1, 0), d2 = Delta(2, 0);
+  auto slice = again->CurrentSlice().second;
+  for (int64_t i = 0; i < kN; ++i) ASSERT_FLOAT_EQ(slice[i], (x[i] - d1[i]) - d2[i]) << "element " << i;
+  EXPECT_EQ(slice, pulled);
+}
+
 // ---- memory: shard RAM stays flat over many updates (issue 7, item 5) ---------------------
 
 int64_t RssBytes() {
