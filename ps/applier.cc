@@ -267,6 +267,8 @@ void ShardCore::ApplyLoop() {
       version = version_;
       nudged_ = false;
     }
+    // Halted or fenced, nothing more will be applied: a drain need not wait.
+    if (draining && (halted || fenced)) return;
     ServeCheckpointRequests();
     bool caught_up = false;
     if (!halted && !fenced) {
