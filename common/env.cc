@@ -1,5 +1,6 @@
 #include "common/env.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -52,6 +53,43 @@ Status WriteAll(int fd, std::string_view data, const std::string& path) {
       return ErrnoStatus("write", path, errno);
     }
     data.remove_prefix(static_cast<size_t>(n));
+  }
+  return Status::Ok();
+}
+
+// An explicit depth-first walk with openat/unlinkat rather than std::filesystem::remove_all:
+// fedps-shard died of SIGSEGV inside remove_all (GPU-machine build, issue 7), and a walk
+// relative to open folder descriptors never follows a symbolic link out of the tree and
+// has no path-length limit. Names are read before anything is removed, so the listing
+// never races with its own deletions.
+Status RemoveTreeAt(int parent_fd, const std::string& name, const std::string& path) {
+  int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    if (errno != ENOTDIR && errno != ELOOP) return ErrnoStatus("cannot open folder", path, errno);
+    // A file or a symbolic link (O_NOFOLLOW gives ELOOP for a link): remove the entry itself.
+    if (::unlinkat(parent_fd, name.c_str(), 0) != 0 && errno != ENOENT) {
+      return ErrnoStatus("cannot remove", path, errno);
+    }
+    return Status::Ok();
+  }
+  DIR* dir = ::fdopendir(fd);
+  if (dir == nullptr) {
+    int err = errno;
+    ::close(fd);
+    return ErrnoStatus("cannot list folder", path, err);
+  }
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* e = ::readdir(dir)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+  }
+  Status s = errno != 0 ? ErrnoStatus("cannot list folder", path, errno) : Status::Ok();
+  for (size_t i = 0; s.ok() && i < names.size(); ++i) s = RemoveTreeAt(::dirfd(dir), names[i], path + "/" + names[i]);
+  ::closedir(dir);  // closes fd
+  if (!s.ok()) return s;
+  if (::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+    return ErrnoStatus("cannot remove folder", path, errno);
   }
   return Status::Ok();
 }
@@ -136,10 +174,8 @@ Status Env::RemoveFile(const std::string& path) {
 }
 
 Status Env::RemoveAll(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) return Internal("cannot remove " + path + ": " + ec.message());
-  return Status::Ok();
+  if (path.empty()) return InvalidArgument("RemoveAll: empty path");
+  return RemoveTreeAt(AT_FDCWD, path, path);
 }
 
 Status Env::Rename(const std::string& from, const std::string& to) {

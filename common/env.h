@@ -56,6 +56,8 @@ class Env {
   virtual bool IsDirectory(const std::string& path);
   virtual Status CreateDirs(const std::string& path);
   virtual Status RemoveFile(const std::string& path);
+  // Removes `path` and everything below it, depth first; Ok when it does not exist.
+  // Symbolic links are removed, never followed.
   virtual Status RemoveAll(const std::string& path);
   // Atomic within a file system; fsyncs the destination's folder.
   virtual Status Rename(const std::string& from, const std::string& to);

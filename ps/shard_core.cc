@@ -1,29 +1,18 @@
-// ShardCore: see the header for the design and the concurrency contract.
+// ShardCore: the facade. See the header for the design and the concurrency contract; the
+// apply thread lives in ps/applier.cc. This file: creation, lifecycle, request checks,
+// Pull, Push (receiving -> staging), CommitNotify, Checkpoint, status.
 #include "ps/shard_core.h"
 
 #include <algorithm>
-#include <cinttypes>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <span>
-
-#include "common/safetensors.h"
-#include "common/sha256.h"
 
 namespace fedps {
 
 namespace {
 
-constexpr const char* kCheckpointFormat = "fedps-shard-checkpoint-1";
-constexpr const char* kStagedFormat = "fedps-staged-1";
-constexpr int64_t kCommitBatch = 256;
-
 std::string Str(int64_t v) { return std::to_string(v); }
-
-std::string_view AsBytes(const std::vector<float>& v) {
-  return std::string_view(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-}
 
 // "bf16", "bf16+zstd" -> bf16 (the zstd stage is implied by every codec).
 StatusOr<CodecKind> CodecFromName(const std::string& name) {
@@ -33,13 +22,6 @@ StatusOr<CodecKind> CodecFromName(const std::string& name) {
     base.resize(base.size() - suffix.size());
   }
   return ParseCodecKind(base);
-}
-
-StatusOr<int64_t> JsonInt(const nlohmann::json& j, const char* key) {
-  if (!j.is_object() || !j.contains(key) || !j[key].is_number_integer()) {
-    return DataLoss(std::string("missing integer '") + key + "'");
-  }
-  return j[key].get<int64_t>();
 }
 
 }  // namespace
@@ -73,69 +55,10 @@ const char* ShardStateName(ShardState s) {
   return "?";
 }
 
-struct ShardCore::Snapshot {
-  int64_t version = 0;
-  std::vector<float> data;
-};
-
-struct ShardCore::EncodedFrames {
-  std::mutex mu;  // guards all below
-  bool done = false;
-  Status status;
-  std::vector<std::string> frames;
-};
-
-struct ShardCore::Pinned {
-  std::shared_ptr<const Snapshot> snap;
-  int64_t last_used_us = 0;  // guarded by ShardCore::mu_; 0: never pulled
-  std::mutex mu;             // guards cache
-  std::map<CodecKind, std::shared_ptr<EncodedFrames>> cache;
-};
-
-struct ShardCore::Receiving {
-  // Immutable after creation.
-  std::string update_id;
-  std::string client_id;
-  int64_t client_epoch = 0;
-  int64_t base_version = 0;
-  int64_t tokens = 0;
-  int64_t local_steps = 0;
-  int64_t total_frames = 0;
-  // Written by the decoding thread of each frame (disjoint ranges; a frame is decoded by
-  // one thread at a time, see frame_state).
-  std::vector<float> data;
-  std::mutex mu;  // guards all below
-  enum : uint8_t { kMissing = 0, kDecoding = 1, kHave = 2 };
-  std::vector<uint8_t> frame_state;
-  std::vector<uint64_t> frame_checksum;
-  int64_t received = 0;
-  bool staging = false;  // a thread is staging it
-  int64_t last_activity_us = 0;
-};
-
-// A staged slice on disk (guarded by ShardCore::mu_).
-struct ShardCore::Staged {
-  std::string client_id;
-  int64_t base_version = 0;
-  int64_t tokens = 0;
-  int64_t local_steps = 0;
-  int64_t staged_us = 0;  // last (re)mark; expiry counts from here
-  int inflight = 0;       // MarkStaged calls in flight
-  bool expiring = false;  // ReleaseStaged in flight
-  int64_t seq = 0;        // committed seq when known, else 0
-};
-
-struct ShardCore::CheckpointRequest {
-  std::string reason;
-  bool done = false;  // guarded by ShardCore::mu_
-  Status status;
-  CheckpointResult result;
-  std::condition_variable cv;
-};
-
 // ---- creation ---------------------------------------------------------------------------
 
-ShardCore::ShardCore(ShardCoreOptions options) : options_(std::move(options)), env_(options_.env) {}
+ShardCore::ShardCore(ShardCoreOptions options)
+    : options_(std::move(options)), env_(options_.env), receiving_(options_.max_receiving) {}
 
 ShardCore::~ShardCore() { Stop(); }
 
@@ -169,6 +92,7 @@ StatusOr<std::unique_ptr<ShardCore>> ShardCore::Create(ShardCoreOptions options)
   ASSIGN_OR_RETURN(auto probe, core->MakeOptimizer(o.ps.reference_tokens > 0 ? o.ps.reference_tokens : 1));
   (void)probe;
 
+  std::map<CodecKind, std::unique_ptr<Codec>> encoders;
   for (CodecKind kind : {CodecKind::kFp32, CodecKind::kBf16, CodecKind::kInt8}) {
     CodecOptions co;
     co.kind = kind;
@@ -177,8 +101,27 @@ StatusOr<std::unique_ptr<ShardCore>> ShardCore::Create(ShardCoreOptions options)
     co.chunk_elements = o.ps.frame_elements;
     co.int8_block = static_cast<int>(o.compression.int8_block);
     ASSIGN_OR_RETURN(auto codec, Codec::Create(co));
-    core->codecs_[kind] = std::move(codec);
+    encoders[kind] = std::move(codec);
   }
+  SnapshotStore::Options sn;
+  sn.slice_elements = o.slice_elements;
+  sn.total_frames = core->total_frames_;
+  sn.snapshot_ttl_ms = o.ps.snapshot_ttl_ms;
+  sn.max_pinned_snapshots = o.max_pinned_snapshots;
+  core->snapshots_ = std::make_unique<SnapshotStore>(sn, std::move(encoders), core->env_->clock());
+  ASSIGN_OR_RETURN(core->decoder_, UpdateDecoder::Create(o.slice_elements, o.ps.frame_elements, o.decode_threads));
+  core->staged_store_ = std::make_unique<StagedStore>(
+      JoinPath(o.dir, "staged"), StagedStore::Slice{o.shard_index, o.slice_begin, o.slice_elements}, core->env_);
+  CheckpointIdentity id;
+  id.run_id = o.run_id;
+  id.layout_hash = o.layout_hash;
+  id.shard_index = o.shard_index;
+  id.num_shards = o.num_shards;
+  id.slice_begin = o.slice_begin;
+  id.slice_elements = o.slice_elements;
+  id.optimizer_name = o.ps.optimizer;
+  core->checkpoints_ =
+      std::make_unique<CheckpointStore>(JoinPath(o.dir, "checkpoints"), id, o.keep_checkpoints, core->env_);
   return core;
 }
 
@@ -198,11 +141,9 @@ std::vector<std::string> ShardCore::codecs() const { return {"fp32", "bf16", "in
 
 int64_t ShardCore::NowUs() const { return env_->clock()->NowMicros(); }
 
-std::string ShardCore::StagedPath(const std::string& update_id) const {
-  return JoinPath(JoinPath(options_.dir, "staged"), Sha256Hex(update_id).substr(0, 32) + ".safetensors");
-}
+std::string ShardCore::StagedPath(const std::string& update_id) const { return staged_store_->Path(update_id); }
 
-std::string ShardCore::CheckpointRoot() const { return JoinPath(options_.dir, "checkpoints"); }
+std::string ShardCore::CheckpointRoot() const { return checkpoints_->root(); }
 
 void ShardCore::Metric(const std::string& event, nlohmann::json fields) {
   if (options_.metrics == nullptr) return;
@@ -220,8 +161,8 @@ Status ShardCore::Start() {
     started_ = true;
     state_ = ShardState::kStarting;
   }
-  RETURN_IF_ERROR(env_->CreateDirs(JoinPath(options_.dir, "staged")));
-  RETURN_IF_ERROR(env_->CreateDirs(CheckpointRoot()));
+  RETURN_IF_ERROR(staged_store_->Init());
+  RETURN_IF_ERROR(checkpoints_->Recover());
   {
     ASSIGN_OR_RETURN(request_registry_, Registry::Connect(options_.registry));
     ASSIGN_OR_RETURN(apply_registry_, Registry::Connect(options_.registry));
@@ -231,10 +172,12 @@ Status ShardCore::Start() {
   RETURN_IF_ERROR(LoadNewestCheckpoint(&found));
   if (!found) {
     if (!options_.init_slice) return FailedPrecondition("shard has no checkpoint and no initial slice");
-    ASSIGN_OR_RETURN(params_, options_.init_slice());
-    if (static_cast<int64_t>(params_.size()) != options_.slice_elements) {
-      return Internal("initial slice has " + Str(params_.size()) + " values, want " + Str(options_.slice_elements));
+    ASSIGN_OR_RETURN(std::vector<float> init, options_.init_slice());
+    if (static_cast<int64_t>(init.size()) != options_.slice_elements) {
+      return Internal("initial slice has " + Str(init.size()) + " values, want " + Str(options_.slice_elements));
     }
+    snapshots_->Reset(0, std::move(init));
+    have_slice_ = true;
     reference_tokens_ = options_.ps.reference_tokens;
     if (!options_.ps.weight_by_tokens || reference_tokens_ > 0) {
       ASSIGN_OR_RETURN(optimizer_, MakeOptimizer(reference_tokens_ > 0 ? reference_tokens_ : 1));
@@ -247,7 +190,6 @@ Status ShardCore::Start() {
     LOG(INFO) << "shard " << options_.shard_index << ": initialised version 0, checkpoint " << ck.path;
   }
   RETURN_IF_ERROR(IndexStagedFiles());
-  PublishSnapshot();
 
   auto head = apply_registry_->GlobalSeq();
   int64_t version;
@@ -269,6 +211,7 @@ Status ShardCore::Start() {
     std::lock_guard<std::mutex> lock(mu_);
     apply_running_ = true;
   }
+  checkpoint_thread_ = std::thread([this] { CheckpointLoop(); });
   apply_thread_ = std::thread([this] {
     ApplyLoop();
     OnApplyExit();
@@ -298,6 +241,12 @@ void ShardCore::Stop() {
     version_cv_.notify_all();
   }
   if (apply_thread_.joinable()) apply_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    checkpoint_stop_ = true;  // a checkpoint being written is finished first
+    checkpoint_cv_.notify_all();
+  }
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
 }
 
 void ShardCore::OnApplyExit() {
@@ -327,7 +276,7 @@ Status ShardCore::Drain() {
   Status result = Status::Ok();
   if (halted || fenced) {
     result = FailedPrecondition(halted ? "halted: no final checkpoint" : "fenced: no final checkpoint");
-  } else if (params_.size() == static_cast<size_t>(options_.slice_elements)) {
+  } else if (have_slice_) {
     auto ck = WriteCheckpoint("shutdown");
     result = ck.status();
   }
@@ -378,52 +327,8 @@ CoreError ShardCore::NotServingLocked() const {
 
 // ---- pull -------------------------------------------------------------------------------
 
-void ShardCore::ExpireSnapshotsLocked(int64_t now_us) {
-  const int64_t ttl_us = options_.ps.snapshot_ttl_ms * 1000;
-  for (auto it = snapshots_.begin(); it != snapshots_.end();) {
-    if (now_us - it->second->last_used_us > ttl_us) {
-      it = snapshots_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  while (static_cast<int>(snapshots_.size()) > options_.max_pinned_snapshots) {
-    auto oldest = snapshots_.begin();
-    for (auto it = snapshots_.begin(); it != snapshots_.end(); ++it) {
-      if (it->second->last_used_us < oldest->second->last_used_us) oldest = it;
-    }
-    snapshots_.erase(oldest);
-  }
-}
-
-StatusOr<std::shared_ptr<ShardCore::EncodedFrames>> ShardCore::FramesFor(const std::shared_ptr<Pinned>& pinned,
-                                                                         CodecKind kind) {
-  std::shared_ptr<EncodedFrames> cell;
-  {
-    std::lock_guard<std::mutex> lock(pinned->mu);
-    auto& slot = pinned->cache[kind];
-    if (!slot) slot = std::make_shared<EncodedFrames>();
-    cell = slot;
-  }
-  std::lock_guard<std::mutex> lock(cell->mu);
-  if (!cell->done) {
-    auto frames = codecs_.at(kind)->Encode(std::span<const float>(pinned->snap->data));
-    cell->done = true;
-    if (frames.ok()) {
-      cell->frames = std::move(frames).value();
-      if (static_cast<int64_t>(cell->frames.size()) != total_frames_) {
-        cell->status = Internal("encoder made " + Str(cell->frames.size()) + " frames, want " + Str(total_frames_));
-      }
-    } else {
-      cell->status = frames.status();
-    }
-  }
-  if (!cell->status.ok()) return cell->status;
-  return cell;
-}
-
 CoreError ShardCore::Pull(const PullArgs& args, PullResult* out) {
-  std::shared_ptr<Pinned> pinned;
+  auto kind = CodecFromName(args.codec);
   {
     std::unique_lock<std::mutex> lock(mu_);
     CoreError e = CheckHeaderLocked(args.header);
@@ -434,48 +339,40 @@ CoreError ShardCore::Pull(const PullArgs& args, PullResult* out) {
       return CoreError::Make(ShardErrorCode::kBadRequest, "frame_index " + Str(args.frame_index) + " not in [0, " +
                                                               Str(total_frames_) + ")");
     }
-    if (!args.version.has_value()) {
-      if (args.min_version.has_value() && version_ < *args.min_version) {
-        int64_t wait_ms = std::clamp<int64_t>(args.wait_ms.value_or(0), 0, options_.max_pull_wait_ms);
-        version_cv_.wait_for(lock, std::chrono::milliseconds(wait_ms), [&] {
-          return stop_ || fenced_ || state_ == ShardState::kHalted || version_ >= *args.min_version;
-        });
-        e = CheckHeaderLocked(args.header);
-        if (!e.ok()) return e;
-        if (version_ < *args.min_version) {
-          return UnavailableLocked("version " + Str(version_) + " has not reached min_version " + Str(*args.min_version));
-        }
+    if (!kind.ok()) return CoreError::Make(ShardErrorCode::kBadRequest, "unknown codec '" + args.codec + "'");
+    if (!args.version.has_value() && args.min_version.has_value() && version_ < *args.min_version) {
+      int64_t wait_ms = std::clamp<int64_t>(args.wait_ms.value_or(0), 0, options_.max_pull_wait_ms);
+      version_cv_.wait_for(lock, std::chrono::milliseconds(wait_ms), [&] {
+        return stop_ || fenced_ || state_ == ShardState::kHalted || version_ >= *args.min_version;
+      });
+      e = CheckHeaderLocked(args.header);
+      if (!e.ok()) return e;
+      if (version_ < *args.min_version) {
+        return UnavailableLocked("version " + Str(version_) + " has not reached min_version " + Str(*args.min_version));
       }
-      pinned = current_;
-    } else if (current_ && current_->snap->version == *args.version) {
-      pinned = current_;
-    } else {
-      auto it = snapshots_.find(*args.version);
-      if (it == snapshots_.end()) {
-        CoreError x = CoreError::Make(ShardErrorCode::kSnapshotExpired,
-                                      "snapshot of version " + Str(*args.version) + " is no longer kept (current " +
-                                          Str(version_) + "): pull again from frame 0");
-        x.version = version_;
-        return x;
-      }
-      pinned = it->second;
     }
-    if (!pinned) return UnavailableLocked("no snapshot yet");
-    const int64_t now = NowUs();
-    pinned->last_used_us = now;
-    ExpireSnapshotsLocked(now);
   }
-  auto kind = CodecFromName(args.codec);
-  if (!kind.ok()) return CoreError::Make(ShardErrorCode::kBadRequest, "unknown codec '" + args.codec + "'");
-  auto frames = FramesFor(pinned, *kind);
-  if (!frames.ok()) return CoreError::Make(ShardErrorCode::kInternal, "encoding: " + frames.status().ToString());
-  out->version = pinned->snap->version;
+  SnapshotStore::PinResult pinned = snapshots_->Pin(args.version);
+  if (!pinned.snapshot) {
+    if (!args.version.has_value()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      return UnavailableLocked("no snapshot yet");
+    }
+    CoreError x = CoreError::Make(ShardErrorCode::kSnapshotExpired,
+                                  "snapshot of version " + Str(*args.version) + " is no longer kept (current " +
+                                      Str(pinned.version) + "): pull again from frame 0");
+    x.version = pinned.version;
+    return x;
+  }
+  auto frame = snapshots_->Frame(pinned.snapshot, *kind, args.frame_index);
+  if (!frame.ok()) return CoreError::Make(ShardErrorCode::kInternal, "encoding: " + frame.status().ToString());
+  out->version = pinned.version;
   out->frame_index = args.frame_index;
   out->total_frames = total_frames_;
   out->frame_elements = options_.ps.frame_elements;
   out->slice_elements = options_.slice_elements;
   out->codec = args.codec;
-  out->frame = (*frames)->frames[static_cast<size_t>(args.frame_index)];
+  out->frame = std::move(frame).value();
   out->snapshot_ttl_ms = options_.ps.snapshot_ttl_ms;
   bytes_out_ += static_cast<int64_t>(out->frame.size());
   return {};
@@ -538,17 +435,32 @@ CoreError ShardCore::MarkStagedAndAnswer(const std::string& update_id, PushResul
   return {};
 }
 
-CoreError ShardCore::StageReceived(const std::shared_ptr<Receiving>& r, PushResult* out) {
-  for (float v : r->data) {
-    if (!std::isfinite(v)) {
+CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, PushResult* out) {
+  // Every frame is here and final (`staging` keeps other threads off): decode the update
+  // once, so that nothing undecodable or non-finite is staged; a commit of it would halt
+  // every shard at apply.
+  const int64_t start = NowUs();
+  {
+    auto decoded = decoder_->Decode(r->frames);
+    std::string bad;
+    if (!decoded.ok()) {
+      bad = "update " + r->update_id + " does not decode (" + decoded.status().message() + "): dropped";
+    } else {
+      for (float v : decoded->values()) {
+        if (!std::isfinite(v)) {
+          bad = "update " + r->update_id + " holds NaN or infinite values: dropped";
+          break;
+        }
+      }
+    }
+    if (!bad.empty()) {
       std::lock_guard<std::mutex> lock(mu_);
-      receiving_.erase(r->update_id);
-      return CoreError::Make(ShardErrorCode::kBadRequest,
-                             "update " + r->update_id + " holds NaN or infinite values: dropped");
+      receiving_.Erase(r->update_id);
+      return CoreError::Make(ShardErrorCode::kBadRequest, bad);
     }
   }
-  const int64_t start = NowUs();
-  Status w = WriteStaged(r->update_id, StageRecord(r->base_version, r->tokens, r->local_steps), r->data);
+  const int64_t decoded_us = NowUs();
+  Status w = staged_store_->Write(r->update_id, StageRecord(r->base_version, r->tokens, r->local_steps), r->frames);
   if (!w.ok()) {
     LOG(ERROR) << "staging " << r->update_id << ": " << w.ToString();
     std::lock_guard<std::mutex> rl(r->mu);
@@ -565,13 +477,15 @@ CoreError ShardCore::StageReceived(const std::shared_ptr<Receiving>& r, PushResu
     s->staged_us = NowUs();
     s->inflight = 1;
     staged_[r->update_id] = s;
-    receiving_.erase(r->update_id);
+    receiving_.Erase(r->update_id);
   }
   Metric("stage", {{"update_id", r->update_id},
                    {"client", r->client_id},
                    {"base_version", r->base_version},
                    {"tokens", r->tokens},
-                   {"write_ms", (NowUs() - start) / 1000.0}});
+                   {"bytes", r->bytes},
+                   {"check_ms", (decoded_us - start) / 1000.0},
+                   {"write_ms", (NowUs() - decoded_us) / 1000.0}});
   return MarkStagedAndAnswer(r->update_id, out);
 }
 
@@ -591,7 +505,7 @@ CoreError ShardCore::Push(const PushArgs& a, PushResult* out) {
 }
 
 CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
-  std::shared_ptr<Receiving> r;
+  std::shared_ptr<ReceivingUpdate> r;
   bool maybe_committed = false;  // first frame of an update unknown here
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -641,21 +555,27 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
         x.version = version_;
         return x;
       }
-      auto it = receiving_.find(a.update_id);
-      if (it != receiving_.end()) {
-        r = it->second;
+      r = receiving_.Find(a.update_id);
+      if (r) {
         if (!same_scalars(r->base_version, r->tokens, r->local_steps)) {
           return bad("update " + a.update_id + ": base_version/tokens/local_steps differ from its earlier frames");
         }
       } else {
-        if (static_cast<int>(receiving_.size()) >= options_.max_receiving) {
-          return UnavailableLocked("receiving " + Str(receiving_.size()) + " updates already");
-        }
+        if (receiving_.Full()) return UnavailableLocked("receiving " + Str(receiving_.size()) + " updates already");
         maybe_committed = true;
       }
     }
   }
   if (!r && !maybe_committed) return MarkStagedAndAnswer(a.update_id, out);
+
+  // Check the frame before any memory is committed to it (a new update gets an entry only
+  // for a frame that belongs exactly where it claims and whose checksum holds).
+  auto header = ReceiveTable::CheckFrame(a.frame, a.frame_index, options_.ps.frame_elements, options_.slice_elements);
+  if (!header.ok()) {
+    ShardErrorCode code =
+        header.status().code() == StatusCode::kDataLoss ? ShardErrorCode::kDataLoss : ShardErrorCode::kBadRequest;
+    return CoreError::Make(code, "frame " + Str(a.frame_index) + " of " + a.update_id + ": " + header.status().message());
+  }
 
   if (maybe_committed) {
     // A first frame of an update this shard does not know: it may have been committed
@@ -671,26 +591,11 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
     }
     if (AnswerKnownLocked(a.update_id, out)) return {};
     if (staged_.count(a.update_id)) return UnavailableLocked("update " + a.update_id + " changed state: resend");
-    auto it = receiving_.find(a.update_id);
-    if (it != receiving_.end()) {
-      r = it->second;
-    } else {
-      if (static_cast<int>(receiving_.size()) >= options_.max_receiving) {
-        return UnavailableLocked("receiving " + Str(receiving_.size()) + " updates already");
-      }
-      r = std::make_shared<Receiving>();
-      r->update_id = a.update_id;
-      r->client_id = a.client_id;
-      r->client_epoch = a.client_epoch;
-      r->base_version = a.base_version;
-      r->tokens = a.tokens;
-      r->local_steps = a.local_steps;
-      r->total_frames = total_frames_;
-      r->data.assign(static_cast<size_t>(options_.slice_elements), 0.0f);
-      r->frame_state.assign(static_cast<size_t>(total_frames_), Receiving::kMissing);
-      r->frame_checksum.assign(static_cast<size_t>(total_frames_), 0);
-      r->last_activity_us = NowUs();
-      receiving_[a.update_id] = r;
+    r = receiving_.Find(a.update_id);
+    if (!r) {
+      if (receiving_.Full()) return UnavailableLocked("receiving " + Str(receiving_.size()) + " updates already");
+      r = receiving_.Create(a.update_id, a.client_id, a.client_epoch, a.base_version, a.tokens, a.local_steps,
+                            total_frames_, NowUs());
     }
     if (r->base_version != a.base_version || r->tokens != a.tokens || r->local_steps != a.local_steps) {
       return CoreError::Make(ShardErrorCode::kBadRequest,
@@ -698,55 +603,10 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
     }
   }
 
-  // Check where the frame claims to belong before decoding into the slice buffer.
-  auto header = Codec::PeekHeader(a.frame);
-  if (!header.ok()) {
-    return CoreError::Make(ShardErrorCode::kDataLoss, "frame " + Str(a.frame_index) + " of " + a.update_id + ": " +
-                                                          header.status().message());
-  }
-  const uint64_t want_offset = static_cast<uint64_t>(a.frame_index * options_.ps.frame_elements);
-  const uint64_t want_count = static_cast<uint64_t>(
-      std::min(options_.ps.frame_elements, options_.slice_elements - a.frame_index * options_.ps.frame_elements));
-  if (header->offset != want_offset || header->count != want_count ||
-      header->slice_length != static_cast<uint64_t>(options_.slice_elements)) {
+  FrameOutcome added = ReceiveTable::AcceptFrame(*r, a.frame_index, a.frame, header->checksum, NowUs());
+  if (added == FrameOutcome::kConflict) {
     return CoreError::Make(ShardErrorCode::kBadRequest,
-                           "frame " + Str(a.frame_index) + " covers [" + std::to_string(header->offset) + ", +" +
-                               std::to_string(header->count) + ") of " + std::to_string(header->slice_length) +
-                               ", want [" + std::to_string(want_offset) + ", +" + std::to_string(want_count) + ") of " +
-                               Str(options_.slice_elements));
-  }
-  const size_t fi = static_cast<size_t>(a.frame_index);
-  auto answer_receiving = [&](int64_t received) {
-    out->state = UpdateState::kReceiving;
-    out->frames_received = received;
-    out->total_frames = total_frames_;
-  };
-  bool decode = false;
-  {
-    std::lock_guard<std::mutex> rl(r->mu);
-    r->last_activity_us = NowUs();
-    if (r->frame_state[fi] == Receiving::kHave) {
-      if (r->frame_checksum[fi] != header->checksum) {
-        return CoreError::Make(ShardErrorCode::kBadRequest, "frame " + Str(a.frame_index) + " of " + a.update_id +
-                                                                " was received before with other bytes");
-      }
-    } else if (r->frame_state[fi] == Receiving::kMissing) {
-      r->frame_state[fi] = Receiving::kDecoding;
-      decode = true;
-    }
-  }
-  if (decode) {
-    Status d = codecs_.at(header->kind)->DecodeFrame(a.frame, std::span<float>(r->data));
-    std::lock_guard<std::mutex> rl(r->mu);
-    if (!d.ok()) {
-      r->frame_state[fi] = Receiving::kMissing;
-      ShardErrorCode code =
-          d.code() == StatusCode::kDataLoss ? ShardErrorCode::kDataLoss : ShardErrorCode::kBadRequest;
-      return CoreError::Make(code, "frame " + Str(a.frame_index) + " of " + a.update_id + ": " + d.message());
-    }
-    r->frame_state[fi] = Receiving::kHave;
-    r->frame_checksum[fi] = header->checksum;
-    ++r->received;
+                           "frame " + Str(a.frame_index) + " of " + a.update_id + " was received before with other bytes");
   }
   bool stage = false;
   {
@@ -755,17 +615,13 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
       r->staging = true;
       stage = true;
     } else {
-      answer_receiving(r->received);
-      if (a.frame_index == total_frames_ - 1) {
-        std::vector<int64_t> missing;
-        for (size_t i = 0; i < r->frame_state.size(); ++i) {
-          if (r->frame_state[i] != Receiving::kHave) missing.push_back(static_cast<int64_t>(i));
-        }
-        out->missing_frames = std::move(missing);
-      }
+      out->state = UpdateState::kReceiving;
+      out->frames_received = r->received;
+      out->total_frames = total_frames_;
     }
   }
   if (stage) return StageReceived(r, out);
+  if (a.frame_index == total_frames_ - 1) out->missing_frames = r->Missing();
   return {};
 }
 
@@ -850,583 +706,28 @@ bool ShardCore::WaitForVersion(int64_t v, int64_t timeout_ms) {
   return version_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return version_ >= v; });
 }
 
-std::pair<int64_t, std::vector<float>> ShardCore::CurrentSlice() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!current_) return {version_, {}};
-  return {current_->snap->version, current_->snap->data};
-}
+std::pair<int64_t, std::vector<float>> ShardCore::CurrentSlice() { return snapshots_->CopyCurrent(); }
 
 // ---- staging store ----------------------------------------------------------------------
 
-Status ShardCore::WriteStaged(const std::string& update_id, const nlohmann::json& record,
-                              const std::vector<float>& delta) {
-  TensorRef t;
-  t.dtype = DType::kF32;
-  t.shape = {static_cast<int64_t>(delta.size())};
-  t.data = delta.data();
-  t.bytes = delta.size() * sizeof(float);
-  std::map<std::string, std::string> meta = {
-      {"format", kStagedFormat},
-      {"update_id", update_id},
-      {"record", record.dump()},
-      {"shard_index", Str(options_.shard_index)},
-      {"slice_begin", Str(options_.slice_begin)},
-      {"slice_elements", Str(options_.slice_elements)},
-      {"sha256", Sha256Hex(AsBytes(delta))},
-  };
-  return WriteSafetensors(StagedPath(update_id), {{"delta", t}}, meta, env_);
-}
-
-StatusOr<std::vector<float>> ShardCore::ReadStaged(const std::string& update_id) {
-  const std::string path = StagedPath(update_id);
-  if (!env_->Exists(path)) return DataLoss("staged slice of " + update_id + " is missing (" + path + ")");
-  auto file = ReadSafetensors(path, env_);
-  if (!file.ok()) return DataLoss("staged slice of " + update_id + ": " + file.status().message());
-  auto meta = [&](const char* k) {
-    auto it = file->metadata.find(k);
-    return it == file->metadata.end() ? std::string() : it->second;
-  };
-  if (meta("update_id") != update_id) {
-    return DataLoss("staged file " + path + " holds '" + meta("update_id") + "', not " + update_id);
-  }
-  const TensorBytes* t = file->Find("delta");
-  if (t == nullptr || t->dtype != DType::kF32 || t->numel() != options_.slice_elements) {
-    return DataLoss("staged file " + path + ": no F32 'delta' of " + Str(options_.slice_elements) + " values");
-  }
-  if (Sha256Hex(t->data) != meta("sha256")) return DataLoss("staged file " + path + ": checksum mismatch");
-  std::vector<float> out(static_cast<size_t>(options_.slice_elements));
-  std::memcpy(out.data(), t->data.data(), t->data.size());
-  return out;
-}
-
 Status ShardCore::IndexStagedFiles() {
-  const std::string dir = JoinPath(options_.dir, "staged");
-  ASSIGN_OR_RETURN(auto names, env_->ListDir(dir));
-  int kept = 0;
-  for (const std::string& name : names) {
-    const std::string path = JoinPath(dir, name);
-    if (name.find(".tmp.") != std::string::npos) {  // a write that never finished
-      env_->RemoveFile(path).IgnoreError();
-      continue;
-    }
-    if (name.size() < 12 || name.substr(name.size() - 12) != ".safetensors") continue;
-    auto index = ReadSafetensorsIndex(path);
-    if (!index.ok()) {
-      // Kept: if its update is committed, applying it halts the shard with this reason.
-      LOG(ERROR) << "staged file " << path << " is unreadable: " << index.status().ToString();
-      continue;
-    }
-    auto m = [&](const char* k) {
-      auto it = index->metadata.find(k);
-      return it == index->metadata.end() ? std::string() : it->second;
-    };
-    std::string update_id = m("update_id");
-    auto record = nlohmann::json::parse(m("record"), nullptr, false);
-    auto base = JsonInt(record, "base_version");
-    auto tokens = JsonInt(record, "tokens");
-    auto steps = JsonInt(record, "local_steps");
-    if (update_id.empty() || !base.ok() || !tokens.ok() || !steps.ok() || StagedPath(update_id) != path) {
-      LOG(ERROR) << "staged file " << path << " has bad metadata";
-      continue;
-    }
+  ASSIGN_OR_RETURN(std::vector<StagedUpdate> files, staged_store_->Index());
+  for (const StagedUpdate& f : files) {
     auto s = std::make_shared<Staged>();
-    s->base_version = *base;
-    s->tokens = *tokens;
-    s->local_steps = *steps;
+    s->base_version = f.record["base_version"].get<int64_t>();
+    s->tokens = f.record["tokens"].get<int64_t>();
+    s->local_steps = f.record["local_steps"].get<int64_t>();
     s->staged_us = NowUs();  // expiry counts afresh from the restart
-    auto c = request_registry_->LookupCommit(update_id);
+    auto c = request_registry_->LookupCommit(f.update_id);
     if (c.ok()) {
       s->seq = c->seq;
     } else if (c.status().code() != StatusCode::kNotFound) {
-      return c.status().WithContext("looking up staged update " + update_id);
+      return c.status().WithContext("looking up staged update " + f.update_id);
     }
     std::lock_guard<std::mutex> lock(mu_);
-    staged_[update_id] = s;
-    ++kept;
+    staged_[f.update_id] = s;
   }
-  LOG(INFO) << "shard " << options_.shard_index << ": " << kept << " staged slices on disk";
-  return Status::Ok();
-}
-
-// ---- apply thread -----------------------------------------------------------------------
-
-void ShardCore::PublishSnapshot() {
-  auto snap = std::make_shared<Snapshot>();
-  snap->data = params_;
-  auto pinned = std::make_shared<Pinned>();
-  std::lock_guard<std::mutex> lock(mu_);
-  snap->version = version_;
-  pinned->snap = snap;
-  if (current_ && current_->last_used_us > 0 && current_->snap->version != version_) {
-    snapshots_[current_->snap->version] = current_;
-  }
-  current_ = pinned;
-  ExpireSnapshotsLocked(NowUs());
-  version_cv_.notify_all();
-}
-
-void ShardCore::Halt(const std::string& message) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    state_ = ShardState::kHalted;
-    halt_message_ = message;
-    version_cv_.notify_all();
-  }
-  LOG(ERROR) << "shard " << options_.shard_index << " HALTED: " << message;
-  Metric("halt", {{"message", message}});
-  auto ev = apply_registry_->AddEvent("shard_halted", {{"shard", options_.shard_index}, {"message", message}});
-  if (!ev.ok()) LOG(WARNING) << "event: " << ev.status().ToString();
-}
-
-bool ShardCore::ApplyOne(const CommittedUpdate& c) {
-  const int64_t start = NowUs();
-  int64_t version;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    version = version_;
-  }
-  if (c.seq != version + 1) {
-    Halt("commit log out of order: got seq " + Str(c.seq) + " at version " + Str(version));
-    return false;
-  }
-  // The scalars every shard uses: the stage record stored with the commit.
-  const nlohmann::json& rec = c.stage_record.is_object() ? c.stage_record : c.meta;
-  auto base = JsonInt(rec, "base_version");
-  auto tokens = JsonInt(rec, "tokens");
-  std::string skip_reason;
-  double weight = 0;
-  if (!base.ok() || !tokens.ok()) {
-    skip_reason = "commit record has no integer base_version/tokens";
-  }
-  // The staged slice must exist even for a skip: its absence means lost data.
-  auto delta = ReadStaged(c.update_id);
-  if (!delta.ok()) {
-    Halt("committed update " + c.update_id + " (seq " + Str(c.seq) + "): " + delta.status().message());
-    return false;
-  }
-  if (skip_reason.empty()) {
-    const int64_t s = (c.seq - 1) - *base;
-    auto ws = s < 0 ? StatusOr<double>(InvalidArgument("base_version " + Str(*base) + " is ahead of seq - 1"))
-                    : staleness_->Weight(s);
-    if (!ws.ok()) {
-      skip_reason = ws.status().message();
-    } else {
-      if (!optimizer_) {
-        // weight_by_tokens with reference_tokens 0: the first committed update's tokens.
-        reference_tokens_ = std::max<int64_t>(*tokens, 1);
-        auto opt = MakeOptimizer(reference_tokens_);
-        if (!opt.ok()) {
-          Halt("optimizer: " + opt.status().ToString());
-          return false;
-        }
-        optimizer_ = std::move(opt).value();
-      }
-      auto w = optimizer_->Weight(*ws, *tokens);
-      if (!w.ok()) {
-        skip_reason = w.status().message();
-      } else {
-        weight = *w;
-        auto applied = optimizer_->Apply(std::span<float>(params_), std::span<const float>(*delta), weight);
-        if (!applied.ok()) skip_reason = applied.status().message();
-      }
-    }
-  }
-  const bool skipped = !skip_reason.empty();
-  if (skipped) {
-    LOG(WARNING) << "shard " << options_.shard_index << ": skipping seq " << c.seq << " (" << c.update_id
-                 << "): " << skip_reason;
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    version_ = c.seq;
-    committed_seq_ = std::max(committed_seq_, c.seq);
-    done_[c.update_id] = {c.seq, skipped};
-    auto st = staged_.find(c.update_id);
-    if (st == staged_.end()) {
-      st = staged_.emplace(c.update_id, std::make_shared<Staged>()).first;
-    }
-    st->second->seq = c.seq;
-    if (skipped) {
-      ++skipped_updates_;
-    } else {
-      ++applied_updates_;
-    }
-    if (optimizer_) {
-      optimizer_steps_ = optimizer_->steps();
-      buffered_updates_ = static_cast<int32_t>(optimizer_->pending());
-    }
-    applied_log_.push_back({c.seq, c.update_id, skipped, weight});
-  }
-  PublishSnapshot();
-  nlohmann::json m = {{"seq", c.seq},
-                      {"update_id", c.update_id},
-                      {"client", c.client},
-                      {"skipped", skipped},
-                      {"weight", weight},
-                      {"apply_ms", (NowUs() - start) / 1000.0}};
-  if (base.ok()) m["staleness"] = (c.seq - 1) - *base;
-  if (skipped) m["reason"] = skip_reason;
-  Metric("apply", std::move(m));
-  ++applied_since_checkpoint_;
-  if (options_.ps.checkpoint_every > 0 && applied_since_checkpoint_ >= options_.ps.checkpoint_every) {
-    auto ck = WriteCheckpoint("schedule");
-    if (!ck.ok()) LOG(ERROR) << "checkpoint: " << ck.status().ToString();
-  }
-  return true;
-}
-
-void ShardCore::ServeCheckpointRequests() {
-  std::vector<std::shared_ptr<CheckpointRequest>> reqs;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    reqs.swap(checkpoint_requests_);
-  }
-  if (reqs.empty()) return;
-  auto ck = WriteCheckpoint(reqs.front()->reason);
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& r : reqs) {
-    r->done = true;
-    r->status = ck.status();
-    if (ck.ok()) r->result = *ck;
-    r->cv.notify_all();
-  }
-}
-
-void ShardCore::ExpireStaged() {
-  const int64_t now = NowUs();
-  std::vector<std::string> candidates;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [id, s] : staged_) {
-      if (s->seq == 0 && s->inflight == 0 && !s->expiring && now - s->staged_us > options_.ps.stage_ttl_ms * 1000) {
-        s->expiring = true;
-        candidates.push_back(id);
-      }
-    }
-  }
-  for (const std::string& id : candidates) {
-    auto released = apply_registry_->ReleaseStaged(id, options_.shard_index);
-    bool drop = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = staged_.find(id);
-      if (it == staged_.end()) continue;
-      it->second->expiring = false;
-      if (!released.ok()) {
-        LOG(WARNING) << "releasing " << id << ": " << released.status().ToString();
-      } else if (*released > 0) {
-        it->second->seq = *released;  // committed meanwhile: keep and apply
-      } else {
-        staged_.erase(it);
-        drop = true;
-      }
-    }
-    if (drop) {
-      env_->RemoveFile(StagedPath(id)).IgnoreError();
-      LOG(INFO) << "shard " << options_.shard_index << ": dropped expired staged update " << id;
-      Metric("stage_expired", {{"update_id", id}});
-    }
-  }
-}
-
-void ShardCore::DropIdleReceiving() {
-  const int64_t now = NowUs();
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = receiving_.begin(); it != receiving_.end();) {
-    bool drop;
-    {
-      std::lock_guard<std::mutex> rl(it->second->mu);
-      drop = !it->second->staging && now - it->second->last_activity_us > options_.receive_timeout_ms * 1000;
-    }
-    if (drop) {
-      LOG(INFO) << "shard " << options_.shard_index << ": dropped idle partial update " << it->first;
-      it = receiving_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-}
-
-void ShardCore::ApplyLoop() {
-  int64_t failures = 0;
-  while (true) {
-    bool halted, fenced, draining;
-    int64_t version;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stop_) return;
-      halted = state_ == ShardState::kHalted;
-      fenced = fenced_;
-      draining = draining_;
-      version = version_;
-      nudged_ = false;
-    }
-    ServeCheckpointRequests();
-    bool caught_up = false;
-    if (!halted && !fenced) {
-      auto entries = apply_registry_->CommittedAfter(version, kCommitBatch);
-      if (!entries.ok()) {
-        if (failures++ % 50 == 0) LOG(WARNING) << "reading the commit log: " << entries.status().ToString();
-        if (draining) return;  // cannot learn more commits; drain with what we have
-      } else {
-        failures = 0;
-        bool ok = true;
-        for (const CommittedUpdate& c : *entries) {
-          {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (stop_ || fenced_) return;
-          }
-          if (!ApplyOne(c)) {
-            ok = false;
-            break;
-          }
-          ServeCheckpointRequests();
-        }
-        caught_up = ok && static_cast<int64_t>(entries->size()) < kCommitBatch;
-      }
-    }
-    if (caught_up) {
-      bool recovered = false;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (state_ == ShardState::kRecovering) {
-          state_ = ShardState::kServing;
-          recovered = true;
-        }
-      }
-      if (recovered) {
-        LOG(INFO) << "shard " << options_.shard_index << ": SERVING at version " << GetStatus().version;
-        Metric("recovered", {{"version", GetStatus().version}});
-        auto ev = apply_registry_->AddEvent("shard_serving",
-                                            {{"shard", options_.shard_index}, {"version", GetStatus().version}});
-        if (!ev.ok()) LOG(WARNING) << "event: " << ev.status().ToString();
-      }
-      if (draining) return;
-      ExpireStaged();
-      DropIdleReceiving();
-    }
-    std::unique_lock<std::mutex> lock(mu_);
-    if (caught_up || halted || fenced || failures > 0) {
-      apply_cv_.wait_for(lock, std::chrono::milliseconds(options_.poll_ms),
-                         [&] { return stop_ || nudged_ || draining_ != draining || !checkpoint_requests_.empty(); });
-    }
-    ExpireSnapshotsLocked(NowUs());
-  }
-}
-
-// ---- checkpoints ------------------------------------------------------------------------
-
-std::vector<std::string> ShardCore::CheckpointFolders() {
-  std::vector<std::string> out;
-  auto names = env_->ListDir(CheckpointRoot());
-  if (!names.ok()) return out;
-  for (const std::string& n : *names) {
-    // "v-" + 12 digits
-    if (n.size() == 14 && n.rfind("v-", 0) == 0 &&
-        std::all_of(n.begin() + 2, n.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      out.push_back(n);
-    }
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason) {
-  const int64_t start = NowUs();
-  int64_t version, applied, skipped;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    version = version_;
-    applied = applied_updates_;
-    skipped = skipped_updates_;
-  }
-  char name[32];
-  std::snprintf(name, sizeof(name), "v-%012" PRId64, version);
-  const std::string root = CheckpointRoot();
-  const std::string folder = JoinPath(root, name);
-  const std::string tmp = JoinPath(root, std::string(".tmp-") + name);
-  env_->RemoveAll(tmp).IgnoreError();
-  RETURN_IF_ERROR(env_->CreateDirs(tmp));
-
-  std::vector<std::pair<std::string, TensorRef>> tensors;
-  auto add = [&](const std::string& n, std::span<const float> data) {
-    TensorRef t;
-    t.dtype = DType::kF32;
-    t.shape = {static_cast<int64_t>(data.size())};
-    t.data = data.data();
-    t.bytes = data.size() * sizeof(float);
-    tensors.emplace_back(n, t);
-  };
-  add("slice", std::span<const float>(params_));
-  if (optimizer_) {
-    for (const auto& [n, data] : optimizer_->StateTensors()) add("optimizer." + n, data);
-  }
-  RETURN_IF_ERROR(WriteSafetensors(JoinPath(tmp, "slice.safetensors"), tensors, {{"version", Str(version)}}, env_));
-  nlohmann::json state = {{"format", kCheckpointFormat},
-                          {"version", version},
-                          {"run_id", options_.run_id},
-                          {"layout_hash", options_.layout_hash},
-                          {"shard_index", options_.shard_index},
-                          {"num_shards", options_.num_shards},
-                          {"slice_begin", options_.slice_begin},
-                          {"slice_elements", options_.slice_elements},
-                          {"optimizer_name", options_.ps.optimizer},
-                          {"optimizer", optimizer_ ? optimizer_->StateJson() : nlohmann::json()},
-                          {"reference_tokens", reference_tokens_},
-                          {"applied_updates", applied},
-                          {"skipped_updates", skipped},
-                          {"reason", reason},
-                          {"wall_ms", env_->clock()->WallMicros() / 1000}};
-  RETURN_IF_ERROR(env_->WriteFileAtomic(JoinPath(tmp, "state.json"), state.dump(2)));
-  nlohmann::json meta = {{"format", kCheckpointFormat}, {"version", version}, {"files", nlohmann::json::object()}};
-  for (const char* f : {"slice.safetensors", "state.json"}) {
-    ASSIGN_OR_RETURN(std::string sha, Sha256File(JoinPath(tmp, f)));
-    meta["files"][f] = sha;
-  }
-  RETURN_IF_ERROR(env_->WriteFileAtomic(JoinPath(tmp, "meta.json"), meta.dump(2)));
-  if (env_->Exists(folder)) RETURN_IF_ERROR(env_->RemoveAll(folder));
-  RETURN_IF_ERROR(env_->Rename(tmp, folder));
-  RETURN_IF_ERROR(env_->SyncDir(root));
-
-  CheckpointResult r;
-  r.version = version;
-  r.optimizer_steps = optimizer_ ? optimizer_->steps() : 0;
-  r.path = folder;
-  r.duration_ms = (NowUs() - start) / 1000;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    checkpoint_version_ = version;
-    checkpoint_ms_ = env_->clock()->WallMicros() / 1000;
-  }
-  applied_since_checkpoint_ = 0;
-  PruneAfterCheckpoint();
-  LOG(INFO) << "shard " << options_.shard_index << ": checkpoint " << folder << " (" << reason << ", "
-            << r.duration_ms << " ms)";
-  Metric("checkpoint", {{"version", version}, {"reason", reason}, {"path", folder}, {"ms", r.duration_ms}});
-  if (apply_registry_) {
-    auto ev = apply_registry_->AddEvent("shard_checkpoint",
-                                        {{"shard", options_.shard_index}, {"version", version}, {"reason", reason}});
-    if (!ev.ok()) LOG(WARNING) << "event: " << ev.status().ToString();
-  }
-  return r;
-}
-
-void ShardCore::PruneAfterCheckpoint() {
-  std::vector<std::string> folders = CheckpointFolders();
-  while (static_cast<int>(folders.size()) > options_.keep_checkpoints) {
-    env_->RemoveAll(JoinPath(CheckpointRoot(), folders.front())).IgnoreError();
-    folders.erase(folders.begin());
-  }
-  if (folders.empty()) return;
-  // Staged slices are the log the kept checkpoints replay from: keep those above the
-  // oldest kept checkpoint's version.
-  const int64_t oldest = std::stoll(folders.front().substr(2));
-  std::vector<std::string> remove;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = staged_.begin(); it != staged_.end();) {
-      if (it->second->seq > 0 && it->second->seq <= oldest) {
-        remove.push_back(it->first);
-        it = staged_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-  for (const std::string& id : remove) env_->RemoveFile(StagedPath(id)).IgnoreError();
-}
-
-Status ShardCore::LoadCheckpoint(const std::string& folder) {
-  ASSIGN_OR_RETURN(std::string meta_text, env_->ReadFile(JoinPath(folder, "meta.json")));
-  auto meta = nlohmann::json::parse(meta_text, nullptr, false);
-  if (!meta.is_object() || !meta.contains("files") || !meta["files"].is_object()) {
-    return DataLoss(folder + ": bad meta.json");
-  }
-  for (const char* f : {"slice.safetensors", "state.json"}) {
-    if (!meta["files"].contains(f) || !meta["files"][f].is_string()) return DataLoss(folder + ": meta.json lacks " + f);
-    ASSIGN_OR_RETURN(std::string sha, Sha256File(JoinPath(folder, f)));
-    if (sha != meta["files"][f].get<std::string>()) return DataLoss(folder + "/" + f + ": checksum mismatch");
-  }
-  ASSIGN_OR_RETURN(std::string state_text, env_->ReadFile(JoinPath(folder, "state.json")));
-  auto state = nlohmann::json::parse(state_text, nullptr, false);
-  if (!state.is_object()) return DataLoss(folder + ": bad state.json");
-  ASSIGN_OR_RETURN(int64_t version, JsonInt(state, "version"));
-  // A checkpoint of another run / layout / slice is not a damaged file: refuse to start.
-  auto same = [&](const char* k, const nlohmann::json& want) -> Status {
-    if (!state.contains(k) || state[k] != want) {
-      return FailedPrecondition(folder + ": " + k + " is " + (state.contains(k) ? state[k].dump() : "absent") +
-                                ", this shard runs with " + want.dump() + " (wrong --dir?)");
-    }
-    return Status::Ok();
-  };
-  RETURN_IF_ERROR(same("run_id", options_.run_id));
-  RETURN_IF_ERROR(same("layout_hash", options_.layout_hash));
-  RETURN_IF_ERROR(same("shard_index", options_.shard_index));
-  RETURN_IF_ERROR(same("slice_begin", options_.slice_begin));
-  RETURN_IF_ERROR(same("slice_elements", options_.slice_elements));
-  RETURN_IF_ERROR(same("optimizer_name", options_.ps.optimizer));
-
-  ASSIGN_OR_RETURN(auto file, ReadSafetensors(JoinPath(folder, "slice.safetensors"), env_));
-  const TensorBytes* slice = file.Find("slice");
-  if (slice == nullptr || slice->dtype != DType::kF32 || slice->numel() != options_.slice_elements) {
-    return DataLoss(folder + ": no F32 'slice' of " + Str(options_.slice_elements) + " values");
-  }
-  std::vector<float> params(static_cast<size_t>(options_.slice_elements));
-  std::memcpy(params.data(), slice->data.data(), slice->data.size());
-
-  int64_t ref = state.value("reference_tokens", int64_t{0});
-  std::unique_ptr<OuterOptimizer> opt;
-  if (!state["optimizer"].is_null()) {
-    ASSIGN_OR_RETURN(opt, MakeOptimizer(ref > 0 ? ref : 1));
-    std::vector<std::vector<float>> storage;
-    OuterOptimizer::NamedTensors views;
-    const std::string prefix = "optimizer.";
-    storage.reserve(file.tensors.size());
-    for (const auto& [n, t] : file.tensors) {
-      if (n.rfind(prefix, 0) != 0) continue;
-      if (t.dtype != DType::kF32) return DataLoss(folder + ": " + n + " is not F32");
-      storage.emplace_back(static_cast<size_t>(t.numel()));
-      std::memcpy(storage.back().data(), t.data.data(), t.data.size());
-      views.emplace_back(n.substr(prefix.size()), std::span<const float>(storage.back()));
-    }
-    RETURN_IF_ERROR(opt->LoadState(state["optimizer"], views));
-  } else if (!options_.ps.weight_by_tokens || options_.ps.reference_tokens > 0) {
-    ASSIGN_OR_RETURN(opt, MakeOptimizer(options_.ps.reference_tokens > 0 ? options_.ps.reference_tokens : 1));
-    ref = options_.ps.reference_tokens;
-  }
-  params_ = std::move(params);
-  optimizer_ = std::move(opt);
-  reference_tokens_ = ref;
-  std::lock_guard<std::mutex> lock(mu_);
-  version_ = version;
-  checkpoint_version_ = version;
-  checkpoint_ms_ = state.value("wall_ms", int64_t{0});
-  applied_updates_ = state.value("applied_updates", int64_t{0});
-  skipped_updates_ = state.value("skipped_updates", int64_t{0});
-  optimizer_steps_ = optimizer_ ? optimizer_->steps() : 0;
-  buffered_updates_ = optimizer_ ? static_cast<int32_t>(optimizer_->pending()) : 0;
-  return Status::Ok();
-}
-
-Status ShardCore::LoadNewestCheckpoint(bool* found) {
-  *found = false;
-  std::vector<std::string> folders = CheckpointFolders();
-  for (auto it = folders.rbegin(); it != folders.rend(); ++it) {
-    const std::string folder = JoinPath(CheckpointRoot(), *it);
-    Status s = LoadCheckpoint(folder);
-    if (s.ok()) {
-      *found = true;
-      LOG(INFO) << "shard " << options_.shard_index << ": loaded checkpoint " << folder;
-      return Status::Ok();
-    }
-    if (s.code() == StatusCode::kFailedPrecondition) return s;
-    LOG(WARNING) << "shard " << options_.shard_index << ": skipping checkpoint " << folder << ": " << s.ToString();
-  }
-  if (!folders.empty()) {
-    // Checkpoints exist but none verifies: starting from the initial model would silently
-    // lose every update before the replayable log. The operator decides.
-    return DataLoss("no checkpoint under " + CheckpointRoot() + " verifies");
-  }
+  LOG(INFO) << "shard " << options_.shard_index << ": " << files.size() << " staged updates on disk";
   return Status::Ok();
 }
 

@@ -1,49 +1,56 @@
 // ShardCore: the state machine of one parameter-server shard (docs/protocol.md), without
 // Thrift or LibTorch, so that it can be driven in-process by tests. ShardServer
-// (ps/shard_server.h) is a thin RPC adapter over it.
+// (ps/shard_server.h) is a thin RPC adapter over it; ShardCore is the facade over the
+// shard's parts, one concept per file:
+//   ps/receive_table   updates being received: their frames as bytes, checked, bounded
+//   ps/staged_store    durable staged updates as received frames (also the replay log)
+//   ps/applier         decoding an update across all cores; the apply thread (commit-log
+//                      order, staleness, outer optimizer in place, expiry, checkpoints)
+//   ps/snapshots       the master slice and the versions pulls read (copy on write)
+//   ps/checkpoints     checkpoint folders: format, replace, verify, load, prune
+// This file: options, lifecycle, request checks, Pull / Push / CommitNotify / Checkpoint.
 //
-// What it owns
-//   * the master fp32 slice [slice_begin, slice_begin + n) and its version (the highest
-//     global seq processed), the OuterOptimizer and the StalenessPolicy;
-//   * pull snapshots: version -> an immutable copy of the slice, frames encoded on demand
-//     per codec and cached; the current version is always available, older ones stay
-//     pinned for snapshot_ttl_ms after their last use (at most max_pinned_snapshots);
-//   * the receiving table: update_id -> the frames received so far (decoded into one
-//     slice-sized buffer), the update's scalars; dropped after receive_timeout_ms idle;
-//   * the staging store <dir>/staged/<sha256(update_id)[0:32]>.safetensors: one file per
-//     staged update (tensor "delta" + metadata: update id, scalars, sha256 of the data),
-//     written atomically (temporary file, fsync, rename) BEFORE the stage record goes to
-//     Redis. It doubles as the log of applied updates: a file is deleted only when the
-//     OLDEST kept checkpoint covers its seq (so recovery from either kept checkpoint can
-//     replay), or when its uncommitted stage record was released (expiry);
-//   * checkpoints <dir>/checkpoints/v-<version:012>/ {slice.safetensors (slice +
-//     optimizer tensors), state.json, meta.json (sha256 of both, written last)}, built in
-//     a temporary folder and renamed; the newest two are kept.
+// State kept here (beside the parts): version (the highest global seq processed), the
+// OuterOptimizer and the StalenessPolicy; staged_: update_id -> what the shard knows of a
+// staged update (scalars, seq once committed); done_: applied / skipped updates.
 //
 // Lifecycle: Start() loads the newest checkpoint that verifies (or initialises version 0
 // from init_slice and checkpoints it), indexes the staging store and starts the apply
 // thread: state RECOVERING until it has caught up with the commit log it read at start,
 // then SERVING. Drain() (clean shutdown): DRAINING (pushes refused), applies what is
-// committed and staged, checkpoints, stops the thread. A committed update whose staged
-// slice is missing or corrupt halts the shard (HALTED, every call answers DATA_LOSS):
-// it is never skipped. Fence() (the registry says another process owns the shard):
-// every call answers FENCED, nothing more is applied.
+// committed and staged, checkpoints (unless the newest checkpoint already holds this
+// version), stops the thread. A committed update whose staged file is missing or corrupt
+// halts the shard (HALTED, every call answers DATA_LOSS): it is never skipped. Fence()
+// (the registry says another process owns the shard): every call answers FENCED, nothing
+// more is applied.
+//
+// Memory (docs/protocol.md, "Shard implementation notes"): shard RAM <= (3 + pinned
+// snapshots) x slice bytes for an outer optimizer with one state tensor (SGD has none,
+// Adam two): the master slice, the optimizer state, the decode scratch (ps/applier.h),
+// and one buffer per older snapshot a pull pins (ps/snapshots.h); beside them encoded
+// frames: those cached for pulls and those of updates being received (at most
+// max_receiving updates of one encoded slice each); while a background checkpoint is
+// written, up to one more slice and a copy of the optimizer state.
 //
 // Concurrency contract
-//   * apply thread (one, started by Start): owns params_, optimizer_, the checkpoint
-//     writer, apply_registry_, and the counters marked [apply]. It is the only writer of
-//     version_ (under mu_) and of the current snapshot. On-demand checkpoints are handed
-//     to it (checkpoint_requests_) so that slice, optimizer and version are consistent.
+//   * apply thread (one, started by Start): owns the master slice (SnapshotStore's write
+//     side), optimizer_, apply_registry_, and the counters marked [apply]. It is the only
+//     writer of version_ (under mu_). Checkpoints are taken on it (scheduled, and
+//     on-demand ones handed over in checkpoint_requests_) so that slice, optimizer and
+//     version agree, and written by the checkpoint thread.
+//   * checkpoint thread (one): writes checkpoint_job_ through the checkpoint store, then
+//     prunes checkpoints and staged files and answers the job's requests. It is the only
+//     user of the checkpoint store while the apply thread runs.
 //   * RPC threads (any number): Pull / Push / CommitNotify / Checkpoint / GetStatus.
-//     Decoding, encoding, file writes and Redis calls happen outside mu_; the maps are
-//     only looked up / changed under it. Entries are shared_ptr so that a request can
-//     work on one while it is removed from a map.
+//     Checking frames, decoding, encoding, file writes and Redis calls happen outside
+//     mu_; the maps are only looked up / changed under it. Entries are shared_ptr so that
+//     a request can work on one while it is removed from a map.
 //   * mu_ guards: state_, fenced_, halt_message_, epoch_, version_, committed_seq_,
-//     current_, snapshots_, receiving_, staged_, done_, checkpoint_requests_, stats.
-//     version_cv_ (with mu_) signals version changes; apply_cv_ (with mu_) wakes the
-//     apply thread (commit_notify, checkpoint request, stop).
-//   * Receiving::mu guards one receiving entry's frame bookkeeping; lock order is mu_
-//     then Receiving::mu (never the other way). EncodedFrames::mu guards one cache cell.
+//     receiving_ (the table; an entry's frames have their own lock), staged_, done_,
+//     checkpoint_requests_, checkpoint_job_ (the pointer), checkpoint_version_, stats. version_cv_ (with mu_) signals version changes;
+//     apply_cv_ (with mu_) wakes the apply thread (commit_notify, checkpoint, stop).
+//   * Lock order: mu_, then a receiving entry's mu; SnapshotStore's and UpdateDecoder's
+//     locks are never taken while holding mu_.
 //   * request_registry_ (pushes' MarkStaged / LookupCommit) and apply_registry_ are
 //     separate connections; Registry is itself thread-safe.
 #pragma once
@@ -67,8 +74,13 @@
 #include "common/metrics_log.h"
 #include "common/status.h"
 #include "compression/codec.h"
+#include "ps/applier.h"
+#include "ps/checkpoints.h"
 #include "ps/outer_optimizer.h"
+#include "ps/receive_table.h"
 #include "ps/registry.h"
+#include "ps/snapshots.h"
+#include "ps/staged_store.h"
 #include "ps/staleness.h"
 
 namespace fedps {
@@ -130,6 +142,9 @@ struct ShardCoreOptions {
   int64_t max_pull_wait_ms = 30000;
   // Older snapshots kept pinned besides the current one. Default 4.
   int max_pinned_snapshots = 4;
+  // Threads that decode an update at apply (and once when its push completes); 0: the
+  // machine's hardware concurrency. Default 0.
+  int decode_threads = 0;
   // Apply thread: commit-log poll interval when idle (commit_notify wakes it sooner).
   // Default 100 ms.
   int64_t poll_ms = 100;
@@ -281,16 +296,28 @@ class ShardCore {
   // outside the lock, so `fedps-ctl status` counts refusals made at push time too).
   CoreError PushFrame(const PushArgs& args, PushResult* out);
 
-  struct Snapshot;
-  struct EncodedFrames;
-  struct Pinned;
-  struct Receiving;
-  struct Staged;
+  // A staged update on disk (guarded by mu_).
+  struct Staged {
+    std::string client_id;
+    int64_t base_version = 0;
+    int64_t tokens = 0;
+    int64_t local_steps = 0;
+    int64_t staged_us = 0;  // last (re)mark; expiry counts from here
+    int inflight = 0;       // MarkStaged calls in flight
+    bool expiring = false;  // ReleaseStaged in flight
+    int64_t seq = 0;        // committed seq when known, else 0
+  };
+  struct CheckpointRequest {
+    std::string reason;
+    bool done = false;  // guarded by mu_
+    Status status;
+    CheckpointResult result;
+    std::condition_variable cv;
+  };
   struct DoneUpdate {
     int64_t seq = 0;
     bool skipped = false;
   };
-  struct CheckpointRequest;
 
   explicit ShardCore(ShardCoreOptions options);
 
@@ -299,38 +326,46 @@ class ShardCore {
   CoreError NotServingLocked() const;  // kOk when requests may be served
   CoreError UnavailableLocked(const std::string& why) const;
 
-  // Frames of one snapshot in one codec, encoded once.
-  StatusOr<std::shared_ptr<EncodedFrames>> FramesFor(const std::shared_ptr<Pinned>& pinned, CodecKind kind);
-  void ExpireSnapshotsLocked(int64_t now_us);
-
   // Push helpers.
-  CoreError StageReceived(const std::shared_ptr<Receiving>& r, PushResult* out);
+  CoreError StageReceived(const std::shared_ptr<ReceivingUpdate>& r, PushResult* out);
   CoreError MarkStagedAndAnswer(const std::string& update_id, PushResult* out);
   bool AnswerKnownLocked(const std::string& update_id, PushResult* out);
   nlohmann::json StageRecord(int64_t base_version, int64_t tokens, int64_t local_steps) const;
-
-  // Staging store.
-  Status WriteStaged(const std::string& update_id, const nlohmann::json& record, const std::vector<float>& delta);
-  // Reads and verifies a staged slice: DataLoss when missing, corrupt or not this update's.
-  StatusOr<std::vector<float>> ReadStaged(const std::string& update_id);
   Status IndexStagedFiles();
 
-  // Apply thread.
+  // Apply thread (ps/applier.cc).
   void ApplyLoop();
-  // Applies entries of the commit log; false when the shard halted.
+  // Applies one entry of the commit log; false when the shard halted.
   bool ApplyOne(const CommittedUpdate& c);
   void Halt(const std::string& message);
   void ExpireStaged();
   void DropIdleReceiving();
-  void PublishSnapshot();  // current_ = copy of params_ at version_
   void ServeCheckpointRequests();
   void OnApplyExit();  // the apply thread's last act
 
-  // Checkpoints (apply thread only, or Start before the thread runs).
+  // Checkpoints (ps/applier.cc). A checkpoint of the apply thread's state is written by
+  // the checkpoint thread while applies go on: the job holds the version's slice buffer
+  // (SnapshotStore::Hold; an apply meanwhile writes a copy) and a copy of the optimizer
+  // state, taken on the apply thread so that slice, optimizer and version agree.
+  struct CheckpointJob {
+    CheckpointView view;  // spans into `held` and `optimizer_copy`
+    std::shared_ptr<SnapshotStore::Snapshot> held;
+    std::vector<std::pair<std::string, std::vector<float>>> optimizer_copy;
+    std::string reason;
+    std::vector<std::shared_ptr<CheckpointRequest>> requests;  // answered when durable
+    int64_t start_us = 0;
+  };
+  // [apply] Hands a checkpoint of the current state to the checkpoint thread (or answers
+  // at once when the newest checkpoint holds this version); false while one is written.
+  bool StartBackgroundCheckpoint(const std::string& reason, std::vector<std::shared_ptr<CheckpointRequest>> requests);
+  void CheckpointLoop();  // the checkpoint thread
+  // The newest checkpoint when it holds the current version (nothing applied since).
+  std::optional<CheckpointResult> CurrentCheckpoint(const std::string& reason);
+  // Bookkeeping once a checkpoint is durable (either thread).
+  CheckpointResult FinishCheckpoint(const CheckpointView& view, const std::string& reason, int64_t start_us);
+  // Writes a checkpoint on the calling thread, after any background one (Start, Drain).
   StatusOr<CheckpointResult> WriteCheckpoint(const std::string& reason);
   Status LoadNewestCheckpoint(bool* found);
-  Status LoadCheckpoint(const std::string& folder);
-  std::vector<std::string> CheckpointFolders();  // oldest first
   void PruneAfterCheckpoint();
   StatusOr<std::unique_ptr<OuterOptimizer>> MakeOptimizer(int64_t reference_tokens) const;
 
@@ -341,18 +376,22 @@ class ShardCore {
   Env* const env_;
   int64_t total_frames_ = 0;
   std::unique_ptr<StalenessPolicy> staleness_;
-  std::map<CodecKind, std::unique_ptr<Codec>> codecs_;  // read-only after Create (Codec is thread-safe)
+  std::unique_ptr<SnapshotStore> snapshots_;   // thread-safe; its write side is [apply]
+  std::unique_ptr<UpdateDecoder> decoder_;     // thread-safe
+  std::unique_ptr<StagedStore> staged_store_;  // thread-safe (files)
+  std::unique_ptr<CheckpointStore> checkpoints_;  // [apply]
   std::unique_ptr<Registry> request_registry_;
   std::unique_ptr<Registry> apply_registry_;  // [apply]
 
   // [apply] thread state.
-  std::vector<float> params_;
+  bool have_slice_ = false;  // a slice was loaded or initialised
   std::unique_ptr<OuterOptimizer> optimizer_;
   int64_t reference_tokens_ = 0;  // resolved reference_tokens (0: not yet, weight_by_tokens)
   int64_t applied_since_checkpoint_ = 0;
   int64_t recovery_target_ = 0;   // commit-log head read at start
 
   std::thread apply_thread_;
+  std::thread checkpoint_thread_;
 
   mutable std::mutex mu_;
   std::condition_variable version_cv_;
@@ -369,13 +408,15 @@ class ShardCore {
   int64_t epoch_ = 0;
   int64_t version_ = 0;
   int64_t committed_seq_ = 0;
-  std::shared_ptr<Pinned> current_;
-  std::map<int64_t, std::shared_ptr<Pinned>> snapshots_;  // older pinned versions
-  std::map<std::string, std::shared_ptr<Receiving>> receiving_;
+  ReceiveTable receiving_;
   std::map<std::string, std::shared_ptr<Staged>> staged_;
   std::map<std::string, DoneUpdate> done_;
   std::vector<AppliedRecord> applied_log_;
   std::vector<std::shared_ptr<CheckpointRequest>> checkpoint_requests_;
+  std::shared_ptr<CheckpointJob> checkpoint_job_;  // queued or being written (one at a time)
+  bool checkpoint_writing_ = false;                // the checkpoint thread took checkpoint_job_
+  bool checkpoint_stop_ = false;
+  std::condition_variable checkpoint_cv_;  // with mu_: a job queued or finished, or stop
   int64_t checkpoint_version_ = -1;
   int64_t checkpoint_ms_ = 0;
   int64_t optimizer_steps_ = 0;

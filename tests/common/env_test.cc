@@ -1,6 +1,7 @@
 #include "common/env.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "common/metrics_log.h"
 #include "common/sha256.h"
@@ -28,6 +29,33 @@ TEST(EnvTest, MissingFileIsNotFound) {
   auto text = Env::Default()->ReadFile(dir.File("nope"));
   EXPECT_EQ(text.status().code(), StatusCode::kNotFound);
   EXPECT_NE(text.status().message().find("nope"), std::string::npos);
+}
+
+// Env::RemoveAll walks the tree itself (issue 7: std::filesystem::remove_all crashed in
+// fedps-shard's Drain): nested folders, empty folders and files go; a symbolic link inside
+// is removed without touching what it points to; a missing path is fine.
+TEST(EnvTest, RemoveAllRemovesNestedFoldersButNotWhatLinksPointTo) {
+  testing::ScopedTempDir dir;
+  Env* env = Env::Default();
+  const std::string root = dir.File("tree");
+  ASSERT_TRUE(env->CreateDirs(root + "/a/b/c").ok());
+  ASSERT_TRUE(env->CreateDirs(root + "/empty").ok());
+  for (const char* f : {"/top.txt", "/a/one", "/a/b/two", "/a/b/c/three"}) {
+    ASSERT_TRUE(env->WriteFileAtomic(root + f, f).ok());
+  }
+  const std::string outside = dir.File("outside");
+  ASSERT_TRUE(env->CreateDirs(outside).ok());
+  ASSERT_TRUE(env->WriteFileAtomic(outside + "/keep", "kept").ok());
+  ASSERT_EQ(::symlink(outside.c_str(), (root + "/a/link").c_str()), 0);
+
+  ASSERT_TRUE(env->RemoveAll(root).ok());
+  EXPECT_FALSE(env->Exists(root));
+  EXPECT_TRUE(env->Exists(outside + "/keep"));
+  EXPECT_TRUE(env->RemoveAll(root).ok());  // already gone
+  // A plain file too.
+  ASSERT_TRUE(env->RemoveAll(outside + "/keep").ok());
+  EXPECT_FALSE(env->Exists(outside + "/keep"));
+  EXPECT_FALSE(env->RemoveAll("").ok());
 }
 
 TEST(EnvTest, ManualClockMovesOnlyWhenTold) {

@@ -6,11 +6,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <atomic>
 #include <csignal>
 #include <fstream>
 #include <map>
 #include <set>
 #include <span>
+#include <thread>
 
 #include "common/env.h"
 #include "common/metrics_log.h"
@@ -344,6 +348,157 @@ TEST_F(ShardServerTest, TwoShardsApplyCommitsAndAKilledShardRecoversToTheHead) {
     if (r["event"] == "checkpoint" && r["reason"] == "shutdown" && r["version"] == 5) final_checkpoint = true;
   }
   EXPECT_TRUE(final_checkpoint);
+}
+
+// Issue 7: SIGTERM at a version whose checkpoint already exists (written by the schedule,
+// or loaded at start) drains and exits 0, leaving that checkpoint in place.
+TEST_F(ShardServerTest, SigtermAtAnAlreadyCheckpointedVersionExitsCleanly) {
+  const std::string config = WriteConfig("run.toml", "fp32");  // checkpoint_every = 2
+  ScopedProcess procs[kShards];
+  std::vector<std::unique_ptr<ShardChannel>> ch;
+  std::vector<rpc::ShardStatus> st(kShards);
+  for (int i = 0; i < kShards; ++i) {
+    int port = StartShard(i, config, &procs[i]);
+    ASSERT_GT(port, 0);
+    ch.push_back(std::make_unique<ShardChannel>(ShardChannelOptions{.port = port}));
+    ASSERT_TRUE(WaitServing(*ch[i], 0, procs[i]));
+    auto s = ch[i]->GetStatus();
+    ASSERT_OK(s.status());
+    st[i] = *s;
+  }
+  auto reg = Registry::Connect(ropts_);
+  ASSERT_OK(reg.status());
+  auto epoch = (*reg)->Join("bob", ClientInfo{}, std::chrono::milliseconds(60000));
+  ASSERT_OK(epoch.status());
+  client_epoch_ = *epoch;
+  for (int k = 1; k <= 2; ++k) {
+    const std::string id = "bob/1/" + std::to_string(k);
+    for (int i = 0; i < kShards; ++i) {
+      EXPECT_EQ(PushUpdate(*ch[i], st[i], id, 0, Delta(k, i, st[i].slice_elements)), rpc::UpdateState::STAGED);
+    }
+    ASSERT_OK(Commit(**reg, id).status());
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto s = ch[0]->GetStatus();
+        return s.ok() && s->version == 2 && s->checkpoint_version == 2;
+      },
+      std::chrono::seconds(30)));
+  const std::string meta = dir_.File("run/shard-0/checkpoints/v-000000000002/meta.json");
+  struct stat before {};
+  ASSERT_EQ(::stat(meta.c_str(), &before), 0);
+
+  auto unchanged_shutdowns = [&] {
+    auto records = ReadMetrics(dir_.File("run/shard-0/metrics.jsonl"));
+    EXPECT_TRUE(records.ok());
+    int n = 0;
+    for (const auto& r : records.ok() ? *records : std::vector<nlohmann::json>{}) {
+      if (r["event"] == "checkpoint" && r["reason"] == "shutdown" && r["version"] == 2 &&
+          r.value("unchanged", false)) {
+        ++n;
+      }
+    }
+    return n;
+  };
+  // Written by the schedule in this life, then loaded at start in the next one.
+  for (int life = 1; life <= 2; ++life) {
+    auto ended = procs[0].Terminate(std::chrono::seconds(30));
+    ASSERT_OK(ended.status());
+    ASSERT_TRUE(ended->success()) << ended->ToString() << testing::ReadLogTail(procs[0].log_path());
+    EXPECT_EQ(unchanged_shutdowns(), life);
+    struct stat after {};
+    ASSERT_EQ(::stat(meta.c_str(), &after), 0);
+    EXPECT_EQ(after.st_ino, before.st_ino);
+    if (life == 2) break;
+    int port = StartShard(0, config, &procs[0]);
+    ASSERT_GT(port, 0);
+    ch[0] = std::make_unique<ShardChannel>(ShardChannelOptions{.port = port});
+    ASSERT_TRUE(WaitServing(*ch[0], 2, procs[0]));
+  }
+}
+
+// Several frames of one update in flight at once (issue 7, item 4): per shard, two
+// connections push the even and the odd frames of the same update in parallel (both
+// also send frame 0, racing on it); the update is staged once, commits and applies.
+TEST_F(ShardServerTest, FramesOfOneUpdatePushedInParallelOverTwoConnectionsStageOnce) {
+  const std::string config = WriteConfig("run.toml", "fp32");
+  ScopedProcess procs[kShards];
+  std::vector<int> ports;
+  std::vector<rpc::ShardStatus> st(kShards);
+  std::vector<std::vector<float>> before(kShards);
+  for (int i = 0; i < kShards; ++i) {
+    ports.push_back(StartShard(i, config, &procs[i]));
+    ASSERT_GT(ports.back(), 0);
+    ShardChannel ch(ShardChannelOptions{.port = ports.back()});
+    ASSERT_TRUE(WaitServing(ch, 0, procs[i]));
+    auto s = ch.GetStatus();
+    ASSERT_OK(s.status());
+    st[i] = *s;
+    int64_t v = -1;
+    before[i] = PullSlice(ch, st[i], &v);
+  }
+  auto reg = Registry::Connect(ropts_);
+  ASSERT_OK(reg.status());
+  auto epoch = (*reg)->Join("bob", ClientInfo{}, std::chrono::milliseconds(60000));
+  ASSERT_OK(epoch.status());
+  client_epoch_ = *epoch;
+  const std::string id = "bob/1/1";
+  for (int i = 0; i < kShards; ++i) {
+    auto codec = Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st[i].frame_elements});
+    ASSERT_OK(codec.status());
+    auto d = Delta(1, i, st[i].slice_elements);
+    auto frames = (*codec)->Encode(std::span<const float>(d));
+    ASSERT_OK(frames.status());
+    ASSERT_GE(frames->size(), 4u);
+    std::atomic<int> failures{0}, staged{0};
+    auto pusher = [&](int parity) {
+      ShardChannel ch(ShardChannelOptions{.port = ports[i]});
+      for (size_t f = 0; f < frames->size(); ++f) {
+        if (f != 0 && static_cast<int>(f % 2) != parity) continue;
+        rpc::PushRequest req;
+        req.header = MakeHeader(st[i].run_id, st[i].layout_hash, i, st[i].epoch, "test");
+        req.update_id = id;
+        req.client_id = "bob";
+        req.client_epoch = client_epoch_;
+        req.base_version = 0;
+        req.tokens = 4096;
+        req.local_steps = 8;
+        req.codec = "fp32";
+        req.frame_index = static_cast<int64_t>(f);
+        req.total_frames = static_cast<int64_t>(frames->size());
+        req.frame_elements = st[i].frame_elements;
+        req.frame = (*frames)[f];
+        auto r = ch.Push(req);
+        if (!r.ok()) {
+          ++failures;
+          ADD_FAILURE() << "frame " << f << ": " << r.status().ToString();
+        } else if (r->state == rpc::UpdateState::STAGED) {
+          ++staged;
+        }
+      }
+    };
+    std::thread even(pusher, 0), odd(pusher, 1);
+    even.join();
+    odd.join();
+    EXPECT_EQ(failures.load(), 0);
+    EXPECT_GE(staged.load(), 1);
+    ShardChannel ch(ShardChannelOptions{.port = ports[i]});
+    auto s = ch.GetStatus();
+    ASSERT_OK(s.status());
+    EXPECT_EQ(s->staged_updates, 1) << "shard " << i;
+    EXPECT_EQ(s->receiving_updates, 0) << "shard " << i;
+  }
+  ASSERT_OK(Commit(**reg, id).status());
+  for (int i = 0; i < kShards; ++i) {
+    ShardChannel ch(ShardChannelOptions{.port = ports[i]});
+    ASSERT_TRUE(WaitServing(ch, 1, procs[i]));
+    int64_t v = -1;
+    std::vector<float> after = PullSlice(ch, st[i], &v);
+    EXPECT_EQ(v, 1);
+    auto d = Delta(1, i, st[i].slice_elements);
+    ASSERT_EQ(after.size(), before[i].size());
+    for (size_t j = 0; j < after.size(); ++j) ASSERT_NEAR(after[j], before[i][j] - d[j], 1e-6f) << "shard " << i;
+  }
 }
 
 TEST_F(ShardServerTest, ARunIdentityMismatchRefusesToStartNamingTheField) {

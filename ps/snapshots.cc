@@ -1,0 +1,187 @@
+// SnapshotStore: see the header.
+#include "ps/snapshots.h"
+
+#include <algorithm>
+
+namespace fedps {
+
+namespace {
+
+struct EncodedFrames {
+  std::mutex mu;  // guards all below
+  bool done = false;
+  Status status;
+  std::vector<std::string> frames;
+};
+
+}  // namespace
+
+struct SnapshotStore::Snapshot {
+  int64_t version = 0;
+  std::shared_ptr<const std::vector<float>> data;  // never written while this snapshot lives
+  int64_t last_used_us = 0;                        // guarded by SnapshotStore::mu_; 0: never pulled
+  std::mutex mu;                                   // guards cache
+  std::map<CodecKind, std::shared_ptr<EncodedFrames>> cache;
+};
+
+SnapshotStore::SnapshotStore(Options options, std::map<CodecKind, std::unique_ptr<Codec>> codecs, Clock* clock)
+    : options_(options), codecs_(std::move(codecs)), clock_(clock) {}
+
+SnapshotStore::~SnapshotStore() = default;
+
+void SnapshotStore::Reset(int64_t version, std::vector<float> slice) {
+  auto master = std::make_shared<std::vector<float>>(std::move(slice));
+  auto s = std::make_shared<Snapshot>();
+  s->version = version;
+  s->data = master;
+  std::lock_guard<std::mutex> lock(mu_);
+  master_ = std::move(master);
+  current_ = std::move(s);
+  older_.clear();
+  writing_ = false;
+  published_.notify_all();
+}
+
+std::span<const float> SnapshotStore::master() const { return std::span<const float>(*master_); }
+
+bool SnapshotStore::PinnedLocked(const Snapshot& s, int64_t now_us) const {
+  return s.last_used_us > 0 && now_us - s.last_used_us <= options_.snapshot_ttl_ms * 1000;
+}
+
+std::span<float> SnapshotStore::BeginWrite() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowMicros();
+  // References to the master's buffer besides master_ itself: the current snapshot's, an
+  // older snapshot's (a skipped update publishes without writing), an in-flight pull's.
+  const bool shared = current_ && current_->data == master_ && master_.use_count() > 2;
+  const bool pinned = current_ && PinnedLocked(*current_, now);
+  if (current_ && current_->data == master_ && !pinned && !shared && current_.use_count() == 1) {
+    writing_ = true;  // pulls of the current version wait for Publish
+    current_.reset();
+  } else {
+    if (pinned) older_[current_->version] = current_;
+    // The one copy of this version: into the buffer of a snapshot that expires now, when
+    // there is one (no fresh pages to fault in, and the buffer count stays put).
+    std::shared_ptr<std::vector<float>> reuse = ExpireLocked(now);
+    if (reuse) {
+      std::copy(master_->begin(), master_->end(), reuse->begin());
+      master_ = std::move(reuse);
+    } else {
+      master_ = std::make_shared<std::vector<float>>(*master_);
+    }
+  }
+  return std::span<float>(*master_);
+}
+
+void SnapshotStore::Publish(int64_t version) {
+  auto s = std::make_shared<Snapshot>();
+  s->version = version;
+  s->data = master_;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowMicros();
+  if (current_ && current_->version != version && PinnedLocked(*current_, now)) {
+    older_[current_->version] = current_;
+  }
+  current_ = std::move(s);
+  writing_ = false;
+  ExpireLocked(now);
+  published_.notify_all();
+}
+
+std::shared_ptr<std::vector<float>> SnapshotStore::ExpireLocked(int64_t now_us) {
+  std::shared_ptr<std::vector<float>> reusable;
+  auto drop = [&](std::map<int64_t, std::shared_ptr<Snapshot>>::iterator it) {
+    // Nobody else holds the snapshot or its buffer (no pull under way, not the master):
+    // the buffer may be written. Its object was made non-const (make_shared below).
+    if (it->second.use_count() == 1 && it->second->data.use_count() == 1) {
+      reusable = std::const_pointer_cast<std::vector<float>>(it->second->data);
+    }
+    return older_.erase(it);
+  };
+  for (auto it = older_.begin(); it != older_.end();) {
+    if (!PinnedLocked(*it->second, now_us)) {
+      it = drop(it);
+    } else {
+      ++it;
+    }
+  }
+  while (static_cast<int>(older_.size()) > options_.max_pinned_snapshots) {
+    auto oldest = older_.begin();
+    for (auto it = older_.begin(); it != older_.end(); ++it) {
+      if (it->second->last_used_us < oldest->second->last_used_us) oldest = it;
+    }
+    drop(oldest);
+  }
+  return reusable;
+}
+
+SnapshotStore::PinResult SnapshotStore::Pin(std::optional<int64_t> version) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowMicros();
+  PinResult r;
+  if (!version.has_value() || (current_ && current_->version == *version)) {
+    published_.wait(lock, [&] { return !writing_; });
+    if (current_ && (!version.has_value() || current_->version == *version)) r.snapshot = current_;
+  } else {
+    auto it = older_.find(*version);
+    if (it != older_.end() && PinnedLocked(*it->second, now)) r.snapshot = it->second;
+  }
+  if (r.snapshot) {
+    r.snapshot->last_used_us = now;
+    r.version = r.snapshot->version;
+  } else {
+    r.version = current_ ? current_->version : -1;
+  }
+  ExpireLocked(now);
+  return r;
+}
+
+StatusOr<std::string> SnapshotStore::Frame(const std::shared_ptr<Snapshot>& snapshot, CodecKind kind, int64_t index) {
+  auto codec = codecs_.find(kind);
+  if (codec == codecs_.end()) return InvalidArgument("no encoder for codec " + std::string(CodecKindName(kind)));
+  if (index < 0 || index >= options_.total_frames) return InvalidArgument("frame index out of range");
+  std::shared_ptr<EncodedFrames> cell;
+  {
+    std::lock_guard<std::mutex> lock(snapshot->mu);
+    auto& slot = snapshot->cache[kind];
+    if (!slot) slot = std::make_shared<EncodedFrames>();
+    cell = slot;
+  }
+  std::lock_guard<std::mutex> lock(cell->mu);
+  if (!cell->done) {
+    auto frames = codec->second->Encode(std::span<const float>(*snapshot->data));
+    cell->done = true;
+    if (frames.ok()) {
+      cell->frames = std::move(frames).value();
+      if (static_cast<int64_t>(cell->frames.size()) != options_.total_frames) {
+        cell->status = Internal("encoder made " + std::to_string(cell->frames.size()) + " frames, want " +
+                                std::to_string(options_.total_frames));
+      }
+    } else {
+      cell->status = frames.status();
+    }
+  }
+  if (!cell->status.ok()) return cell->status;
+  return cell->frames[static_cast<size_t>(index)];
+}
+
+std::shared_ptr<SnapshotStore::Snapshot> SnapshotStore::Hold() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_;
+}
+
+std::span<const float> SnapshotStore::Values(const Snapshot& snapshot) { return std::span<const float>(*snapshot.data); }
+
+std::pair<int64_t, std::vector<float>> SnapshotStore::CopyCurrent() {
+  std::unique_lock<std::mutex> lock(mu_);
+  published_.wait(lock, [&] { return !writing_; });
+  if (!current_) return {-1, {}};
+  return {current_->version, *current_->data};
+}
+
+int SnapshotStore::pinned_count() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(older_.size());
+}
+
+}  // namespace fedps

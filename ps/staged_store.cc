@@ -1,0 +1,137 @@
+// StagedStore: see the header.
+#include "ps/staged_store.h"
+
+#include <glog/logging.h>
+
+#include "common/safetensors.h"
+#include "common/sha256.h"
+
+namespace fedps {
+
+namespace {
+
+// -2: frames as received (was -1: the decoded fp32 delta plus its SHA-256).
+constexpr const char* kStagedFormat = "fedps-staged-2";
+constexpr const char* kSuffix = ".safetensors";
+
+std::string FrameName(size_t i) { return "frame." + std::to_string(i); }
+
+std::string Meta(const std::map<std::string, std::string>& m, const char* key) {
+  auto it = m.find(key);
+  return it == m.end() ? std::string() : it->second;
+}
+
+bool HasRecordScalars(const nlohmann::json& r) {
+  for (const char* k : {"base_version", "tokens", "local_steps"}) {
+    if (!r.is_object() || !r.contains(k) || !r[k].is_number_integer()) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+StagedStore::StagedStore(std::string dir, Slice slice, Env* env)
+    : dir_(std::move(dir)), slice_(slice), env_(env) {}
+
+Status StagedStore::Init() { return env_->CreateDirs(dir_); }
+
+std::string StagedStore::Path(const std::string& update_id) const {
+  return JoinPath(dir_, Sha256Hex(update_id).substr(0, 32) + kSuffix);
+}
+
+Status StagedStore::Write(const std::string& update_id, const nlohmann::json& record,
+                          const std::vector<std::string>& frames) {
+  std::vector<std::pair<std::string, TensorRef>> tensors;
+  tensors.reserve(frames.size());
+  for (size_t i = 0; i < frames.size(); ++i) {
+    TensorRef t;
+    t.dtype = DType::kU8;
+    t.shape = {static_cast<int64_t>(frames[i].size())};
+    t.data = frames[i].data();
+    t.bytes = frames[i].size();
+    tensors.emplace_back(FrameName(i), t);
+  }
+  std::map<std::string, std::string> meta = {
+      {"format", kStagedFormat},
+      {"update_id", update_id},
+      {"record", record.dump()},
+      {"frames", std::to_string(frames.size())},
+      {"shard_index", std::to_string(slice_.shard_index)},
+      {"slice_begin", std::to_string(slice_.slice_begin)},
+      {"slice_elements", std::to_string(slice_.slice_elements)},
+  };
+  return WriteSafetensors(Path(update_id), tensors, meta, env_);
+}
+
+StatusOr<StagedUpdate> StagedStore::Read(const std::string& update_id) const {
+  const std::string path = Path(update_id);
+  if (!env_->Exists(path)) return DataLoss("staged slice of " + update_id + " is missing (" + path + ")");
+  auto file = ReadSafetensors(path, env_);
+  if (!file.ok()) return DataLoss("staged slice of " + update_id + ": " + file.status().message());
+  if (Meta(file->metadata, "format") != kStagedFormat) {
+    return DataLoss("staged file " + path + " has format '" + Meta(file->metadata, "format") + "', want " +
+                    kStagedFormat);
+  }
+  if (Meta(file->metadata, "update_id") != update_id) {
+    return DataLoss("staged file " + path + " holds '" + Meta(file->metadata, "update_id") + "', not " + update_id);
+  }
+  if (Meta(file->metadata, "slice_begin") != std::to_string(slice_.slice_begin) ||
+      Meta(file->metadata, "slice_elements") != std::to_string(slice_.slice_elements)) {
+    return DataLoss("staged file " + path + " belongs to another slice");
+  }
+  StagedUpdate u;
+  u.update_id = update_id;
+  u.record = nlohmann::json::parse(Meta(file->metadata, "record"), nullptr, false);
+  if (!HasRecordScalars(u.record)) return DataLoss("staged file " + path + ": bad stage record");
+  const std::string count = Meta(file->metadata, "frames");
+  if (count != std::to_string(file->tensors.size())) {
+    return DataLoss("staged file " + path + " holds " + std::to_string(file->tensors.size()) + " tensors, its header says " +
+                    count + " frames");
+  }
+  u.frames.resize(file->tensors.size());
+  for (auto& [name, t] : file->tensors) {
+    const std::string prefix = "frame.";
+    size_t i = u.frames.size();
+    if (name.rfind(prefix, 0) == 0 && name.size() > prefix.size() && name.size() <= prefix.size() + 9 &&
+        name.find_first_not_of("0123456789", prefix.size()) == std::string::npos) {
+      i = std::stoul(name.substr(prefix.size()));
+    }
+    if (i >= u.frames.size() || !u.frames[i].empty() || t.dtype != DType::kU8 || FrameName(i) != name) {
+      return DataLoss("staged file " + path + ": unexpected tensor " + name);
+    }
+    u.frames[i] = std::move(t.data);
+  }
+  return u;
+}
+
+StatusOr<std::vector<StagedUpdate>> StagedStore::Index() const {
+  ASSIGN_OR_RETURN(auto names, env_->ListDir(dir_));
+  std::vector<StagedUpdate> out;
+  const std::string suffix = kSuffix;
+  for (const std::string& name : names) {
+    const std::string path = JoinPath(dir_, name);
+    if (name.find(".tmp.") != std::string::npos) {  // a write that never finished
+      env_->RemoveFile(path).IgnoreError();
+      continue;
+    }
+    if (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    auto index = ReadSafetensorsIndex(path);
+    if (!index.ok()) {
+      LOG(ERROR) << "staged file " << path << " is unreadable: " << index.status().ToString();
+      continue;
+    }
+    StagedUpdate u;
+    u.update_id = Meta(index->metadata, "update_id");
+    u.record = nlohmann::json::parse(Meta(index->metadata, "record"), nullptr, false);
+    if (u.update_id.empty() || !HasRecordScalars(u.record) || Path(u.update_id) != path) {
+      LOG(ERROR) << "staged file " << path << " has bad metadata";
+      continue;
+    }
+    out.push_back(std::move(u));
+  }
+  return out;
+}
+
+void StagedStore::Remove(const std::string& update_id) const { env_->RemoveFile(Path(update_id)).IgnoreError(); }
+
+}  // namespace fedps
