@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 
 #include "common/env.h"
@@ -67,7 +68,8 @@ TEST(DemoSmoke, TheDemoPipelineEndsInAReportWithItsPlots) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_TRUE(st.ok()) << "demo.sh still running after 540 s:\n" << testing::ReadLogTail(dir.File("demo.log"), 6000);
   ASSERT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(dir.File("demo.log"), 6000);
-  EXPECT_LT(seconds, 120.0) << "the smoke demo should stay well under two minutes";
+  // Reported, not asserted: tests never assert timings (BENCHMARKS.md); CI shares its cores.
+  std::printf("[demo-smoke] fedps-ctl demo took %.1f s\n", seconds);
 
   const std::string run = fs::canonical(runs + "/latest").string();
   for (const char* f : {"corpus.json", "config.toml", "baseline.toml", "demo.json", "demo-events.jsonl",
