@@ -2,6 +2,8 @@
 #include "ps/snapshots.h"
 
 #include <algorithm>
+#include <cstring>
+#include <thread>
 
 namespace fedps {
 
@@ -24,8 +26,27 @@ struct SnapshotStore::Snapshot {
   std::map<CodecKind, std::shared_ptr<EncodedFrames>> cache;
 };
 
+namespace {
+
+int CopyThreads(int wanted) {
+  return wanted > 0 ? wanted : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// dst = src over a whole slice, in 16 MiB pieces on the pool: one core cannot saturate the
+// memory bus, and the slice is GBs at LLM scale.
+void ParallelCopy(ThreadPool& pool, const std::vector<float>& src, std::vector<float>& dst) {
+  constexpr size_t kPiece = size_t{1} << 22;
+  const size_t n = src.size();
+  pool.ParallelFor((n + kPiece - 1) / kPiece, [&](size_t i) {
+    const size_t begin = i * kPiece;
+    std::memcpy(dst.data() + begin, src.data() + begin, std::min(kPiece, n - begin) * sizeof(float));
+  });
+}
+
+}  // namespace
+
 SnapshotStore::SnapshotStore(Options options, std::map<CodecKind, std::unique_ptr<Codec>> codecs, Clock* clock)
-    : options_(options), codecs_(std::move(codecs)), clock_(clock) {}
+    : options_(options), codecs_(std::move(codecs)), clock_(clock), copy_pool_(CopyThreads(options.copy_threads)) {}
 
 SnapshotStore::~SnapshotStore() = default;
 
@@ -63,12 +84,9 @@ std::span<float> SnapshotStore::BeginWrite() {
     // The one copy of this version: into the buffer of a snapshot that expires now, when
     // there is one (no fresh pages to fault in, and the buffer count stays put).
     std::shared_ptr<std::vector<float>> reuse = ExpireLocked(now);
-    if (reuse) {
-      std::copy(master_->begin(), master_->end(), reuse->begin());
-      master_ = std::move(reuse);
-    } else {
-      master_ = std::make_shared<std::vector<float>>(*master_);
-    }
+    if (!reuse) reuse = std::make_shared<std::vector<float>>(master_->size());
+    ParallelCopy(copy_pool_, *master_, *reuse);
+    master_ = std::move(reuse);
   }
   return std::span<float>(*master_);
 }

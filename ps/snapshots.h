@@ -16,6 +16,8 @@
 // is published (Publish). So a slice is copied at most once per version, and only for
 // versions someone pulls; an apply of a version nobody reads copies nothing.
 //
+// The copy runs on copy_threads threads (16 MiB pieces).
+//
 // Memory (fp32 slice buffers): 1 (master) + pinned older snapshots (<= max_pinned) while
 // no write is under way; a snapshot whose pin expired is freed when its last in-flight
 // pull ends. Encoded frames add, per kept snapshot and codec pulled, its encoded size
@@ -40,6 +42,7 @@
 #include "common/env.h"
 #include "common/status.h"
 #include "compression/codec.h"
+#include "compression/thread_pool.h"
 
 namespace fedps {
 
@@ -50,6 +53,9 @@ class SnapshotStore {
     int64_t total_frames = 0;
     int64_t snapshot_ttl_ms = 0;
     int max_pinned_snapshots = 4;
+    // Threads of the copy-on-write copy (a memory-bound loop over the whole slice);
+    // 0: the machine's hardware concurrency.
+    int copy_threads = 0;
   };
   struct Snapshot;  // opaque to callers
 
@@ -95,6 +101,7 @@ class SnapshotStore {
   const Options options_;
   const std::map<CodecKind, std::unique_ptr<Codec>> codecs_;
   Clock* const clock_;
+  ThreadPool copy_pool_;                        // the copy-on-write copy (apply thread)
   std::shared_ptr<std::vector<float>> master_;  // apply thread; the pointer is read under mu_
 
   std::mutex mu_;
