@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <set>
 #include <sstream>
 
 #include "client/update_math.h"
@@ -326,12 +327,15 @@ Status FederatedClient::RefreshDirectory(bool wait_for_all) {
         for (size_t i = 0; i < n; ++i) {
           if (!seen[i]) continue;
           bool moved = directory_.size() != n || directory_[i].host != dir[i].host || directory_[i].port != dir[i].port;
-          if (moved || !channels_[i]) {
-            ShardChannelOptions o;
-            o.host = dir[i].host;
-            o.port = dir[i].port;
-            o.call_timeout = options_.shard_call_timeout;
-            channels_[i] = std::make_unique<ShardChannel>(o);
+          if (moved || channels_[i].empty()) {
+            channels_[i].clear();
+            for (int j = 0; j < StreamsPerShard(); ++j) {
+              ShardChannelOptions o;
+              o.host = dir[i].host;
+              o.port = dir[i].port;
+              o.call_timeout = options_.shard_call_timeout;
+              channels_[i].push_back(std::make_unique<ShardChannel>(o));
+            }
           }
         }
         if (directory_.size() != n) directory_.resize(n);
@@ -354,7 +358,9 @@ Status FederatedClient::RefreshDirectory(bool wait_for_all) {
   }
 }
 
-ShardChannel& FederatedClient::Channel(int shard) { return *channels_[shard]; }
+ShardChannel& FederatedClient::Channel(int shard, int stream) { return *channels_[shard][stream]; }
+
+int FederatedClient::StreamsPerShard() const { return static_cast<int>(cfg_.client.streams_per_shard); }
 
 // ---- pull -------------------------------------------------------------------------------
 
@@ -832,13 +838,14 @@ Status FederatedClient::RunTrainer() {
 
 // ---- push and commit --------------------------------------------------------------------
 
-FederatedClient::PushResult FederatedClient::PushShard(const PendingUpdate& u, const PendingShard& slice) {
+FederatedClient::PushResult FederatedClient::PushFrames(const PendingUpdate& u, const PendingShard& slice,
+                                                        int stream, const std::vector<int64_t>& frames,
+                                                        std::vector<int64_t>* missing, const std::atomic<bool>& done) {
   PushResult res;
   const int shard = slice.shard;
-  ShardChannel& ch = Channel(shard);
-  const int64_t total_frames = static_cast<int64_t>(slice.frames.size());
+  ShardChannel& ch = Channel(shard, stream);
   Backoff backoff(cfg_.client.retry_initial_ms, cfg_.client.retry_max_ms, 2.0,
-                  options_.backoff_seed ? options_.backoff_seed + 100 + shard : 0);
+                  options_.backoff_seed ? options_.backoff_seed + 100 + shard * 64 + stream : 0);
   rpc::PushRequest req;
   req.header = MakeHeader(cfg_.run.id, identity_.layout_hash, shard, directory_[shard].epoch, options_.name);
   req.update_id = u.update_id;
@@ -848,51 +855,88 @@ FederatedClient::PushResult FederatedClient::PushShard(const PendingUpdate& u, c
   req.tokens = u.tokens;
   req.local_steps = u.local_steps;
   req.codec = u.codec;
-  req.total_frames = total_frames;
+  req.total_frames = static_cast<int64_t>(slice.frames.size());
   req.frame_elements = slice.frame_elements;
-
-  std::vector<int64_t> todo;
-  for (int64_t k = 0; k < total_frames; ++k) todo.push_back(k);
   int unavailable = 0, data_loss = 0;
-  for (int round = 0; round < 4 && !todo.empty(); ++round) {
-    std::vector<int64_t> missing;
-    for (int64_t k : todo) {
-      req.frame_index = k;
-      req.frame = slice.frames[k];
-      for (;;) {
-        if (Stopping()) {
-          res.status = Aborted("stopped");
-          return res;
-        }
-        auto r = ch.Push(req);
-        if (r.ok()) {
-          res.state = r->state;
-          res.shard_version = r->version;
-          if (r->__isset.seq) res.seq = r->seq;
-          res.bytes += static_cast<int64_t>(slice.frames[k].size());
-          if (r->__isset.missing_frames) missing = r->missing_frames;
-          backoff.Reset();
-          unavailable = 0;
-          break;
-        }
-        const int code = LastCode(ch);
-        if (r.status().code() == StatusCode::kUnavailable) {
-          if (++unavailable >= options_.unavailable_attempts ||
-              !SleepMs(backoff.NextDelayMs(ch.last_error().retry_after_ms))) {
-            res.status = r.status().WithContext("push to shard " + std::to_string(shard));
-            return res;
-          }
-          continue;
-        }
-        if (code == rpc::ErrorCode::DATA_LOSS && ++data_loss <= 5) continue;  // resend the frame
-        if (ch.last_error().version) res.shard_version = *ch.last_error().version;
-        res.status = r.status().WithContext("push to shard " + std::to_string(shard));
+  for (int64_t k : frames) {
+    if (done) return res;  // another stream saw the update staged
+    req.frame_index = k;
+    req.frame = slice.frames[k];
+    for (;;) {
+      if (Stopping()) {
+        res.status = Aborted("stopped");
         return res;
       }
-      if (IsFinalState(res.state)) return res;  // staged (or further): the rest is not needed
+      auto r = ch.Push(req);
+      if (r.ok()) {
+        res.state = r->state;
+        res.shard_version = r->version;
+        if (r->__isset.seq) res.seq = r->seq;
+        res.bytes += static_cast<int64_t>(slice.frames[k].size());
+        if (r->__isset.missing_frames) *missing = r->missing_frames;
+        backoff.Reset();
+        unavailable = 0;
+        break;
+      }
+      const int code = LastCode(ch);
+      if (r.status().code() == StatusCode::kUnavailable) {
+        if (++unavailable >= options_.unavailable_attempts ||
+            !SleepMs(backoff.NextDelayMs(ch.last_error().retry_after_ms))) {
+          res.status = r.status().WithContext("push to shard " + std::to_string(shard));
+          return res;
+        }
+        continue;
+      }
+      if (code == rpc::ErrorCode::DATA_LOSS && ++data_loss <= 5) continue;  // resend the frame
+      if (ch.last_error().version) res.shard_version = *ch.last_error().version;
+      res.status = r.status().WithContext("push to shard " + std::to_string(shard));
+      return res;
     }
-    // RECEIVING after every frame went out: resend what the shard reports missing.
-    todo = missing;
+    if (IsFinalState(res.state)) return res;  // staged (or further): the rest is not needed
+  }
+  return res;
+}
+
+FederatedClient::PushResult FederatedClient::PushShard(const PendingUpdate& u, const PendingShard& slice) {
+  // client.streams_per_shard connections push interleaved frames at once, so a link with
+  // latency is not one frame per round trip; the shard accepts a frame once whichever
+  // connection brings it (docs/protocol.md).
+  const int shard = slice.shard;
+  const int64_t total_frames = static_cast<int64_t>(slice.frames.size());
+  const int streams = static_cast<int>(std::min<int64_t>(StreamsPerShard(), std::max<int64_t>(1, total_frames)));
+  PushResult res;
+  std::vector<int64_t> todo;
+  for (int64_t k = 0; k < total_frames; ++k) todo.push_back(k);
+  for (int round = 0; round < 4 && !todo.empty(); ++round) {
+    std::vector<std::vector<int64_t>> parts(streams), missing(streams);
+    for (size_t i = 0; i < todo.size(); ++i) parts[i % streams].push_back(todo[i]);
+    std::vector<PushResult> results(streams);
+    std::atomic<bool> done{false};
+    auto run = [&](int j) {
+      try {
+        results[j] = PushFrames(u, slice, j, parts[j], &missing[j], done);
+      } catch (const std::exception& e) {
+        results[j].status = Internal(std::string("push stream: ") + e.what());
+      }
+      if (results[j].status.ok() && IsFinalState(results[j].state)) done = true;
+    };
+    std::vector<std::thread> extra;
+    for (int j = 1; j < streams; ++j) extra.emplace_back(run, j);
+    run(0);
+    for (auto& t : extra) t.join();
+    std::set<int64_t> again;
+    for (int j = 0; j < streams; ++j) {
+      const PushResult& r = results[j];
+      res.bytes += r.bytes;
+      res.shard_version = std::max(res.shard_version, r.shard_version);
+      if (r.seq) res.seq = r.seq;
+      if (!r.status.ok() && res.status.ok()) res.status = r.status;
+      if (r.status.ok()) res.state = std::max(res.state, r.state);  // RECEIVING < STAGED < ... (the IDL)
+      again.insert(missing[j].begin(), missing[j].end());
+    }
+    if (!res.status.ok() || IsFinalState(res.state)) return res;
+    // RECEIVING after every frame went out: resend what the shard reported missing.
+    todo.assign(again.begin(), again.end());
   }
   res.status = DataLoss("shard " + std::to_string(shard) + " still misses frames of " + u.update_id);
   return res;

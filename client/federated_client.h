@@ -55,8 +55,10 @@
 //     `heartbeat_registry_` (its own connection, so that it never waits behind a commit).
 //     Calls Heartbeat every client.heartbeat_ms; on kAborted (fenced) it rejoins.
 //   * pull/push workers: one std::thread per shard per phase, started and joined by the
-//     update loop or the communication job. Worker i uses only channels_[i] (a ShardChannel is single-threaded), its
-//     own Backoff, and writes only its own slice of the pulled buffer / its own result slot.
+//     update loop or the communication job. Worker i uses only channels_[i] (a ShardChannel
+//     is single-threaded: a push worker's client.streams_per_shard streams use one channel
+//     each, channels_[i][j]), its own Backoff, and writes only its own slice of the pulled
+//     buffer / its own result slot.
 //     Codecs are thread-safe (compression/codec.h).
 //   * membership_mu_ guards epoch_ and rejoins_: Rejoin() is called by the heartbeat thread
 //     or the update loop, and joins again only if the epoch it saw fenced is still current,
@@ -182,7 +184,8 @@ class FederatedClient {
 
   // Shard directory and channels.
   Status RefreshDirectory(bool wait_for_all);
-  ShardChannel& Channel(int shard);
+  ShardChannel& Channel(int shard, int stream = 0);
+  int StreamsPerShard() const;
 
   // Pull every shard (min_version: wait until the shards reach it).
   Status PullAll(std::optional<int64_t> min_version, std::vector<PulledSlice>* out);
@@ -217,6 +220,11 @@ class FederatedClient {
   StatusOr<Outcome> FinishPending();
   void PushAll(const PendingUpdate& update, std::vector<PushResult>* results);
   PushResult PushShard(const PendingUpdate& update, const PendingShard& slice);
+  // One stream's share of a push round: `frames` over channel (shard, stream); stops early
+  // once `done` (another stream saw the update staged). `missing`: the shard's last list.
+  PushResult PushFrames(const PendingUpdate& update, const PendingShard& slice, int stream,
+                        const std::vector<int64_t>& frames, std::vector<int64_t>* missing,
+                        const std::atomic<bool>& done);
   void NotifyAll(const std::string& update_id, int64_t seq);
   Status DropPending(const std::string& reason);
   Status ClearPendingCommitted(int64_t seq, double push_seconds, double commit_seconds, int64_t bytes_sent);
@@ -246,7 +254,7 @@ class FederatedClient {
   CodecKind push_kind_ = CodecKind::kBf16;
 
   std::vector<ShardAddress> directory_;
-  std::vector<std::unique_ptr<ShardChannel>> channels_;
+  std::vector<std::vector<std::unique_ptr<ShardChannel>>> channels_;  // [shard][stream]
   std::unique_ptr<DeviceUpdate> update_path_;  // pull buffer, base, residual, quantised buffer
   ClientState state_;           // the update loop's view of the state folder
 

@@ -146,7 +146,8 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                  {"eval_every_versions", Bind(&k.eval_every_versions)},
                  {"pipeline_depth", Bind(&k.pipeline_depth)},
                  {"optimizer_save_every", Bind(&k.optimizer_save_every)},
-                 {"min_free_disk_mb", Bind(&k.min_free_disk_mb)}};
+                 {"min_free_disk_mb", Bind(&k.min_free_disk_mb)},
+                 {"streams_per_shard", Bind(&k.streams_per_shard)}};
   return s;
 }
 
@@ -241,6 +242,7 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (k.pipeline_depth < 0 || k.pipeline_depth > 1) return bad("client.pipeline_depth", "must be 0 or 1");
   if (k.optimizer_save_every < 0) return bad("client.optimizer_save_every", "must be >= 0");
   if (k.min_free_disk_mb < 0) return bad("client.min_free_disk_mb", "must be >= 0");
+  if (k.streams_per_shard < 1 || k.streams_per_shard > 16) return bad("client.streams_per_shard", "must be 1..16");
   return Status::Ok();
 }
 
