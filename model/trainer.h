@@ -5,7 +5,12 @@
 // flat parameter vector (two fused AdamW calls: the decayed matrices occupy
 // [0, decay_numel) of the layout, norms the rest), a warm-up + cosine / WSD /
 // constant schedule driven by a global step counter that survives restarts, global
-// gradient-norm clipping and gradient accumulation. On CUDA it computes in bf16
+// gradient-norm clipping and gradient accumulation.
+//
+// The schedule's position (schedule_step) advances with every step like global_step, but
+// a caller may move it: a federation client on train.schedule_clock = "federation" sets
+// it, before each cycle, to the federation's committed inner steps (FederationScheduleStep),
+// so that its lr follows the whole federation's progress rather than its own step count. On CUDA it computes in bf16
 // under autocast with fp32 master weights and moments.
 //
 // No host synchronisation inside the step loop: losses and gradient norms are
@@ -36,6 +41,12 @@ StatusOr<torch::Device> ParseDevice(const std::string& name);
 // Learning rate for the optimizer step with 0-based index `step` (warm-up, then
 // the schedule; after opts.steps it stays at the final value).
 double LearningRate(const TrainOptions& opts, int64_t step);
+
+// The federation clock: the schedule step of a cycle trained from global version
+// base_version, each committed update being local_steps inner steps: base_version *
+// local_steps, the inner steps the federation had committed when the cycle's model was
+// pulled. train.steps then counts the inner steps of all clients together.
+int64_t FederationScheduleStep(int64_t base_version, int64_t local_steps);
 
 // What the trainer reports on logging steps.
 struct StepLog {
@@ -72,11 +83,16 @@ class LocalTrainer {
                             const std::function<Status(const StepLog&)>& on_log = {});
 
   int64_t global_step() const { return global_step_; }
+  // The schedule step of the next optimizer step: its lr is LearningRate(opts, schedule_step()).
+  int64_t schedule_step() const { return schedule_step_; }
+  // Moves the schedule (not the AdamW step count); step >= 0.
+  Status SetScheduleStep(int64_t step);
 
   // Optimizer state for checkpoints: "exp_avg", "exp_avg_sq" (flat fp32, CPU copies)
   // and "step" (the AdamW step count as a 1-element fp32 tensor).
   std::vector<std::pair<std::string, torch::Tensor>> OptimizerState() const;
-  // Restores state written by OptimizerState(); checks sizes.
+  // Restores state written by OptimizerState(); checks sizes. The schedule step becomes
+  // global_step.
   Status LoadOptimizerState(const std::map<std::string, torch::Tensor>& state, int64_t global_step);
   // Zeroes the moments and step count (a client starting over, say).
   void ResetOptimizer();
@@ -89,6 +105,7 @@ class LocalTrainer {
   SequenceLoader* loader_;
   TrainOptions opts_;
   int64_t global_step_ = 0;
+  int64_t schedule_step_ = 0;
   torch::Tensor exp_avg_, exp_avg_sq_;        // flat, on the model's device
   torch::Tensor step_decay_, step_no_decay_;  // AdamW step counts (fp32 scalars on device)
 };
