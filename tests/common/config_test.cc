@@ -90,7 +90,8 @@ TEST(ConfigTest, MissingFileIsAClearError) {
 }
 
 TEST(ConfigTest, ShippedConfigsParse) {
-  for (const char* name : {"tiny.toml", "demo.toml", "demo-smoke.toml", "20m.toml", "125m.toml"}) {
+  for (const char* name : {"tiny.toml", "demo.toml", "demo-smoke.toml", "20m.toml", "125m.toml", "125m-fed.toml",
+                           "study.toml", "study-smoke.toml"}) {
     auto c = LoadConfig(testing::SourceDir() + "/configs/" + name);
     EXPECT_TRUE(c.ok()) << name << ": " << c.status().ToString();
   }
