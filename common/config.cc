@@ -187,7 +187,8 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (t.schedule_clock != "local" && t.schedule_clock != "federation")
     return bad("train.schedule_clock", "must be local or federation (got \"" + t.schedule_clock + "\")");
   if (t.schedule_clock == "federation" && c.client.local_time_s > 0)
-    return bad("train.schedule_clock", "federation counts client.local_steps per update; it needs client.local_time_s = 0");
+    return bad("train.schedule_clock",
+               "federation counts client.local_steps per update; it needs client.local_time_s = 0");
   if (t.decay_fraction < 0 || t.decay_fraction > 1) return bad("train.decay_fraction", "must be in [0, 1]");
   if (t.weight_decay < 0) return bad("train.weight_decay", "must be >= 0");
   if (t.beta1 < 0 || t.beta1 >= 1) return bad("train.beta1", "must be in [0, 1)");

@@ -5,13 +5,13 @@
 // flat parameter vector (two fused AdamW calls: the decayed matrices occupy
 // [0, decay_numel) of the layout, norms the rest), a warm-up + cosine / WSD /
 // constant schedule driven by a global step counter that survives restarts, global
-// gradient-norm clipping and gradient accumulation.
+// gradient-norm clipping and gradient accumulation. On CUDA it computes in bf16
+// under autocast with fp32 master weights and moments.
 //
 // The schedule's position (schedule_step) advances with every step like global_step, but
 // a caller may move it: a federation client on train.schedule_clock = "federation" sets
 // it, before each cycle, to the federation's committed inner steps (FederationScheduleStep),
-// so that its lr follows the whole federation's progress rather than its own step count. On CUDA it computes in bf16
-// under autocast with fp32 master weights and moments.
+// so that its lr follows the whole federation's progress rather than its own step count.
 //
 // No host synchronisation inside the step loop: losses and gradient norms are
 // accumulated on the device and read only on logging steps (`log_every`) and at

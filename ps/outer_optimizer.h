@@ -34,8 +34,8 @@
 //              (computed as PyTorch does: x -= (eta / bc1) * m / (sqrt(v) / sqrt(bc2) + eps))
 //
 // Outer warm-up, warmup_steps W >= 0: step t uses eta_t = eta * min(1, t / W) in place of
-// eta in every rule above (W = 0: eta throughout). The first pseudo-gradients of a run from
-// scratch are the largest; momentum would carry them on at full size.
+// eta in every rule above (W = 0: eta throughout). In the demo-size study of
+// docs/quality.md it made delayed Nesterov worse; it is there for longer runs to try.
 //
 // State (checkpointed by the shard, restored bit for bit): tensors "buffer" (S, B > 1),
 // "momentum" (nesterov, delayed_nesterov), "dn_sum" (D), "adam_m", "adam_v"; scalars in

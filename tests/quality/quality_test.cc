@@ -24,8 +24,9 @@ std::string SourceDir() {
   return s ? s : fs::current_path().string();
 }
 
-StatusOr<testing::ExitStatus> RunLogged(const std::vector<std::string>& argv, const std::string& log,
-                                        const std::string& cwd, std::chrono::milliseconds timeout) {
+StatusOr<testing::ExitStatus> RunLogged(const std::vector<std::string>& argv,
+                                        const std::string& log, const std::string& cwd,
+                                        std::chrono::milliseconds timeout) {
   testing::ProcessOptions o;
   o.argv = argv;
   o.log_path = log;
@@ -36,22 +37,26 @@ StatusOr<testing::ExitStatus> RunLogged(const std::vector<std::string>& argv, co
 
 TEST(Quality, TwoIidClientsEndWithinTenPercentOfCentralised) {
   testing::ScopedTempDir dir;
-  auto redis = RunLogged({"redis-server", "--version"}, dir.File("redis.log"), "", std::chrono::seconds(20));
+  auto redis =
+      RunLogged({"redis-server", "--version"}, dir.File("redis.log"), "", std::chrono::seconds(20));
   if (!redis.ok() || !redis->success()) GTEST_SKIP() << "redis-server is not installed";
   ASSERT_TRUE(Env::Default()->CreateDirs(dir.File("probe")).ok());
-  auto probe = RunLogged({"apt-get", "download", "-q", "jargon-text"}, dir.File("probe.log"), dir.File("probe"),
-                         std::chrono::seconds(120));
+  auto probe = RunLogged({"apt-get", "download", "-q", "jargon-text"}, dir.File("probe.log"),
+                         dir.File("probe"), std::chrono::seconds(120));
   if (!probe.ok() || !probe->success()) {
     GTEST_SKIP() << "apt-get download cannot fetch packages here (no mirror reachable?): "
                  << testing::ReadLogTail(dir.File("probe.log"), 400);
   }
   const std::string runs = dir.File("runs");
-  auto st = RunLogged({"bash", SourceDir() + "/scripts/study.sh", "--config", SourceDir() + "/configs/study-smoke.toml",
-                       "--runs", runs, "--data", dir.File("data"), "--cache", dir.File("cache"), "--bin",
-                       testing::BinaryDir() + "/bin"},
-                      dir.File("study.log"), "", std::chrono::seconds(540));
-  ASSERT_TRUE(st.ok()) << "study.sh still running after 540 s:\n" << testing::ReadLogTail(dir.File("study.log"), 6000);
-  ASSERT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(dir.File("study.log"), 6000);
+  auto st = RunLogged(
+      {"bash", SourceDir() + "/scripts/study.sh", "--config",
+       SourceDir() + "/configs/study-smoke.toml", "--runs", runs, "--data", dir.File("data"),
+       "--cache", dir.File("cache"), "--bin", testing::BinaryDir() + "/bin"},
+      dir.File("study.log"), "", std::chrono::seconds(540));
+  ASSERT_TRUE(st.ok()) << "study.sh still running after 540 s:\n"
+                       << testing::ReadLogTail(dir.File("study.log"), 6000);
+  ASSERT_TRUE(st->success()) << st->ToString() << "\n"
+                             << testing::ReadLogTail(dir.File("study.log"), 6000);
 
   auto text = Env::Default()->ReadFile(runs + "/study.json");
   ASSERT_TRUE(text.ok()) << text.status().ToString();
@@ -61,9 +66,9 @@ TEST(Quality, TwoIidClientsEndWithinTenPercentOfCentralised) {
   EXPECT_EQ(r["clients"], 2);
   EXPECT_GT(r["tokens"].get<int64_t>(), 0);
   ASSERT_TRUE(r["federated_loss"].is_number() && r["dp_loss"].is_number()) << r.dump();
-  EXPECT_LE(r["loss_ratio"].get<double>(), 1.10) << "federated " << r["federated_loss"] << " vs centralised "
-                                                << r["dp_loss"] << "\n"
-                                                << testing::ReadLogTail(dir.File("study.log"), 3000);
+  EXPECT_LE(r["loss_ratio"].get<double>(), 1.10)
+      << "federated " << r["federated_loss"] << " vs centralised " << r["dp_loss"] << "\n"
+      << testing::ReadLogTail(dir.File("study.log"), 3000);
 }
 
 }  // namespace
