@@ -93,6 +93,7 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                 {"min_lr_ratio", Bind(&t.min_lr_ratio)},
                 {"warmup_steps", Bind(&t.warmup_steps)},
                 {"schedule", Bind(&t.schedule)},
+                {"schedule_clock", Bind(&t.schedule_clock)},
                 {"decay_fraction", Bind(&t.decay_fraction)},
                 {"weight_decay", Bind(&t.weight_decay)},
                 {"beta1", Bind(&t.beta1)},
@@ -127,6 +128,8 @@ std::map<std::string, Section> Schema(RunConfig& c) {
              {"outer_lr", Bind(&p.outer_lr)},
              {"momentum", Bind(&p.momentum)},
              {"dn_period", Bind(&p.dn_period)},
+             {"dn_gradient_scale", Bind(&p.dn_gradient_scale)},
+             {"outer_warmup_steps", Bind(&p.outer_warmup_steps)},
              {"buffer_size", Bind(&p.buffer_size)},
              {"weight_by_tokens", Bind(&p.weight_by_tokens)},
              {"reference_tokens", Bind(&p.reference_tokens)},
@@ -185,6 +188,11 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (t.warmup_steps < 0) return bad("train.warmup_steps", "must be >= 0");
   if (t.schedule != "cosine" && t.schedule != "wsd" && t.schedule != "constant")
     return bad("train.schedule", "must be one of cosine, wsd, constant (got \"" + t.schedule + "\")");
+  if (t.schedule_clock != "local" && t.schedule_clock != "federation")
+    return bad("train.schedule_clock", "must be local or federation (got \"" + t.schedule_clock + "\")");
+  if (t.schedule_clock == "federation" && c.client.local_time_s > 0)
+    return bad("train.schedule_clock",
+               "federation counts client.local_steps per update; it needs client.local_time_s = 0");
   if (t.decay_fraction < 0 || t.decay_fraction > 1) return bad("train.decay_fraction", "must be in [0, 1]");
   if (t.weight_decay < 0) return bad("train.weight_decay", "must be >= 0");
   if (t.beta1 < 0 || t.beta1 >= 1) return bad("train.beta1", "must be in [0, 1)");
@@ -221,6 +229,9 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (p.outer_lr < 0) return bad("ps.outer_lr", "must be >= 0 (0: the optimizer's default)");
   if (p.momentum < 0 || p.momentum >= 1) return bad("ps.momentum", "must be in [0, 1)");
   if (p.dn_period < 1) return bad("ps.dn_period", "must be >= 1");
+  if (!(p.dn_gradient_scale == -1 || (p.dn_gradient_scale >= 0 && p.dn_gradient_scale <= 1)))
+    return bad("ps.dn_gradient_scale", "must be in [0, 1] (or -1: 1/dn_period)");
+  if (p.outer_warmup_steps < 0) return bad("ps.outer_warmup_steps", "must be >= 0");
   if (p.buffer_size < 1) return bad("ps.buffer_size", "must be >= 1");
   if (p.reference_tokens < 0) return bad("ps.reference_tokens", "must be >= 0");
   if (p.checkpoint_every < 0) return bad("ps.checkpoint_every", "must be >= 0");

@@ -59,6 +59,10 @@ struct TrainOptions {
   int64_t warmup_steps = 20;
   std::string schedule = "cosine";  // cosine, wsd (warm-up, stable, decay), constant
   double decay_fraction = 0.2;  // wsd: final fraction of steps spent decaying
+  // Whose steps the schedule counts: local (this process's own optimizer steps) or
+  // federation (a client starts each cycle at the federation's committed inner steps,
+  // FederationScheduleStep in model/trainer.h; train.steps then counts all clients' steps).
+  std::string schedule_clock = "local";
   double weight_decay = 0.1;    // AdamW decoupled decay on matrices (not norms)
   double beta1 = 0.9;
   double beta2 = 0.95;
@@ -98,6 +102,8 @@ struct PsOptions {
   double outer_lr = 0;               // 0: the optimizer's default (sgd 1.0, nesterov 0.7, adam 1e-3)
   double momentum = 0.9;
   int64_t dn_period = 4;             // delayed Nesterov: momentum step every N arrivals
+  double dn_gradient_scale = -1;     // delayed Nesterov: plain part lr * c * g per arrival (-1: c = 1/dn_period)
+  int64_t outer_warmup_steps = 0;    // outer lr ramps linearly over this many outer steps (0: off)
   int64_t buffer_size = 1;           // FedBuff: updates aggregated per outer step
   bool weight_by_tokens = false;     // scale each update by tokens / reference_tokens
   int64_t reference_tokens = 0;      // 0: the first update's tokens

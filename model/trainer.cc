@@ -2,6 +2,7 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -65,6 +66,16 @@ double LearningRate(const TrainOptions& o, int64_t step) {
   if (static_cast<double>(step) < decay_start) return o.lr;
   double p = std::clamp((static_cast<double>(step) - decay_start) / decay_steps, 0.0, 1.0);
   return o.lr + (min_lr - o.lr) * p;
+}
+
+int64_t FederationScheduleStep(int64_t base_version, int64_t local_steps) {
+  return std::max<int64_t>(0, base_version) * std::max<int64_t>(0, local_steps);
+}
+
+Status LocalTrainer::SetScheduleStep(int64_t step) {
+  if (step < 0) return InvalidArgument("schedule step " + std::to_string(step) + " < 0");
+  schedule_step_ = step;
+  return Status::Ok();
 }
 
 LocalTrainer::LocalTrainer(Model* model, SequenceLoader* loader, const TrainOptions& opts)
@@ -162,9 +173,10 @@ StatusOr<TrainResult> LocalTrainer::Run(int64_t max_steps, double time_budget_s,
         auto coef = torch::clamp_max(opts_.grad_clip / (grad_norm + 1e-6), 1.0);
         grads.mul_(coef);
       }
-      double lr = LearningRate(opts_, global_step_);
+      double lr = LearningRate(opts_, schedule_step_);
       OptimizerStep(lr);
       ++global_step_;
+      ++schedule_step_;
       ++result.steps;
       result.tokens += tokens_per_micro * opts_.grad_accum;
       window_tokens += tokens_per_micro * opts_.grad_accum;
@@ -235,6 +247,7 @@ Status LocalTrainer::LoadOptimizerState(const std::map<std::string, torch::Tenso
   step_decay_.copy_(steps[0].to(device));
   step_no_decay_.copy_(steps[1].to(device));
   global_step_ = global_step;
+  schedule_step_ = global_step;
   return Status::Ok();
 }
 

@@ -8,6 +8,11 @@
 // gradient-norm clipping and gradient accumulation. On CUDA it computes in bf16
 // under autocast with fp32 master weights and moments.
 //
+// The schedule's position (schedule_step) advances with every step like global_step, but
+// a caller may move it: a federation client on train.schedule_clock = "federation" sets
+// it, before each cycle, to the federation's committed inner steps (FederationScheduleStep),
+// so that its lr follows the whole federation's progress rather than its own step count.
+//
 // No host synchronisation inside the step loop: losses and gradient norms are
 // accumulated on the device and read only on logging steps (`log_every`) and at
 // the end. A time budget is checked against the host clock, which runs ahead of
@@ -36,6 +41,12 @@ StatusOr<torch::Device> ParseDevice(const std::string& name);
 // Learning rate for the optimizer step with 0-based index `step` (warm-up, then
 // the schedule; after opts.steps it stays at the final value).
 double LearningRate(const TrainOptions& opts, int64_t step);
+
+// The federation clock: the schedule step of a cycle trained from global version
+// base_version, each committed update being local_steps inner steps: base_version *
+// local_steps, the inner steps the federation had committed when the cycle's model was
+// pulled. train.steps then counts the inner steps of all clients together.
+int64_t FederationScheduleStep(int64_t base_version, int64_t local_steps);
 
 // What the trainer reports on logging steps.
 struct StepLog {
@@ -72,12 +83,17 @@ class LocalTrainer {
                             const std::function<Status(const StepLog&)>& on_log = {});
 
   int64_t global_step() const { return global_step_; }
+  // The schedule step of the next optimizer step: its lr is LearningRate(opts, schedule_step()).
+  int64_t schedule_step() const { return schedule_step_; }
+  // Moves the schedule (not the AdamW step count); step >= 0.
+  Status SetScheduleStep(int64_t step);
 
   // Optimizer state for checkpoints: "exp_avg", "exp_avg_sq" (flat fp32, the live tensors
   // on the model's device: write them before training on) and "step" (the two AdamW step
   // counts, a CPU copy).
   std::vector<std::pair<std::string, torch::Tensor>> OptimizerState() const;
-  // Restores state written by OptimizerState(); checks sizes.
+  // Restores state written by OptimizerState(); checks sizes. The schedule step becomes
+  // global_step.
   Status LoadOptimizerState(const std::map<std::string, torch::Tensor>& state, int64_t global_step);
   // Zeroes the moments and step count (a client starting over, say).
   void ResetOptimizer();
@@ -90,6 +106,7 @@ class LocalTrainer {
   SequenceLoader* loader_;
   TrainOptions opts_;
   int64_t global_step_ = 0;
+  int64_t schedule_step_ = 0;
   torch::Tensor exp_avg_, exp_avg_sq_;        // flat, on the model's device
   torch::Tensor step_decay_, step_no_decay_;  // AdamW step counts (fp32 scalars on device)
 };

@@ -37,6 +37,20 @@ std::string Num(double v) {
 
 }  // namespace
 
+OuterOptimizerOptions OuterOptionsFromConfig(const PsOptions& ps, int64_t reference_tokens) {
+  OuterOptimizerOptions o;
+  o.name = ps.optimizer;
+  o.lr = ps.outer_lr;
+  o.momentum = ps.momentum;
+  o.dn_period = ps.dn_period;
+  o.dn_gradient_scale = ps.dn_gradient_scale;
+  o.warmup_steps = ps.outer_warmup_steps;
+  o.buffer_size = ps.buffer_size;
+  o.weight_by_tokens = ps.weight_by_tokens;
+  o.reference_tokens = reference_tokens;
+  return o;
+}
+
 StatusOr<std::unique_ptr<OuterOptimizer>> OuterOptimizer::Create(
     const OuterOptimizerOptions& options, int64_t n) {
   Rule rule;
@@ -79,6 +93,9 @@ StatusOr<std::unique_ptr<OuterOptimizer>> OuterOptimizer::Create(
   }
   if (!(options.eps > 0) || !std::isfinite(options.eps)) {
     return InvalidArgument("adam eps " + Num(options.eps) + " must be > 0");
+  }
+  if (options.warmup_steps < 0) {
+    return InvalidArgument("outer warmup_steps " + std::to_string(options.warmup_steps) + " must be >= 0");
   }
   if (options.buffer_size < 1) {
     return InvalidArgument("buffer_size " + std::to_string(options.buffer_size) + " must be >= 1");
@@ -165,9 +182,15 @@ StatusOr<bool> OuterOptimizer::Apply(std::span<float> params, std::span<const fl
   return true;
 }
 
+double OuterOptimizer::LrAtStep(int64_t t) const {
+  if (options_.warmup_steps <= 0 || t >= options_.warmup_steps) return lr_;
+  return lr_ * static_cast<double>(t) / static_cast<double>(options_.warmup_steps);
+}
+
 void OuterOptimizer::Step(std::span<float> x, std::span<const float> g, float scale) {
   ++steps_;
-  const float lr = static_cast<float>(lr_);
+  const double lr_t = LrAtStep(steps_);
+  const float lr = static_cast<float>(lr_t);
   const float mu = static_cast<float>(options_.momentum);
   switch (rule_) {
     case Rule::kSgd: {
@@ -215,7 +238,7 @@ void OuterOptimizer::Step(std::span<float> x, std::span<const float> g, float sc
       const double bc2 = 1.0 - std::pow(options_.beta2, t);
       const float b1 = static_cast<float>(options_.beta1);
       const float b2 = static_cast<float>(options_.beta2);
-      const float step_size = static_cast<float>(lr_ / bc1);
+      const float step_size = static_cast<float>(lr_t / bc1);
       const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
       const float eps = static_cast<float>(options_.eps);
       float* m = tensors_[kAdamM].data();

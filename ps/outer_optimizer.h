@@ -33,6 +33,10 @@
 //              x -= eta * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 //              (computed as PyTorch does: x -= (eta / bc1) * m / (sqrt(v) / sqrt(bc2) + eps))
 //
+// Outer warm-up, warmup_steps W >= 0: step t uses eta_t = eta * min(1, t / W) in place of
+// eta in every rule above (W = 0: eta throughout). In the demo-size study of
+// docs/quality.md it made delayed Nesterov worse; it is there for longer runs to try.
+//
 // State (checkpointed by the shard, restored bit for bit): tensors "buffer" (S, B > 1),
 // "momentum" (nesterov, delayed_nesterov), "dn_sum" (D), "adam_m", "adam_v"; scalars in
 // StateJson(): steps, updates, pending (updates in S), dn_arrivals.
@@ -50,6 +54,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/config.h"
 #include "common/status.h"
 
 namespace fedps {
@@ -70,6 +75,8 @@ struct OuterOptimizerOptions {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
+  // Outer lr warm-up: step t (1, 2, ...) uses lr * min(1, t / warmup_steps); 0: off.
+  int64_t warmup_steps = 0;
   // FedBuff buffer: updates per step, B >= 1 (1: step on every update).
   int64_t buffer_size = 1;
   // Multiply each update's staleness weight by tokens / reference_tokens.
@@ -80,6 +87,11 @@ struct OuterOptimizerOptions {
   // Caps tokens / reference_tokens, so one client claiming many tokens cannot dominate.
   double max_token_ratio = 4;
 };
+
+// The options a shard's [ps] section asks for (optimizer, outer_lr, momentum, dn_period,
+// dn_gradient_scale, outer_warmup_steps, buffer_size, weight_by_tokens), with the reference
+// tokens the shard settled on.
+OuterOptimizerOptions OuterOptionsFromConfig(const PsOptions& ps, int64_t reference_tokens);
 
 class OuterOptimizer {
  public:
@@ -109,6 +121,8 @@ class OuterOptimizer {
   const std::string& name() const { return options_.name; }
   const OuterOptimizerOptions& options() const { return options_; }
   double lr() const { return lr_; }  // resolved (never 0)
+  // The lr of optimizer step t (1-based): lr() * min(1, t / warmup_steps).
+  double LrAtStep(int64_t t) const;
   int64_t n() const { return n_; }
   int64_t steps() const { return steps_; }      // optimizer steps taken
   int64_t updates() const { return updates_; }  // updates folded in (Apply calls that succeeded)

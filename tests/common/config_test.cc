@@ -28,6 +28,18 @@ steps = 50
   EXPECT_DOUBLE_EQ(c->train.lr, 1e-3);
   EXPECT_EQ(c->train.steps, 50);
   EXPECT_EQ(c->train.micro_batch, 8);  // default
+  EXPECT_EQ(c->train.schedule_clock, "local");
+  EXPECT_EQ(c->ps.dn_gradient_scale, -1);
+  EXPECT_EQ(c->ps.outer_warmup_steps, 0);
+}
+
+TEST(ConfigTest, QualityOptions) {
+  auto c = ParseConfig("[train]\nschedule_clock = \"federation\"\n[ps]\ndn_gradient_scale = 0.5\n"
+                       "outer_warmup_steps = 8\n", "q.toml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->train.schedule_clock, "federation");
+  EXPECT_EQ(c->ps.dn_gradient_scale, 0.5);
+  EXPECT_EQ(c->ps.outer_warmup_steps, 8);
 }
 
 TEST(ConfigTest, UnknownKeyNamesKeyAndFile) {
@@ -54,7 +66,10 @@ TEST(ConfigTest, WrongTypeNamesKeyAndLine) {
 TEST(ConfigTest, ImpossibleValuesAreRejected) {
   for (const char* text : {"[train]\nlr = -1.0\n", "[train]\nschedule = \"linear\"\n",
                            "[train]\nmicro_batch = 0\n", "[run]\nid = \"a b\"\n",
-                           "[model]\nn_heads = -2\n", "[train]\ndevice = \"tpu\"\n"}) {
+                           "[model]\nn_heads = -2\n", "[train]\ndevice = \"tpu\"\n",
+                           "[train]\nschedule_clock = \"wall\"\n",
+                           "[train]\nschedule_clock = \"federation\"\n[client]\nlocal_time_s = 5.0\n",
+                           "[ps]\ndn_gradient_scale = 1.5\n", "[ps]\nouter_warmup_steps = -1\n"}) {
     auto c = ParseConfig(text, "c.toml");
     EXPECT_FALSE(c.ok()) << text;
     EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
@@ -75,7 +90,8 @@ TEST(ConfigTest, MissingFileIsAClearError) {
 }
 
 TEST(ConfigTest, ShippedConfigsParse) {
-  for (const char* name : {"tiny.toml", "demo.toml", "demo-smoke.toml", "20m.toml", "125m.toml"}) {
+  for (const char* name : {"tiny.toml", "demo.toml", "demo-smoke.toml", "20m.toml", "125m.toml", "125m-fed.toml",
+                           "study.toml", "study-smoke.toml"}) {
     auto c = LoadConfig(testing::SourceDir() + "/configs/" + name);
     EXPECT_TRUE(c.ok()) << name << ": " << c.status().ToString();
   }

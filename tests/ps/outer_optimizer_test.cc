@@ -153,6 +153,90 @@ TEST(OuterOptimizer, DelayedNesterovFullGradientByHand) {
   EXPECT_EQ(x, (std::vector<float>{-7.5f, 5}));
 }
 
+// Every apply-relevant [ps] key reaches the optimizer.
+TEST(OuterOptimizer, OptionsFromConfig) {
+  PsOptions ps;
+  ps.optimizer = "nesterov";
+  ps.outer_lr = 0.35;
+  ps.momentum = 0.8;
+  ps.dn_period = 5;
+  ps.dn_gradient_scale = 0.5;
+  ps.outer_warmup_steps = 12;
+  ps.buffer_size = 3;
+  ps.weight_by_tokens = true;
+  const OuterOptimizerOptions o = OuterOptionsFromConfig(ps, 4096);
+  EXPECT_EQ(o.name, "nesterov");
+  EXPECT_EQ(o.lr, 0.35);
+  EXPECT_EQ(o.momentum, 0.8);
+  EXPECT_EQ(o.dn_period, 5);
+  EXPECT_EQ(o.dn_gradient_scale, 0.5);
+  EXPECT_EQ(o.warmup_steps, 12);
+  EXPECT_EQ(o.buffer_size, 3);
+  EXPECT_TRUE(o.weight_by_tokens);
+  EXPECT_EQ(o.reference_tokens, 4096);
+  EXPECT_TRUE(OuterOptimizer::Create(o, 8).ok());
+}
+
+// Outer warm-up, sgd, lr 1, W = 4: step t uses lr t/4 until t = 4 (dyadic, exact):
+//   x0 = 0, g = 1 every step: x1 = -0.25, x2 = -0.75, x3 = -1.5, x4 = -2.5, x5 = -3.5.
+TEST(OuterOptimizer, WarmupRampsTheLrLinearly) {
+  OuterOptimizerOptions o = Options("sgd", 1.0);
+  o.warmup_steps = 4;
+  auto opt = Make(o, 1);
+  EXPECT_EQ(opt->LrAtStep(1), 0.25);
+  EXPECT_EQ(opt->LrAtStep(3), 0.75);
+  EXPECT_EQ(opt->LrAtStep(4), 1.0);
+  EXPECT_EQ(opt->LrAtStep(100), 1.0);
+  std::vector<float> x = {0};
+  for (float want : {-0.25f, -0.75f, -1.5f, -2.5f, -3.5f}) {
+    Apply(*opt, x, {1});
+    EXPECT_EQ(x[0], want);
+  }
+}
+
+// Warm-up with nesterov, lr 1, mu 0.5, W = 2; momentum sees g at full size, only the
+// step is scaled: x0 = 0, g = 2: m = 2, x1 = -0.5 (2 + 0.5 * 2) = -1.5;
+//   g = 2: m = 0.5 * 2 + 2 = 3, x2 = -1.5 - 1 (2 + 0.5 * 3) = -5.
+// delayed_nesterov, lr 1, mu 0.5, N = 2, c = 1/2, W = 2 on [2] then [4]:
+//   a1: lr 1/2: x = -0.5 * 0.5 * 2 = -0.5, D = 2;  a2: lr 1: x = -0.5 - 0.5 * 4 = -2.5,
+//   m = (2 + 4) / 2 = 3, x = -2.5 - 0.5 * 3 = -4.
+TEST(OuterOptimizer, WarmupScalesEveryRulesStep) {
+  OuterOptimizerOptions n = Options("nesterov", 1.0);
+  n.momentum = 0.5;
+  n.warmup_steps = 2;
+  auto nesterov = Make(n, 1);
+  std::vector<float> x = {0};
+  Apply(*nesterov, x, {2});
+  EXPECT_EQ(x[0], -1.5f);
+  Apply(*nesterov, x, {2});
+  EXPECT_EQ(x[0], -5.0f);
+
+  OuterOptimizerOptions d = Options("delayed_nesterov", 1.0);
+  d.momentum = 0.5;
+  d.dn_period = 2;
+  d.warmup_steps = 2;
+  auto dn = Make(d, 1);
+  x = {0};
+  Apply(*dn, x, {2});
+  EXPECT_EQ(x[0], -0.5f);
+  Apply(*dn, x, {4});
+  EXPECT_EQ(x[0], -4.0f);
+}
+
+// The warm-up position is the step count, so a restored optimizer continues the ramp.
+TEST(OuterOptimizer, WarmupContinuesAfterRestore) {
+  OuterOptimizerOptions o = Options("sgd", 1.0);
+  o.warmup_steps = 4;
+  auto a = Make(o, 1);
+  std::vector<float> x = {0};
+  Apply(*a, x, {1});
+  Apply(*a, x, {1});
+  auto b = Make(o, 1);
+  ASSERT_TRUE(b->LoadState(a->StateJson(), a->StateTensors()).ok());
+  Apply(*b, x, {1});
+  EXPECT_EQ(x[0], -1.5f);  // step 3 at lr 0.75
+}
+
 // N = 1, c = 1 is nesterov (up to rounding: the two parts are subtracted separately).
 TEST(OuterOptimizer, DelayedNesterovPeriodOneIsNesterov) {
   OuterOptimizerOptions dn = Options("delayed_nesterov", 0.7);
@@ -367,6 +451,8 @@ TEST(OuterOptimizer, CreateRejectsBadOptions) {
   EXPECT_EQ(code([](OuterOptimizerOptions& o) { o.beta2 = 1.0; }), StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](OuterOptimizerOptions& o) { o.eps = 0; }), StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](OuterOptimizerOptions& o) { o.buffer_size = 0; }),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](OuterOptimizerOptions& o) { o.warmup_steps = -1; }),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](OuterOptimizerOptions& o) { o.max_token_ratio = 0; }),
             StatusCode::kInvalidArgument);

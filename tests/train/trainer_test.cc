@@ -46,5 +46,22 @@ TEST(ScheduleTest, Constant) {
   EXPECT_DOUBLE_EQ(LearningRate(o, 1000), 0.5);
 }
 
+// The federation clock: a cycle trained from global version v starts at v * local steps,
+// and the schedule is then read at that position (train.steps = all clients' steps).
+TEST(ScheduleTest, FederationClock) {
+  EXPECT_EQ(FederationScheduleStep(0, 16), 0);
+  EXPECT_EQ(FederationScheduleStep(7, 16), 112);
+  EXPECT_EQ(FederationScheduleStep(-3, 16), 0);
+  TrainOptions o;
+  o.lr = 1.0;
+  o.min_lr_ratio = 0.0;
+  o.warmup_steps = 0;
+  o.steps = 2 * 10 * 16;  // 2 clients x 10 updates x 16 steps
+  o.schedule = "cosine";
+  // Halfway through the federation (version 10 of 20), whichever client trains it.
+  EXPECT_NEAR(LearningRate(o, FederationScheduleStep(10, 16)), 0.5, 1e-12);
+  EXPECT_NEAR(LearningRate(o, FederationScheduleStep(20, 16)), 0.0, 1e-12);
+}
+
 }  // namespace
 }  // namespace fedps
