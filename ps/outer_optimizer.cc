@@ -1,10 +1,12 @@
 // Outer optimizers over one shard's slice; the maths is at the top of outer_optimizer.h.
 //
 // The loops are plain element-wise loops over float spans (no LibTorch here): the shard
-// is memory-bound, and each rule touches every element once per step.
+// is memory-bound, and each rule touches every element once per step; with a thread pool
+// (SetThreadPool) they run in 1M-element pieces on all of its threads, same bits.
 #include "ps/outer_optimizer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -165,21 +167,41 @@ StatusOr<bool> OuterOptimizer::Apply(std::span<float> params, std::span<const fl
   if (!std::isfinite(weight) || weight < 0) {
     return InvalidArgument("update weight " + Num(weight) + " must be finite and >= 0");
   }
-  if (!AllFinite(delta)) return InvalidArgument("pseudo-gradient holds NaN or infinite values");
+  std::atomic<bool> finite{true};
+  ForRanges([&](int64_t b, int64_t e) {
+    if (!AllFinite(delta.subspan(b, e - b))) finite = false;
+  });
+  if (!finite) return InvalidArgument("pseudo-gradient holds NaN or infinite values");
 
   ++updates_;
   if (options_.buffer_size == 1) {
     Step(params, delta, static_cast<float>(weight));
     return true;
   }
-  std::vector<float>& s = tensors_[kBuffer];
+  float* s = tensors_[kBuffer].data();
   const float w = static_cast<float>(weight);
-  for (int64_t i = 0; i < n_; ++i) s[i] += w * delta[i];
+  ForRanges([&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) s[i] += w * delta[i];
+  });
   if (++pending_ < options_.buffer_size) return false;
-  Step(params, s, 1.0f / static_cast<float>(options_.buffer_size));
-  std::fill(s.begin(), s.end(), 0.0f);
+  Step(params, tensors_[kBuffer], 1.0f / static_cast<float>(options_.buffer_size));
+  ForRanges([&](int64_t b, int64_t e) { std::fill(s + b, s + e, 0.0f); });
   pending_ = 0;
   return true;
+}
+
+void OuterOptimizer::ForRanges(const std::function<void(int64_t, int64_t)>& body) const {
+  // Pieces of 1M elements: every element is computed exactly as in one serial loop, so
+  // the result does not depend on the thread count.
+  constexpr int64_t kPiece = int64_t{1} << 20;
+  if (pool_ == nullptr || pool_->parallelism() == 1 || n_ <= kPiece) {
+    body(0, n_);
+    return;
+  }
+  pool_->ParallelFor(static_cast<size_t>((n_ + kPiece - 1) / kPiece), [&](size_t p) {
+    const int64_t b = static_cast<int64_t>(p) * kPiece;
+    body(b, std::min(n_, b + kPiece));
+  });
 }
 
 double OuterOptimizer::LrAtStep(int64_t t) const {
@@ -194,16 +216,20 @@ void OuterOptimizer::Step(std::span<float> x, std::span<const float> g, float sc
   const float mu = static_cast<float>(options_.momentum);
   switch (rule_) {
     case Rule::kSgd: {
-      for (int64_t i = 0; i < n_; ++i) x[i] -= lr * (scale * g[i]);
+      ForRanges([&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) x[i] -= lr * (scale * g[i]);
+      });
       break;
     }
     case Rule::kNesterov: {
       float* m = tensors_[kMomentum].data();
-      for (int64_t i = 0; i < n_; ++i) {
-        const float d = scale * g[i];
-        m[i] = mu * m[i] + d;
-        x[i] -= lr * (d + mu * m[i]);
-      }
+      ForRanges([&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const float d = scale * g[i];
+          m[i] = mu * m[i] + d;
+          x[i] -= lr * (d + mu * m[i]);
+        }
+      });
       break;
     }
     case Rule::kDelayedNesterov: {
@@ -214,20 +240,24 @@ void OuterOptimizer::Step(std::span<float> x, std::span<const float> g, float sc
       float* m = tensors_[kMomentum].data();
       float* sum = tensors_[kDnSum].data();
       if (++dn_arrivals_ < period) {
-        for (int64_t i = 0; i < n_; ++i) {
-          const float d = scale * g[i];
-          sum[i] += d;
-          x[i] -= lr * (c * d);
-        }
+        ForRanges([&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) {
+            const float d = scale * g[i];
+            sum[i] += d;
+            x[i] -= lr * (c * d);
+          }
+        });
       } else {
         const float inv_period = 1.0f / static_cast<float>(period);
-        for (int64_t i = 0; i < n_; ++i) {
-          const float d = scale * g[i];
-          x[i] -= lr * (c * d);
-          m[i] = mu * m[i] + (sum[i] + d) * inv_period;
-          x[i] -= lr * (mu * m[i]);
-          sum[i] = 0.0f;
-        }
+        ForRanges([&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) {
+            const float d = scale * g[i];
+            x[i] -= lr * (c * d);
+            m[i] = mu * m[i] + (sum[i] + d) * inv_period;
+            x[i] -= lr * (mu * m[i]);
+            sum[i] = 0.0f;
+          }
+        });
         dn_arrivals_ = 0;
       }
       break;
@@ -243,12 +273,14 @@ void OuterOptimizer::Step(std::span<float> x, std::span<const float> g, float sc
       const float eps = static_cast<float>(options_.eps);
       float* m = tensors_[kAdamM].data();
       float* v = tensors_[kAdamV].data();
-      for (int64_t i = 0; i < n_; ++i) {
-        const float d = scale * g[i];
-        m[i] = b1 * m[i] + (1.0f - b1) * d;
-        v[i] = b2 * v[i] + (1.0f - b2) * (d * d);
-        x[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-      }
+      ForRanges([&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const float d = scale * g[i];
+          m[i] = b1 * m[i] + (1.0f - b1) * d;
+          v[i] = b2 * v[i] + (1.0f - b2) * (d * d);
+          x[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+        }
+      });
       break;
     }
   }

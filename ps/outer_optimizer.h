@@ -42,10 +42,12 @@
 // StateJson(): steps, updates, pending (updates in S), dn_arrivals.
 //
 // Arithmetic is fp32, element by element, in a fixed order, so the same inputs give the
-// same bits. Not thread-safe: the shard's apply thread owns the optimizer.
+// same bits (also when the loops run in pieces on a thread pool). Not thread-safe: the
+// shard's apply thread owns the optimizer.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
@@ -56,6 +58,7 @@
 
 #include "common/config.h"
 #include "common/status.h"
+#include "compression/thread_pool.h"
 
 namespace fedps {
 
@@ -128,6 +131,10 @@ class OuterOptimizer {
   int64_t updates() const { return updates_; }  // updates folded in (Apply calls that succeeded)
   int64_t pending() const { return pending_; }  // updates in the buffer, not yet stepped
 
+  // Runs the element loops on `pool` (not owned; null: the calling thread alone). The
+  // result is bit for bit the same for any pool.
+  void SetThreadPool(ThreadPool* pool) { pool_ = pool; }
+
   // Checkpointing: the tensors (views into the optimizer; valid until the next Apply or
   // LoadState) and the scalar state. A fresh optimizer made with the same options and n
   // that loads both continues bit for bit.
@@ -144,6 +151,8 @@ class OuterOptimizer {
   void Step(std::span<float> x, std::span<const float> g, float scale);
   // Names of the tensors this configuration checkpoints.
   std::vector<std::string> TensorNames() const;
+  // body(begin, end) over [0, n) in pieces, on pool_ when there is one.
+  void ForRanges(const std::function<void(int64_t, int64_t)>& body) const;
 
   OuterOptimizerOptions options_;
   Rule rule_;
@@ -154,6 +163,7 @@ class OuterOptimizer {
   int64_t pending_ = 0;
   int64_t dn_arrivals_ = 0;  // delayed_nesterov: arrivals summed into dn_sum
   std::map<std::string, std::vector<float>> tensors_;  // by checkpoint name, each n floats
+  ThreadPool* pool_ = nullptr;
 };
 
 }  // namespace fedps

@@ -126,15 +126,10 @@ StatusOr<std::unique_ptr<ShardCore>> ShardCore::Create(ShardCoreOptions options)
 }
 
 StatusOr<std::unique_ptr<OuterOptimizer>> ShardCore::MakeOptimizer(int64_t reference_tokens) const {
-  OuterOptimizerOptions oo;
-  oo.name = options_.ps.optimizer;
-  oo.lr = options_.ps.outer_lr;
-  oo.momentum = options_.ps.momentum;
-  oo.dn_period = options_.ps.dn_period;
-  oo.buffer_size = options_.ps.buffer_size;
-  oo.weight_by_tokens = options_.ps.weight_by_tokens;
-  oo.reference_tokens = reference_tokens;
-  return OuterOptimizer::Create(oo, options_.slice_elements);
+  ASSIGN_OR_RETURN(auto opt,
+                   OuterOptimizer::Create(OuterOptionsFromConfig(options_.ps, reference_tokens), options_.slice_elements));
+  opt->SetThreadPool(step_pool_.get());
+  return opt;
 }
 
 std::vector<std::string> ShardCore::codecs() const { return {"fp32", "bf16", "int8"}; }

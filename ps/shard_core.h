@@ -55,6 +55,7 @@
 //     separate connections; Registry is itself thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -74,6 +75,7 @@
 #include "common/metrics_log.h"
 #include "common/status.h"
 #include "compression/codec.h"
+#include "compression/thread_pool.h"
 #include "ps/applier.h"
 #include "ps/checkpoints.h"
 #include "ps/outer_optimizer.h"
@@ -385,6 +387,10 @@ class ShardCore {
 
   // [apply] thread state.
   bool have_slice_ = false;  // a slice was loaded or initialised
+  // The outer optimizer's element loops, on every core (used by the apply thread; declared
+  // before optimizer_, so it outlives every optimizer).
+  std::unique_ptr<ThreadPool> step_pool_ =
+      std::make_unique<ThreadPool>(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   std::unique_ptr<OuterOptimizer> optimizer_;
   int64_t reference_tokens_ = 0;  // resolved reference_tokens (0: not yet, weight_by_tokens)
   int64_t applied_since_checkpoint_ = 0;

@@ -44,6 +44,43 @@ void ExpectNear(const std::vector<float>& got, const std::vector<double>& want) 
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], kTol) << "element " << i;
 }
 
+TEST(OuterOptimizer, AThreadPoolGivesTheSameBitsForEveryRule) {
+  // 3 pieces of 1M elements and a ragged end, a buffered and an unbuffered case, NaN refused.
+  const int64_t n = 3 * (int64_t{1} << 20) + 17;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.0f, 0.01f);
+  std::vector<std::vector<float>> deltas(5, std::vector<float>(n));
+  for (auto& v : deltas) {
+    for (auto& x : v) x = d(rng);
+  }
+  ThreadPool pool(3);
+  for (const char* rule : {"sgd", "nesterov", "delayed_nesterov", "adam"}) {
+    for (int64_t buffer : {int64_t{1}, int64_t{2}}) {
+      OuterOptimizerOptions o = Options(rule, 0);
+      o.dn_period = 2;
+      o.buffer_size = buffer;
+      auto serial = Make(o, n);
+      auto parallel = Make(o, n);
+      ASSERT_TRUE(serial && parallel);
+      parallel->SetThreadPool(&pool);
+      std::vector<float> xs(n, 0.5f), xp(n, 0.5f);
+      for (int k = 0; k < 5; ++k) {
+        Apply(*serial, xs, deltas[k], 0.75);
+        Apply(*parallel, xp, deltas[k], 0.75);
+      }
+      ASSERT_EQ(std::memcmp(xs.data(), xp.data(), n * sizeof(float)), 0) << rule << " buffer " << buffer;
+      const auto ts = serial->StateTensors(), tp = parallel->StateTensors();
+      ASSERT_EQ(ts.size(), tp.size());
+      for (size_t i = 0; i < ts.size(); ++i) {
+        ASSERT_EQ(std::memcmp(ts[i].second.data(), tp[i].second.data(), n * sizeof(float)), 0) << ts[i].first;
+      }
+      std::vector<float> bad = deltas[0];
+      bad[n - 3] = std::numeric_limits<float>::quiet_NaN();
+      EXPECT_EQ(parallel->Apply(xp, bad, 1.0).status().code(), StatusCode::kInvalidArgument) << rule;
+    }
+  }
+}
+
 TEST(OuterOptimizer, DefaultLearningRates) {
   EXPECT_EQ(Make(Options("sgd", 0), 1)->lr(), 1.0);
   EXPECT_EQ(Make(Options("nesterov", 0), 1)->lr(), 0.7);
