@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <numeric>
 #include <thread>
@@ -193,6 +194,21 @@ uint64_t Codec::TotalBytes(const std::vector<std::string>& frames) {
   return total;
 }
 
+StatusOr<std::vector<std::string>> Codec::EncodeFrames(
+    uint64_t n, const std::function<Status(Workspace&, uint64_t offset, uint64_t count, std::string*)>& frame) {
+  const uint64_t chunk = static_cast<uint64_t>(options_.chunk_elements);
+  const size_t frames = static_cast<size_t>(std::max<uint64_t>(1, (n + chunk - 1) / chunk));
+  std::vector<std::string> out(frames);
+  std::vector<Status> status(frames);
+  pool_->ParallelFor(frames, [&](size_t f) {
+    const uint64_t offset = f * chunk;
+    WorkspacePool::Lease ws = workspaces_->Acquire();
+    status[f] = frame(*ws, offset, std::min(chunk, n - offset), &out[f]);
+  });
+  for (const Status& s : status) RETURN_IF_ERROR(s);
+  return out;
+}
+
 StatusOr<std::vector<std::string>> Codec::Encode(std::span<const float> values,
                                                  std::span<float> residual) {
   if (!residual.empty() && residual.size() != values.size()) {
@@ -200,20 +216,10 @@ StatusOr<std::vector<std::string>> Codec::Encode(std::span<const float> values,
                            " values; the slice has " + std::to_string(values.size()));
   }
   const uint64_t n = values.size();
-  const uint64_t chunk = static_cast<uint64_t>(options_.chunk_elements);
-  const size_t frames = static_cast<size_t>(std::max<uint64_t>(1, (n + chunk - 1) / chunk));
-  std::vector<std::string> out(frames);
-  std::vector<Status> status(frames);
-  pool_->ParallelFor(frames, [&](size_t f) {
-    const uint64_t offset = f * chunk;
-    const uint64_t count = std::min(chunk, n - offset);
-    WorkspacePool::Lease ws = workspaces_->Acquire();
-    status[f] = EncodeFrame(*ws, values.subspan(offset, count),
-                            residual.empty() ? residual : residual.subspan(offset, count), offset,
-                            n, &out[f]);
+  return EncodeFrames(n, [&](Workspace& ws, uint64_t offset, uint64_t count, std::string* out) {
+    return EncodeFrame(ws, values.subspan(offset, count),
+                       residual.empty() ? residual : residual.subspan(offset, count), offset, n, out);
   });
-  for (const Status& s : status) RETURN_IF_ERROR(s);
-  return out;
 }
 
 StatusOr<std::vector<std::string>> Codec::EncodeBf16Bits(std::span<const uint16_t> bits) {
@@ -222,20 +228,11 @@ StatusOr<std::vector<std::string>> Codec::EncodeBf16Bits(std::span<const uint16_
                               std::string(CodecKindName(options_.kind)));
   }
   const uint64_t n = bits.size();
-  const uint64_t chunk = static_cast<uint64_t>(options_.chunk_elements);
-  const size_t frames = static_cast<size_t>(std::max<uint64_t>(1, (n + chunk - 1) / chunk));
-  std::vector<std::string> out(frames);
-  std::vector<Status> status(frames);
-  pool_->ParallelFor(frames, [&](size_t f) {
-    const uint64_t offset = f * chunk;
-    const uint64_t count = std::min(chunk, n - offset);
-    WorkspacePool::Lease ws = workspaces_->Acquire();
-    (*ws).raw.resize(RawBytes(CodecKind::kBf16, count, 0));
-    SplitBf16Planes(bits.data() + offset, count, (*ws).raw.data());
-    status[f] = PackFrame(*ws, 0, offset, count, n, &out[f]);
+  return EncodeFrames(n, [&](Workspace& ws, uint64_t offset, uint64_t count, std::string* out) {
+    ws.raw.resize(RawBytes(CodecKind::kBf16, count, 0));
+    SplitBf16Planes(bits.data() + offset, count, ws.raw.data());
+    return PackFrame(ws, 0, offset, count, n, out);
   });
-  for (const Status& s : status) RETURN_IF_ERROR(s);
-  return out;
 }
 
 Status Codec::EncodeFrame(Workspace& ws, std::span<const float> values, std::span<float> residual,

@@ -68,6 +68,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -166,6 +167,9 @@ class Codec {
   class WorkspacePool;
   explicit Codec(const CodecOptions& options, int parallelism);
 
+  // The frames of an n-value slice, frame(ws, offset, count, &out) each, on the pool.
+  StatusOr<std::vector<std::string>> EncodeFrames(
+      uint64_t n, const std::function<Status(Workspace&, uint64_t offset, uint64_t count, std::string*)>& frame);
   Status EncodeFrame(Workspace& ws, std::span<const float> values, std::span<float> residual,
                      uint64_t offset, uint64_t slice_length, std::string* frame);
   // zstd-codes ws.raw (the kind's raw payload of `count` values) and writes the frame.
