@@ -303,14 +303,18 @@ stop_pid "$REDIS_PID" 10
 
 # ---- 6. the centralised baseline -------------------------------------------------------
 MB=$(sed -n 's/^micro_batch = \([0-9]*\).*/\1/p' "$CFG"); SL=$(sed -n 's/^seq_len = \([0-9]*\).*/\1/p' "$CFG")
-STEPS=$(( (FED_TOKENS + MB * SL / 2) / (MB * SL) )); ((STEPS >= 1)) || STEPS=1
-phase "centralised baseline: fedps-ctl train on the pooled training domains, $STEPS steps = $((STEPS * MB * SL)) tokens"
+# The data-parallel equivalent (docs/quality.md): every step takes the training clients'
+# batches together (grad_accum = clients), as many steps as give the federation's tokens.
+ACCUM=$NCLIENTS
+STEPS=$(( (FED_TOKENS + ACCUM * MB * SL / 2) / (ACCUM * MB * SL) )); ((STEPS >= 1)) || STEPS=1
+phase "centralised baseline: fedps-ctl train on the pooled training domains, $STEPS steps of $ACCUM x $MB sequences = $((STEPS * ACCUM * MB * SL)) tokens"
 BCFG=$RUN/baseline.toml
 DOMAINS_CSV=$(IFS=,; echo "${TRAIN_DOMAINS[*]}")
 sed -e "s|^dir = .*|dir = \"$RUN_ABS/centralised\"|" \
     -e "/^\[data\]/a domains = \"$DOMAINS_CSV\"" \
     -e "/^\[train\]/,/^\[/ s|^threads = .*|threads = 0|" \
     -e "/^\[train\]/,/^\[/ s|^eval_every = .*|eval_every = $(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))|" \
+    -e "/^\[train\]/a grad_accum = $ACCUM" \
     -e "/^\[train\]/,/^\[/ s|^steps = .*|steps = $STEPS|" "$CFG" > "$BCFG"
 T_BASE=$(now)
 "$BIN"/fedps-ctl train --config "$BCFG" 2>&1 | tee "$RUN/logs/centralised.log" \
@@ -332,7 +336,7 @@ json.dump({
   "killed client": "${KILLED:-none} (kill -9 at version ${KILL_V:-?}, restarted $DOWN_S s later)",
   "held_out_domain": "$HELD_OUT", "update budget": "$BUDGET (cap $MAX_FED_S s)",
   "final global version": "$FINAL", "federated tokens (committed)": "$FED_TOKENS",
-  "federated phase (s)": "$FED_S", "centralised steps": "$STEPS", "centralised phase (s)": "$BASE_S",
+  "federated phase (s)": "$FED_S", "centralised steps": "$STEPS (grad_accum $ACCUM)", "centralised phase (s)": "$BASE_S",
   "federated model": "${FED_MODEL:-none (no pull-model): final numbers from the evaluator}",
 }, open(sys.argv[1], "w"), indent=1)
 EOF
