@@ -461,5 +461,28 @@ TEST_F(ClientIntegration, RefusesAConfigThatDoesNotMatchTheRun) {
   EXPECT_NE(log.find("codec"), std::string::npos) << log;
 }
 
+TEST_F(ClientIntegration, ADiskTooFullIsRefusedBeforeTheCycleWritesAnything) {
+  // More free space asked for than any disk has: the client must stop before training,
+  // with a message naming the setting, and leave nothing pending.
+  std::string config = WriteConfig();
+  std::ofstream(config, std::ios::app) << "min_free_disk_mb = 1000000000\n";
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  ScopedProcess c = StartClient(config, "c-full", {"--data", dir_.File("clients/client-0"), "--max-updates", "1"});
+  auto st = c.Wait(120s);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->code, 1);
+  std::string log = testing::ReadLogTail(c.log_path());
+  EXPECT_NE(log.find("MB free; the next update needs"), std::string::npos) << log;
+  EXPECT_NE(log.find("client.min_free_disk_mb"), std::string::npos) << log;
+  EXPECT_TRUE(Records(dir_.File("run/clients/c-full/metrics.jsonl"), "update").empty());
+  EXPECT_FALSE(Env::Default()->Exists(dir_.File("run/clients/c-full/pending.bin")));
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  auto seq = reg->GlobalSeq();
+  ASSERT_TRUE(seq.ok());
+  EXPECT_EQ(*seq, 0);
+}
+
 }  // namespace
 }  // namespace fedps
