@@ -193,6 +193,10 @@ def sample_summary(rows, t_first, t_last):
     rss = col("fedps_rss_bytes")
     if rss:
         s["fedps_rss_bytes_peak"] = max(rss)
+    for role in ("clients", "shards"):  # summed over the role's processes
+        v = col(role + "_rss_bytes")
+        if v:
+            s[role + "_rss_bytes_peak"] = max(v)
     du = col("run_dir_bytes")
     if du:
         s["run_dir_bytes_peak"] = max(du)
@@ -304,13 +308,14 @@ def markdown(s):
             f" {fmt(ev.get('federation_tokens'), ',')} federation tokens.\n" if ev["evaluations"] else ".\n"))
     sm = s["samples"]
     w("## Host and GPU samples\n")
-    w("| samples | GPU util. median / min / max | in the update window median / min | GPU memory peak | host RAM used first / peak | fedps RSS peak | run folder peak | disk free min |")
+    w("| samples | GPU util. median / min / max | in the update window median / min | GPU memory peak | host RAM used first / peak | fedps RSS peak (clients / shards) | run folder peak | disk free min |")
     w("|---:|---:|---:|---:|---:|---:|---:|---:|")
     w(f"| {sm.get('samples', 0)} | {fmt(sm.get('gpu_util_median'), 'g')} / {fmt(sm.get('gpu_util_min'), 'g')} / {fmt(sm.get('gpu_util_max'), 'g')} % |"
       f" {fmt(sm.get('gpu_util_window_median'), 'g')} / {fmt(sm.get('gpu_util_window_min'), 'g')} % ({sm.get('window_samples', 0)}) |"
       f" {fmt(None if sm.get('gpu_mem_mib_peak') is None else sm['gpu_mem_mib_peak'] / 1024, '.1f')} GiB |"
       f" {fmt(gb(sm.get('host_used_bytes_first')), '.1f')} / {fmt(gb(sm.get('host_used_bytes_peak')), '.1f')} GB |"
-      f" {fmt(gb(sm.get('fedps_rss_bytes_peak')), '.1f')} GB | {fmt(gb(sm.get('run_dir_bytes_peak')), '.2f')} GB |"
+      f" {fmt(gb(sm.get('fedps_rss_bytes_peak')), '.1f')} GB ({fmt(gb(sm.get('clients_rss_bytes_peak')), '.1f')} /"
+      f" {fmt(gb(sm.get('shards_rss_bytes_peak')), '.1f')} GB) | {fmt(gb(sm.get('run_dir_bytes_peak')), '.2f')} GB |"
       f" {fmt(gb(sm.get('disk_avail_bytes_min')), '.1f')} GB |")
     w("")
     mc = s["memcpy"]

@@ -229,21 +229,25 @@ stamp "clients started"
 # ---- samples: GPU utilisation + memory, host memory, run folder, our processes' RSS ----
 SAMPLES=$W/samples.tsv
 sampler() {
-  local t0 gpu p rss
+  local t0 gpu p r rss crss srss
   t0=$(date +%s.%N)
-  echo -e "time\tt_s\tgpu_util_pct\tgpu_mem_mib\thost_used_bytes\trun_dir_bytes\tdisk_avail_bytes\tfedps_rss_bytes" >"$SAMPLES"
+  echo -e "time\tt_s\tgpu_util_pct\tgpu_mem_mib\thost_used_bytes\trun_dir_bytes\tdisk_avail_bytes\tfedps_rss_bytes\tclients_rss_bytes\tshards_rss_bytes" >"$SAMPLES"
   while :; do
     gpu="NA\tNA"
     if command -v nvidia-smi >/dev/null; then
       gpu=$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -d ' ' | tr , '\t')
       [[ -n "$gpu" ]] || gpu="NA\tNA"
     fi
-    rss=0
-    for p in "${CLIENT_PIDS[@]}" "${SHARD_PIDS[@]}" "$REDIS_PID"; do
-      r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null); rss=$((rss + ${r:-0} * 1024))
+    rss=0; crss=0; srss=0
+    for p in "${CLIENT_PIDS[@]}"; do
+      r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null); crss=$((crss + ${r:-0} * 1024))
     done
+    for p in "${SHARD_PIDS[@]}"; do
+      r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null); srss=$((srss + ${r:-0} * 1024))
+    done
+    r=$(awk '/^VmRSS:/ {print $2}' "/proc/$REDIS_PID/status" 2>/dev/null); rss=$((crss + srss + ${r:-0} * 1024))
     now=$(date +%s.%N)
-    echo -e "$now\t$(awk "BEGIN {printf \"%.1f\", $now - $t0}")\t$gpu\t$(free -b | awk '/Mem:/ {print $3}')\t$(du -sb "$RUN_DIR" 2>/dev/null | cut -f1)\t$(df -B1 --output=avail "$RUN_DIR" | tail -1 | tr -d ' ')\t$rss" >>"$SAMPLES"
+    echo -e "$now\t$(awk "BEGIN {printf \"%.1f\", $now - $t0}")\t$gpu\t$(free -b | awk '/Mem:/ {print $3}')\t$(du -sb "$RUN_DIR" 2>/dev/null | cut -f1)\t$(df -B1 --output=avail "$RUN_DIR" | tail -1 | tr -d ' ')\t$rss\t$crss\t$srss" >>"$SAMPLES"
     sleep "$SAMPLE_S"
   done
 }
