@@ -191,13 +191,17 @@ Status FederatedClient::Init() {
     }
     if (!restored.ok()) {
       // The moments only speed training up (client/client_state.h): go on with fresh ones,
-      // at the saved step of the lr schedule.
-      LOG(WARNING) << "client " << options_.name << ": optimizer moments not restored (" << restored.message()
-                   << "); continuing with fresh ones";
+      // at the saved step of the lr schedule. (With optimizer_save_every = 0 there are none.)
+      if (restored.code() != StatusCode::kNotFound || co.optimizer_save_every > 0) {
+        LOG(WARNING) << "client " << options_.name << ": optimizer moments not restored (" << restored.message()
+                     << "); continuing with fresh ones";
+      }
       const int64_t n = model_->layout().total_numel();
-      RETURN_IF_ERROR(trainer_->LoadOptimizerState(
-          {{"exp_avg", torch::zeros({n})}, {"exp_avg_sq", torch::zeros({n})}, {"step", torch::zeros({2})}},
-          state_.trainer_step));
+      const auto on_device = model_->flat_params().options();
+      RETURN_IF_ERROR(trainer_->LoadOptimizerState({{"exp_avg", torch::zeros({n}, on_device)},
+                                                    {"exp_avg_sq", torch::zeros({n}, on_device)},
+                                                    {"step", torch::zeros({2})}},
+                                                   state_.trainer_step));
     }
     LOG(INFO) << "client " << options_.name << ": resumed from " << state_dir_ << " (next update "
               << state_.next_counter << ", trainer step " << state_.trainer_step
