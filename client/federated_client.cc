@@ -149,6 +149,7 @@ Status FederatedClient::Init() {
   identity_.tokenizer_sha256 = tokenizer_->sha256();
   identity_.codec = cfg_.compression.codec;
   identity_.num_shards = static_cast<int>(cfg_.ps.num_shards);
+  identity_.apply_config = PsApplyConfig(cfg_.ps);
   ASSIGN_OR_RETURN(auto hp, ParseHostPort(cfg_.ps.redis));
   registry_options_.host = hp.first;
   registry_options_.port = hp.second;

@@ -25,6 +25,7 @@ Status RegistryLink::InitRun(const RunIdentityFields& f) {
   id.tokenizer_sha256 = f.tokenizer_sha256;
   id.codec = f.codec;
   id.num_shards = f.num_shards;
+  id.apply_config = f.apply_config;
   auto r = registry_->InitRun(id);
   return r.ok() ? Status::Ok() : r.status();
 }

@@ -37,6 +37,7 @@ struct RunIdentityFields {
   std::string tokenizer_sha256;
   std::string codec;
   int num_shards = 0;
+  nlohmann::json apply_config = nullptr;  // PsApplyConfig of the client's [ps]
 };
 
 // One entry of the shard directory.

@@ -4,6 +4,7 @@
 #include <map>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
 #include "common/env.h"
@@ -307,6 +308,22 @@ std::vector<std::string> SplitCommaList(const std::string& list) {
     if (!item.empty()) out.push_back(item);
   }
   return out;
+}
+
+nlohmann::json PsApplyConfig(const PsOptions& ps) {
+  return {{"staleness", ps.staleness},
+          {"staleness_a", ps.staleness_a},
+          {"staleness_b", ps.staleness_b},
+          {"max_staleness", ps.max_staleness},
+          {"optimizer", ps.optimizer},
+          {"outer_lr", ps.outer_lr},
+          {"momentum", ps.momentum},
+          {"dn_period", ps.dn_period},
+          {"dn_gradient_scale", ps.dn_gradient_scale},
+          {"outer_warmup_steps", ps.outer_warmup_steps},
+          {"buffer_size", ps.buffer_size},
+          {"weight_by_tokens", ps.weight_by_tokens},
+          {"reference_tokens", ps.reference_tokens}};
 }
 
 StatusOr<RunConfig> LoadConfig(const std::string& path) {

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "common/status.h"
 
 namespace fedps {
@@ -150,6 +152,13 @@ struct RunConfig {
   PsOptions ps;
   ClientOptions client;
 };
+
+// The [ps] options every shard and client of a run must share because they decide how an
+// update is weighted, refused or applied: staleness (function, a, b, max_staleness) and the
+// outer optimizer (optimizer, outer_lr, momentum, dn_period, dn_gradient_scale,
+// outer_warmup_steps, buffer_size, weight_by_tokens, reference_tokens). Part of the run's
+// identity in the registry (ps/registry.h).
+nlohmann::json PsApplyConfig(const PsOptions& ps);
 
 // "a,b,,c" -> {"a", "b", "c"} (config lists such as data.domains).
 std::vector<std::string> SplitCommaList(const std::string& list);

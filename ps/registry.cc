@@ -444,7 +444,8 @@ std::vector<std::string> IdentityFields(const RunIdentity& id) {
           "layout_hash",      id.layout_hash,
           "tokenizer_sha256", id.tokenizer_sha256,
           "codec",            id.codec,
-          "num_shards",       std::to_string(id.num_shards)};
+          "num_shards",       std::to_string(id.num_shards),
+          "apply_config",     id.apply_config.is_null() ? std::string() : DumpJson(id.apply_config)};
   // clang-format on
 }
 
@@ -462,6 +463,9 @@ StatusOr<RunIdentity> ParseIdentity(const Hash& h, const std::string& where) {
   id.codec = Field(h, "codec");
   ASSIGN_OR_RETURN(int64_t shards, IntField(h, "num_shards", where));
   id.num_shards = static_cast<int>(shards);
+  if (const std::string apply = Field(h, "apply_config"); !apply.empty()) {
+    ASSIGN_OR_RETURN(id.apply_config, ParseJson(apply, where + ".apply_config"));
+  }
   ASSIGN_OR_RETURN(id.created_ms, IntField(h, "created_ms", where));
   return id;
 }
@@ -483,16 +487,19 @@ Status CompareIdentity(const std::string& run_id, const RunIdentity& stored,
   if (stored.model_preset != mine.model_preset) {
     return mismatch("model_preset", Quoted(stored.model_preset), Quoted(mine.model_preset));
   }
-  if (stored.model_config != mine.model_config) {
-    // Name the first differing entry of the config, not the whole blob.
-    const Json patch = Json::diff(stored.model_config, mine.model_config);
+  // Names the first differing entry of a JSON field, not the whole blob.
+  auto json_mismatch = [&](const std::string& field, const Json& theirs, const Json& ours) {
+    const Json patch = Json::diff(theirs, ours);
     std::string path = patch.empty() ? "" : patch[0].value("path", "");
     const Json::json_pointer ptr(path);
     auto at = [&](const Json& j) {
       std::string s = j.contains(ptr) ? DumpJson(j.at(ptr)) : "(absent)";
       return s.size() > 200 ? s.substr(0, 200) + "..." : s;
     };
-    return mismatch("model_config" + path, at(stored.model_config), at(mine.model_config));
+    return mismatch(field + path, at(theirs), at(ours));
+  };
+  if (stored.model_config != mine.model_config) {
+    return json_mismatch("model_config", stored.model_config, mine.model_config);
   }
   if (stored.layout_hash != mine.layout_hash) {
     return mismatch("layout_hash", Quoted(stored.layout_hash), Quoted(mine.layout_hash));
@@ -507,6 +514,10 @@ Status CompareIdentity(const std::string& run_id, const RunIdentity& stored,
   if (stored.num_shards != mine.num_shards) {
     return mismatch("num_shards", std::to_string(stored.num_shards),
                     std::to_string(mine.num_shards));
+  }
+  if (!stored.apply_config.is_null() && !mine.apply_config.is_null() &&
+      stored.apply_config != mine.apply_config) {
+    return json_mismatch("apply_config", stored.apply_config, mine.apply_config);
   }
   return Status::Ok();
 }

@@ -97,6 +97,10 @@ struct RunIdentity {
   std::string tokenizer_sha256;
   std::string codec;  // update codec, e.g. "int8+zstd"
   int num_shards = 0;
+  // The [ps] options that decide how updates are weighted, refused and applied
+  // (PsApplyConfig in common/config.h). Null: this process does not take part in the check
+  // (a tool); a run created by such a process records none and checks none.
+  nlohmann::json apply_config = nullptr;
   int64_t created_ms = 0;  // set by the registry on creation; not compared
 };
 

@@ -112,6 +112,7 @@ Status Run(const Args& args, const sigset_t& signals) {
     id.tokenizer_sha256 = tokenizer->sha256();
     id.codec = cfg.compression.codec;
     id.num_shards = static_cast<int>(cfg.ps.num_shards);
+    id.apply_config = PsApplyConfig(cfg.ps);
     auto stored = registry->InitRun(id);
     if (!stored.ok()) return stored.status().WithContext("run '" + cfg.run.id + "' in Redis " + cfg.ps.redis);
   }

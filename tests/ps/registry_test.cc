@@ -3,6 +3,8 @@
 // every wait is a condition with a deadline; nothing sleeps a fixed time.
 #include "ps/registry.h"
 
+#include "common/config.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -192,6 +194,40 @@ TEST_F(RegistryTest, InitRunMismatchNamesTheFieldAndBothValues) {
   // Nothing was overwritten.
   ASSERT_OK_AND_ASSIGN(RunIdentity got, r->GetRun());
   EXPECT_EQ(got.layout_hash, "layout-aaaa");
+}
+
+TEST_F(RegistryTest, InitRunComparesTheApplyRelevantPsOptions) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  PsOptions ps;
+  RunIdentity mine = TestIdentity();
+  mine.apply_config = PsApplyConfig(ps);
+  ASSERT_OK(r->InitRun(mine));
+  ASSERT_OK_AND_ASSIGN(RunIdentity got, r->GetRun());
+  EXPECT_EQ(got.apply_config, PsApplyConfig(ps));
+  ASSERT_OK(r->InitRun(mine));  // the same options again
+
+  // A shard or client whose [ps] would apply updates differently is refused, naming the key.
+  PsOptions other = ps;
+  other.outer_lr = 0.25;
+  RunIdentity theirs = TestIdentity();
+  theirs.apply_config = PsApplyConfig(other);
+  Status s = r->InitRun(theirs).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("apply_config/outer_lr"));
+  EXPECT_THAT(s.message(), HasSubstr("this process has 0.25"));
+  other = ps;
+  other.max_staleness = 3;
+  theirs.apply_config = PsApplyConfig(other);
+  EXPECT_THAT(r->InitRun(theirs).status().message(), HasSubstr("apply_config/max_staleness"));
+  // Options that do not decide how updates apply are not part of it.
+  other = ps;
+  other.checkpoint_every = 7;
+  other.snapshot_ttl_ms = 1234;
+  theirs.apply_config = PsApplyConfig(other);
+  EXPECT_OK(r->InitRun(theirs));
+  // A process that does not take part (a tool) is not checked.
+  EXPECT_OK(r->InitRun(TestIdentity()));
 }
 
 // ---- membership ----------------------------------------------------------------------------
