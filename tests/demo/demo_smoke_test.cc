@@ -21,20 +21,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string SourceDir() {
-  const char* s = std::getenv("FEDPS_SOURCE_DIR");
-  return s ? s : fs::current_path().string();
-}
-
-StatusOr<testing::ExitStatus> RunLogged(const std::vector<std::string>& argv, const std::string& log,
-                                        const std::string& cwd, std::chrono::milliseconds timeout) {
-  testing::ProcessOptions o;
-  o.argv = argv;
-  o.log_path = log;
-  o.working_dir = cwd;
-  ASSIGN_OR_RETURN(testing::ScopedProcess p, testing::ScopedProcess::Start(o));
-  return p.Wait(timeout);
-}
+using testing::RunLogged;
+using testing::SourceDir;
 
 int CountEvents(const std::string& path, const std::string& event) {
   auto records = ReadMetrics(path);

@@ -273,6 +273,16 @@ StatusOr<ExitStatus> ScopedProcess::Wait(std::chrono::milliseconds timeout) {
   return *exit_status_;
 }
 
+StatusOr<ExitStatus> RunLogged(const std::vector<std::string>& argv, const std::string& log,
+                               const std::string& cwd, std::chrono::milliseconds timeout) {
+  ProcessOptions o;
+  o.argv = argv;
+  o.log_path = log;
+  o.working_dir = cwd;
+  ASSIGN_OR_RETURN(ScopedProcess p, ScopedProcess::Start(o));
+  return p.Wait(timeout);
+}
+
 StatusOr<int> PickFreePort() {
   ScopedFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (fd.get() < 0) return Internal("socket: " + ErrnoText(errno));

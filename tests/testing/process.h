@@ -98,6 +98,11 @@ class ScopedProcess {
   std::string log_path_;
 };
 
+// Runs argv (in `cwd` when not empty) with stdout and stderr to `log` and waits up to
+// `timeout` for it to end; kDeadlineExceeded (the process is killed) when it runs longer.
+StatusOr<ExitStatus> RunLogged(const std::vector<std::string>& argv, const std::string& log,
+                               const std::string& cwd, std::chrono::milliseconds timeout);
+
 // A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close).
 // Another process may take it before the caller binds it; starters retry on a clash.
 StatusOr<int> PickFreePort();

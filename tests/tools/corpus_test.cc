@@ -348,12 +348,7 @@ using std::chrono::seconds;
 
 StatusOr<testing::ExitStatus> RunLogged(const std::vector<std::string>& argv, const std::string& log,
                                         const std::string& cwd = "") {
-  testing::ProcessOptions o;
-  o.argv = argv;
-  o.log_path = log;
-  o.working_dir = cwd;
-  ASSIGN_OR_RETURN(testing::ScopedProcess p, testing::ScopedProcess::Start(o));
-  return p.Wait(std::chrono::milliseconds(600'000));
+  return testing::RunLogged(argv, log, cwd, std::chrono::milliseconds(600'000));
 }
 
 // Builds jargon-text + the Python standard library for real (apt-get download, dpkg -x),
