@@ -47,12 +47,8 @@ command -v gnuplot >/dev/null || [[ -n "${FEDPS_GNUPLOT:-}" ]] || \
   die "gnuplot is not installed; the report needs it (apt-get install gnuplot-nox, or scripts/setup.sh)"
 
 # The demo's own settings: `#@demo key = value` lines of the config; DEMO_<KEY> overrides.
-setting() {
-  local key=$1 dflt=$2 env="DEMO_${1^^}" v
-  if [[ -n "${!env+x}" ]]; then echo "${!env}"; return; fi
-  v=$(sed -n "s/^#@demo[[:space:]]\+$key[[:space:]]*=[[:space:]]*\([^#[:space:]]*\).*/\1/p" "$CONFIG" | head -1)
-  echo "${v:-$dflt}"
-}
+source scripts/lib/settings.sh
+setting() { config_setting demo "$@"; }
 SOURCES=$(setting corpus_sources "")
 MAX_MB=$(setting max_mb_per_domain 4)
 HELD_OUT_OPT=$(setting held_out spanish)

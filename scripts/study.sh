@@ -67,12 +67,8 @@ T0=$(date +%s)
 since() { echo $(( $(date +%s) - $1 )); }
 say() { echo "[study $(since "$T0") s] $*"; }
 
-setting() {
-  local key=$1 dflt=$2 env="STUDY_${1^^}" v
-  if [[ -n "${!env+x}" ]]; then echo "${!env}"; return; fi
-  v=$(sed -n "s/^#@study[[:space:]]\+$key[[:space:]]*=[[:space:]]*\([^#[:space:]]*\).*/\1/p" "$CONFIG" | head -1)
-  echo "${v:-$dflt}"
-}
+source scripts/lib/settings.sh
+setting() { config_setting study "$@"; }
 SOURCES=$(setting corpus_sources "")
 MAX_MB=$(setting max_mb_per_domain 2)
 HELD_OUT_OPT=$(setting held_out spanish)
