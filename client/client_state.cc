@@ -1,9 +1,6 @@
 #include "client/client_state.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <sys/statvfs.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -118,23 +115,8 @@ StatusOr<PendingUpdate> PendingFromJson(const nlohmann::json& j) {
 }  // namespace
 
 StatusOr<std::unique_ptr<ClientStateStore>> ClientStateStore::Open(const std::string& dir, Env* env) {
-  RETURN_IF_ERROR(env->CreateDirs(dir));
-  std::string lock_path = JoinPath(dir, "LOCK");
-  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return Unavailable("cannot open " + lock_path + ": " + std::strerror(errno));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    int err = errno;
-    ::close(fd);
-    if (err == EWOULDBLOCK) {
-      return FailedPrecondition("state folder " + dir + " is in use by another fedps-client process");
-    }
-    return Unavailable("cannot lock " + lock_path + ": " + std::strerror(err));
-  }
-  return std::unique_ptr<ClientStateStore>(new ClientStateStore(dir, env, fd));
-}
-
-ClientStateStore::~ClientStateStore() {
-  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+  ASSIGN_OR_RETURN(std::unique_ptr<FolderLock> lock, FolderLock::Acquire(dir, "fedps-client state"));
+  return std::unique_ptr<ClientStateStore>(new ClientStateStore(dir, env, std::move(lock)));
 }
 
 StatusOr<ClientState> ClientStateStore::Load() {

@@ -11,7 +11,7 @@
 //                            every client.optimizer_save_every updates and on a clean stop,
 //                            atomically (a temporary file renamed over the old one)
 //   metrics.jsonl            the client's records (written by FederatedClient)
-//   LOCK                     flock()ed while a process uses the folder
+//   LOCK                     held while a process uses the folder (common/folder_lock.h)
 //
 // Disk bound (docs/client.md), P parameters, E = the encoded bytes of one update
 // (bf16 + zstd: below 2P): state.json + pending.bin E + optimizer 8P, plus 8P more while a
@@ -40,6 +40,7 @@
 #include <torch/torch.h>
 
 #include "common/env.h"
+#include "common/folder_lock.h"
 #include "common/status.h"
 #include "model/loader.h"
 
@@ -80,7 +81,6 @@ class ClientStateStore {
  public:
   // Creates `dir` if needed and locks it; kFailedPrecondition when another process holds it.
   static StatusOr<std::unique_ptr<ClientStateStore>> Open(const std::string& dir, Env* env = Env::Default());
-  ~ClientStateStore();
   ClientStateStore(const ClientStateStore&) = delete;
   ClientStateStore& operator=(const ClientStateStore&) = delete;
 
@@ -101,12 +101,13 @@ class ClientStateStore {
   StatusOr<int64_t> FreeBytes() const;
 
  private:
-  ClientStateStore(std::string dir, Env* env, int lock_fd) : dir_(std::move(dir)), env_(env), lock_fd_(lock_fd) {}
+  ClientStateStore(std::string dir, Env* env, std::unique_ptr<FolderLock> lock)
+      : dir_(std::move(dir)), env_(env), lock_(std::move(lock)) {}
   std::string Path(const std::string& name) const { return JoinPath(dir_, name); }
 
   std::string dir_;
   Env* env_;
-  int lock_fd_ = -1;
+  std::unique_ptr<FolderLock> lock_;  // <dir>/LOCK, held while the store is open
   std::string pending_sha256_;     // of pending.bin as state.json records it
   std::string pending_update_id_;  // whose frames pending.bin holds ("" = none recorded)
 };

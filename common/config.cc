@@ -107,7 +107,8 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                 {"checkpoint_every", Bind(&t.checkpoint_every)},
                 {"keep_checkpoints", Bind(&t.keep_checkpoints)},
                 {"bf16", Bind(&t.bf16)},
-                {"threads", Bind(&t.threads)}};
+                {"threads", Bind(&t.threads)},
+                {"loss_chunk_rows", Bind(&t.loss_chunk_rows)}};
   auto& z = c.compression;
   s["compression"] = {{"codec", Bind(&z.codec)},
                       {"zstd_level", Bind(&z.zstd_level)},
@@ -206,6 +207,7 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (t.checkpoint_every < 0) return bad("train.checkpoint_every", "must be >= 0");
   if (t.keep_checkpoints < 1) return bad("train.keep_checkpoints", "must be >= 1");
   if (t.threads < 0) return bad("train.threads", "must be >= 0");
+  if (t.loss_chunk_rows < 0) return bad("train.loss_chunk_rows", "must be >= 0 (0: unfused)");
   if (t.device != "auto" && t.device != "cpu" && t.device.rfind("cuda", 0) != 0)
     return bad("train.device", "must be auto, cpu, cuda or cuda:N (got \"" + t.device + "\")");
   const auto& z = c.compression;

@@ -77,6 +77,9 @@ struct TrainOptions {
   int64_t keep_checkpoints = 2;
   bool bf16 = true;             // bf16 autocast on CUDA (CPU always computes in fp32)
   int64_t threads = 0;          // CPU intra-op threads (0: LibTorch's default)
+  // LM head + loss fused, this many tokens at a time (model/lm_head_loss.h; the full logits
+  // never exist); 0: the logits, then cross_entropy.
+  int64_t loss_chunk_rows = 0;
 };
 
 // [compression]: how updates and model slices travel (compression/codec.h).

@@ -203,9 +203,12 @@ StatusOr<int64_t> Env::FileSize(const std::string& path) {
 Status Env::SyncDir(const std::string& path) {
   int fd = ::open(path.empty() ? "." : path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus("cannot open folder", path, errno);
-  ::fsync(fd);
+  // A failed fsync means the folder's entries (a rename, a new file) may not be durable:
+  // an error, never ignored. EINVAL: the file system cannot sync folders (nothing to wait for).
+  Status s = Status::Ok();
+  if (::fsync(fd) != 0 && errno != EINVAL) s = ErrnoStatus("fsync of folder", path, errno);
   ::close(fd);
-  return Status::Ok();
+  return s;
 }
 
 std::string JoinPath(std::string_view a, std::string_view b) {

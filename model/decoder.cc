@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "model/lm_head_loss.h"
+
 namespace fedps {
 namespace {
 
@@ -188,8 +190,13 @@ void Model::ZeroGrad() { flat_grad_.zero_(); }
 
 torch::Tensor Model::Forward(const torch::Tensor& tokens) { return decoder_->forward(tokens); }
 
-torch::Tensor Model::Loss(const torch::Tensor& tokens, const torch::Tensor& targets) {
+torch::Tensor Model::Loss(const torch::Tensor& tokens, const torch::Tensor& targets, int64_t chunk_rows) {
   TORCH_CHECK(targets.sizes() == tokens.sizes(), "targets ", targets.sizes(), " must match tokens ", tokens.sizes());
+  if (chunk_rows > 0) {
+    torch::Tensor h = decoder_->hidden(tokens);
+    return ChunkedLmHeadLoss(h.reshape({-1, h.size(-1)}), decoder_->lm_head_weight(), targets.reshape({-1}),
+                             chunk_rows);
+  }
   torch::Tensor logits = Forward(tokens);
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
                                               targets.reshape({-1}));

@@ -145,8 +145,10 @@ class Model {
   // [B,T] int64 -> logits [B,T,V] (fp32, or the autocast dtype under autocast).
   torch::Tensor Forward(const torch::Tensor& tokens);
   // Mean cross-entropy (computed in fp32) over all positions; targets [B,T] int64, entries
-  // equal to -100 are ignored. Returns a scalar fp32 tensor.
-  torch::Tensor Loss(const torch::Tensor& tokens, const torch::Tensor& targets);
+  // equal to -100 are ignored. Returns a scalar fp32 tensor. chunk_rows > 0: the LM head
+  // and the loss fused, that many tokens at a time (model/lm_head_loss.h: the [B*T, V]
+  // logits never exist at once); 0: logits, then torch's cross_entropy.
+  torch::Tensor Loss(const torch::Tensor& tokens, const torch::Tensor& targets, int64_t chunk_rows = 0);
 
   // The parameters (views into flat_params()) with their layout names, in layout order.
   std::vector<std::pair<std::string, torch::Tensor>> NamedParameters();

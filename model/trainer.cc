@@ -157,7 +157,7 @@ StatusOr<TrainResult> LocalTrainer::Run(int64_t max_steps, double time_budget_s,
         torch::Tensor loss;
         {
           AutocastGuard guard(autocast);
-          loss = model_->Loss(inputs, targets);
+          loss = model_->Loss(inputs, targets, opts_.loss_chunk_rows);
         }
         (loss / static_cast<double>(opts_.grad_accum)).backward();
         auto detached = loss.detach().to(torch::kFloat64);

@@ -156,6 +156,8 @@ Status ShardCore::Start() {
     started_ = true;
     state_ = ShardState::kStarting;
   }
+  // Before anything in the folder is read or written: a second process on it is refused.
+  ASSIGN_OR_RETURN(folder_lock_, FolderLock::Acquire(options_.dir, "fedps-shard " + Str(options_.shard_index)));
   RETURN_IF_ERROR(staged_store_->Init());
   RETURN_IF_ERROR(checkpoints_->Recover());
   {

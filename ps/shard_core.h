@@ -72,6 +72,7 @@
 
 #include "common/config.h"
 #include "common/env.h"
+#include "common/folder_lock.h"
 #include "common/metrics_log.h"
 #include "common/status.h"
 #include "compression/codec.h"
@@ -380,6 +381,7 @@ class ShardCore {
   std::unique_ptr<StalenessPolicy> staleness_;
   std::unique_ptr<SnapshotStore> snapshots_;   // thread-safe; its write side is [apply]
   std::unique_ptr<UpdateDecoder> decoder_;     // thread-safe
+  std::unique_ptr<FolderLock> folder_lock_;     // <dir>/LOCK, from Start() on
   std::unique_ptr<StagedStore> staged_store_;  // thread-safe (files)
   std::unique_ptr<CheckpointStore> checkpoints_;  // [apply]
   std::unique_ptr<Registry> request_registry_;

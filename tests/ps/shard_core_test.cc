@@ -548,6 +548,25 @@ TEST_F(ShardCoreTest, DrainAtAnAlreadyCheckpointedVersionKeepsThatCheckpoint) {
   EXPECT_THAT(*names, ::testing::ElementsAre("v-000000000000", "v-000000000001"));
 }
 
+// Issue 9: nothing stopped a second process from using a live shard's folder (Start ran
+// before the shard registered). The folder is locked from Start on; a second core on it is
+// refused naming the holder, and once the first is gone the folder can be used again.
+TEST_F(ShardCoreTest, ASecondCoreOnALiveShardFolderIsRefused) {
+  auto first = StartCore(Options(0));
+  ASSERT_TRUE(first);
+  auto second = ShardCore::Create(Options(0));
+  ASSERT_OK(second.status());
+  Status s = (*second)->Start();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("in use by another process"));
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("fedps-shard 0"));
+  EXPECT_EQ(first->GetStatus().state, ShardState::kServing);
+  second->reset();
+  first.reset();
+  auto again = StartCore(Options(0));
+  EXPECT_TRUE(again);
+}
+
 // A folder of the current version that does not verify is replaced, never removed first;
 // leftovers of an interrupted replacement are finished at the next start.
 TEST_F(ShardCoreTest, DrainReplacesAnUnverifiedCheckpointOfItsVersion) {
