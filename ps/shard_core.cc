@@ -349,7 +349,7 @@ CoreError ShardCore::Pull(const PullArgs& args, PullResult* out) {
       }
     }
   }
-  SnapshotStore::PinResult pinned = snapshots_->Pin(args.version);
+  SnapshotStore::PinResult pinned = snapshots_->Pin(args.version, args.header.caller, args.frame_index);
   if (!pinned.snapshot) {
     if (!args.version.has_value()) {
       std::lock_guard<std::mutex> lock(mu_);

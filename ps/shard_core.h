@@ -24,10 +24,11 @@
 // (the registry says another process owns the shard): every call answers FENCED, nothing
 // more is applied.
 //
-// Memory (docs/protocol.md, "Shard implementation notes"): shard RAM <= (3 + pinned
+// Memory (docs/protocol.md, "Shard implementation notes"): shard RAM <= (4 + pinned
 // snapshots) x slice bytes for an outer optimizer with one state tensor (SGD has none,
 // Adam two): the master slice, the optimizer state, the decode scratch (ps/applier.h),
-// and one buffer per older snapshot a pull pins (ps/snapshots.h); beside them encoded
+// the spare buffer of the copy on write and one buffer per snapshot a pull pins
+// (ps/snapshots.h); beside them encoded
 // frames: those cached for pulls and those of updates being received (at most
 // max_receiving updates of one encoded slice each); while a background checkpoint is
 // written, up to one more slice and a copy of the optimizer state.

@@ -21,7 +21,11 @@ struct EncodedFrames {
 struct SnapshotStore::Snapshot {
   int64_t version = 0;
   std::shared_ptr<const std::vector<float>> data;  // never written while this snapshot lives
-  int64_t last_used_us = 0;                        // guarded by SnapshotStore::mu_; 0: never pulled
+  // Guarded by SnapshotStore::mu_: the pulls under way, puller -> the time its pin ends (its
+  // last frame request + snapshot_ttl_ms, or a short grace after its last frame), and the
+  // last frame request of any pull (0: never pulled).
+  std::map<std::string, int64_t> pulls;
+  int64_t last_used_us = 0;
   std::mutex mu;                                   // guards cache
   std::map<CodecKind, std::shared_ptr<EncodedFrames>> cache;
 };
@@ -65,8 +69,11 @@ void SnapshotStore::Reset(int64_t version, std::vector<float> slice) {
 
 std::span<const float> SnapshotStore::master() const { return std::span<const float>(*master_); }
 
-bool SnapshotStore::PinnedLocked(const Snapshot& s, int64_t now_us) const {
-  return s.last_used_us > 0 && now_us - s.last_used_us <= options_.snapshot_ttl_ms * 1000;
+bool SnapshotStore::PinnedLocked(Snapshot& s, int64_t now_us) const {
+  for (auto it = s.pulls.begin(); it != s.pulls.end();) {
+    it = it->second < now_us ? s.pulls.erase(it) : std::next(it);
+  }
+  return !s.pulls.empty();
 }
 
 std::span<float> SnapshotStore::BeginWrite() {
@@ -81,9 +88,10 @@ std::span<float> SnapshotStore::BeginWrite() {
     current_.reset();
   } else {
     if (pinned) older_[current_->version] = current_;
-    // The one copy of this version: into the buffer of a snapshot that expires now, when
-    // there is one (no fresh pages to fault in, and the buffer count stays put).
-    std::shared_ptr<std::vector<float>> reuse = ExpireLocked(now);
+    // The one copy of this version: into the spare buffer of a released snapshot when there
+    // is one (no fresh pages to zero and fault in: ~1 s for a 2.7 GB slice).
+    ExpireLocked(now);
+    std::shared_ptr<std::vector<float>> reuse = std::move(spare_);
     if (!reuse) reuse = std::make_shared<std::vector<float>>(master_->size());
     ParallelCopy(copy_pool_, *master_, *reuse);
     master_ = std::move(reuse);
@@ -106,13 +114,12 @@ void SnapshotStore::Publish(int64_t version) {
   published_.notify_all();
 }
 
-std::shared_ptr<std::vector<float>> SnapshotStore::ExpireLocked(int64_t now_us) {
-  std::shared_ptr<std::vector<float>> reusable;
+void SnapshotStore::ExpireLocked(int64_t now_us) {
   auto drop = [&](std::map<int64_t, std::shared_ptr<Snapshot>>::iterator it) {
     // Nobody else holds the snapshot or its buffer (no pull under way, not the master):
-    // the buffer may be written. Its object was made non-const (make_shared below).
-    if (it->second.use_count() == 1 && it->second->data.use_count() == 1) {
-      reusable = std::const_pointer_cast<std::vector<float>>(it->second->data);
+    // the buffer may be written again; keep one such buffer for the next copy.
+    if (!spare_ && it->second.use_count() == 1 && it->second->data.use_count() == 1) {
+      spare_ = std::const_pointer_cast<std::vector<float>>(it->second->data);
     }
     return older_.erase(it);
   };
@@ -130,10 +137,10 @@ std::shared_ptr<std::vector<float>> SnapshotStore::ExpireLocked(int64_t now_us) 
     }
     drop(oldest);
   }
-  return reusable;
 }
 
-SnapshotStore::PinResult SnapshotStore::Pin(std::optional<int64_t> version) {
+SnapshotStore::PinResult SnapshotStore::Pin(std::optional<int64_t> version, const std::string& puller,
+                                            int64_t frame_index) {
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowMicros();
   PinResult r;
@@ -146,6 +153,12 @@ SnapshotStore::PinResult SnapshotStore::Pin(std::optional<int64_t> version) {
   }
   if (r.snapshot) {
     r.snapshot->last_used_us = now;
+    // The pull's pin lasts snapshot_ttl_ms past this frame request; after its last frame
+    // only a short grace (a lost reply re-asks for that frame), so a finished pull does not
+    // keep a whole slice alive for the TTL.
+    const int64_t ttl_us = options_.snapshot_ttl_ms * 1000;
+    const bool last = frame_index + 1 >= options_.total_frames;
+    r.snapshot->pulls[puller] = now + (last ? std::min<int64_t>(ttl_us, kFinishedPullGraceUs) : ttl_us);
     r.version = r.snapshot->version;
   } else {
     r.version = current_ ? current_->version : -1;
@@ -195,6 +208,11 @@ std::pair<int64_t, std::vector<float>> SnapshotStore::CopyCurrent() {
   published_.wait(lock, [&] { return !writing_; });
   if (!current_) return {-1, {}};
   return {current_->version, *current_->data};
+}
+
+bool SnapshotStore::has_spare() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return spare_ != nullptr;
 }
 
 int SnapshotStore::pinned_count() {
