@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The quality study (scripts/study.sh) on the GPU machine, on the prepared corpus of
-# scripts/gpu_deps.sh (build-gpu-deps/data/corpus-v32k, its domains code and docs, no
-# held-out domain), with the carried Debian libraries and redis-server.
+# The quality study (scripts/study.sh) on the GPU machine, on a prepared corpus (PREPARED:
+# that of scripts/gpu_deps.sh, or one scripts/gpu_corpus.sh made there; no held-out
+# domain), with the carried Debian libraries and redis-server.
 #
 # From the project root, with build-gpu-deps/{deps,redis,data} carried:
 #   BUILD=1 bash bench/gpu_study.sh                 # build into BUILD_DIR, then the study
@@ -16,6 +16,8 @@
 #   BUILD_DIR  [/tmp/build-gpu]
 #   RUNS       run folders [/tmp/fedps-study]; a run whose evaluation exists is kept
 #   OUT        results [/tmp/fedps-study-out]: study.log, study.json, the eval JSON files
+#   PREPARED   the prepared corpus [build-gpu-deps/data/corpus-v32k: 5.8M training tokens,
+#              too few for 100M-token runs; scripts/gpu_corpus.sh makes a larger one there]
 #   FEDPS_REV  the source revision, written to OUT/rev.txt
 # The study's other settings: STUDY_<KEY> as in scripts/study.sh.
 set -uo pipefail
@@ -27,7 +29,7 @@ RUNS=${RUNS:-/tmp/fedps-study}
 OUT=${OUT:-/tmp/fedps-study-out}
 LIB=$ROOT/build-gpu-deps/deps/lib/x86_64-linux-gnu
 REDIS_DIR=$ROOT/build-gpu-deps/redis
-PREPARED=$ROOT/build-gpu-deps/data/corpus-v32k
+PREPARED=${PREPARED:-$ROOT/build-gpu-deps/data/corpus-v32k}
 die() { echo "[gpu_study] error: $*" >&2; exit 1; }
 mkdir -p "$OUT"
 echo "${FEDPS_REV:-unknown} $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$OUT/rev.txt"
