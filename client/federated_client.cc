@@ -1248,7 +1248,8 @@ Status FederatedClient::Run() {
   try {
     if (options_.evaluator) return RunEvaluator();
     RETURN_IF_ERROR(JoinFresh());
-    LOG(INFO) << "client " << options_.name << " joined run " << cfg_.run.id << " as epoch " << CurrentEpoch();
+    LOG(INFO) << "client " << options_.name << " joined run " << cfg_.run.id << " as epoch " << CurrentEpoch()
+              << (sync_mode() ? " (synchronous rounds)" : "");
     RETURN_IF_ERROR(metrics_->Write("start", {{"name", options_.name},
                                               {"epoch", CurrentEpoch()},
                                               {"run_id", cfg_.run.id},
@@ -1258,6 +1259,7 @@ Status FederatedClient::Run() {
                                               {"local_steps", cfg_.client.local_steps},
                                               {"local_time_s", cfg_.client.local_time_s},
                                               {"throttle", cfg_.client.throttle},
+                                              {"mode", cfg_.ps.mode},
                                               {"device", model_->device().str()},
                                               {"resumed_pending", state_.pending.has_value()}}));
     heartbeat_stop_ = false;
