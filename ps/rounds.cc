@@ -203,15 +203,11 @@ return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', ARGV[1] .. 
         round_waiting(ARGV[1]), num(now_ms())}
 )lua";
 
-// The round helpers followed by `script` (the registry prepends its own prelude).
-const char* WithRoundLua(const char* script) {
-  static const std::string commit = std::string(kRoundLua) + kCommitToRoundLua;
-  static const std::string close = std::string(kRoundLua) + kCloseRoundLua;
-  static const std::string current = std::string(kRoundLua) + kCurrentRoundLua;
-  if (script == kCommitToRoundLua) return commit.c_str();
-  if (script == kCloseRoundLua) return close.c_str();
-  return current.c_str();
-}
+// The round scripts as loaded: the round helpers, then the script (the registry prepends its
+// own prelude to both).
+const std::string kCommitToRoundScript = std::string(kRoundLua) + kCommitToRoundLua;
+const std::string kCloseRoundScript = std::string(kRoundLua) + kCloseRoundLua;
+const std::string kCurrentRoundScript = std::string(kRoundLua) + kCurrentRoundLua;
 
 Status CheckRounds(const RoundOptions& rounds) {
   if (rounds.clients < 0 || rounds.timeout.count() <= 0) {
@@ -275,7 +271,7 @@ StatusOr<int64_t> Registry::CommitToRound(const std::string& update_id, const st
     return InvalidArgument("base_version must be >= 0, got " + std::to_string(base_version));
   ASSIGN_OR_RETURN(
       Reply reply,
-      Eval("commit_to_round", WithRoundLua(kCommitToRoundLua),
+      Eval("commit_to_round", kCommitToRoundScript.c_str(),
            {Key("update:" + update_id), Key("lease:" + client), Key("staged:" + update_id),
             Key("run"), Key("events"), Key("refusals")},
            {std::to_string(options_.events_max_len), update_id, client, std::to_string(epoch),
@@ -334,7 +330,7 @@ StatusOr<int64_t> Registry::CloseRoundIfDue(const RoundOptions& rounds) {
   RETURN_IF_ERROR(CheckRounds(rounds));
   ASSIGN_OR_RETURN(
       Reply reply,
-      Eval("close_round", WithRoundLua(kCloseRoundLua), {Key("round"), Key("events")},
+      Eval("close_round", kCloseRoundScript.c_str(), {Key("round"), Key("events")},
            {prefix_, std::to_string(options_.events_max_len), std::to_string(rounds.clients)}));
   const std::string tag = Tag(reply.get());
   if (tag == "none") return int64_t{0};
@@ -344,8 +340,8 @@ StatusOr<int64_t> Registry::CloseRoundIfDue(const RoundOptions& rounds) {
 }
 
 StatusOr<RoundState> Registry::CurrentRound() {
-  ASSIGN_OR_RETURN(Reply reply, Eval("current_round", WithRoundLua(kCurrentRoundLua),
-                                     {Key("round")}, {prefix_}));
+  ASSIGN_OR_RETURN(Reply reply,
+                   Eval("current_round", kCurrentRoundScript.c_str(), {Key("round")}, {prefix_}));
   const redisReply* r = reply.get();
   const std::string tag = Tag(r);
   if (tag == "none") return NotFound("no synchronous round is open in run " + options_.run_id);
