@@ -381,6 +381,25 @@ class RoundShardsTest : public RoundsTest {
                                     base, rounds);
   }
 
+  // What a failed wait shows: the registry's round and log head, each shard's state.
+  std::string Diagnose() {
+    std::string out =
+        "global seq " + std::to_string(registry_->GlobalSeq().ok() ? *registry_->GlobalSeq() : -1);
+    auto r = registry_->CurrentRound();
+    out += r.ok() ? "; open round " + std::to_string(r->base_version) + " (" +
+                        std::to_string(r->committed) + "/" + std::to_string(r->expected) +
+                        ", deadline in " + std::to_string(r->deadline_ms - r->now_ms) + " ms)"
+                  : "; " + r.status().ToString();
+    for (int s = 0; s < kShards; ++s) {
+      if (!cores_[s]) continue;
+      CoreStatus st = cores_[s]->GetStatus();
+      out += "; shard " + std::to_string(s) + " " + ShardStateName(st.state) + " at version " +
+             std::to_string(st.version) +
+             (st.halt_message.empty() ? "" : " (" + st.halt_message + ")");
+    }
+    return out;
+  }
+
   std::unique_ptr<Codec> codec_;
   std::unique_ptr<ShardCore> cores_[kShards];
 };
@@ -397,7 +416,7 @@ TEST_F(RoundShardsTest, ARoundIsOneSgdStepOnTheTokenWeightedMean) {
   EXPECT_EQ(cores_[0]->GetStatus().version, 0);
   ASSERT_OK(Commit("bob", "bob/2/0", 0, 3000, 2, 600000).status());
   for (int s = 0; s < kShards; ++s) {
-    ASSERT_TRUE(cores_[s]->WaitForVersion(1, 10000));
+    ASSERT_TRUE(cores_[s]->WaitForVersion(1, 10000)) << Diagnose();
     auto log = cores_[s]->AppliedLog();
     ASSERT_EQ(log.size(), 2u);
     EXPECT_EQ(log[0].update_id, "alice/1/0");
@@ -430,7 +449,7 @@ TEST_F(RoundShardsTest, ATimedOutRoundIsAppliedWithoutTheLateClientAndTheNextRou
   PushUpdate("alice", "alice/1/0", 0, 1000, 1);
   ASSERT_OK(Commit("alice", "alice/1/0", 0, 1000, 0, 2000).status());
   // Bob does not commit: the shards' apply threads close the round on its timeout.
-  for (int s = 0; s < kShards; ++s) ASSERT_TRUE(cores_[s]->WaitForVersion(1, 30000));
+  for (int s = 0; s < kShards; ++s) ASSERT_TRUE(cores_[s]->WaitForVersion(1, 30000)) << Diagnose();
   std::vector<std::vector<float>> v1(kShards);
   for (int s = 0; s < kShards; ++s) {
     auto [version, slice] = cores_[s]->CurrentSlice();
@@ -452,7 +471,7 @@ TEST_F(RoundShardsTest, ATimedOutRoundIsAppliedWithoutTheLateClientAndTheNextRou
   ASSERT_OK(Commit("bob", "bob/2/1", 1, 3000, 0, 2000).status());
   ASSERT_OK(Commit("alice", "alice/1/1", 1, 1000, 0, 2000).status());
   for (int s = 0; s < kShards; ++s) {
-    ASSERT_TRUE(cores_[s]->WaitForVersion(2, 30000));
+    ASSERT_TRUE(cores_[s]->WaitForVersion(2, 30000)) << Diagnose();
     auto [version, slice] = cores_[s]->CurrentSlice();
     EXPECT_EQ(version, 2);
     const auto da = Delta(1, s), d3 = Delta(3, s), d4 = Delta(4, s);
@@ -476,7 +495,7 @@ TEST_F(RoundShardsTest, ARestartedShardReplaysARoundToTheSameSlice) {
   PushUpdate("bob", "bob/2/0", 0, 2000, 2);
   ASSERT_OK(Commit("alice", "alice/1/0", 0, 1000, 2, 600000).status());
   ASSERT_OK(Commit("bob", "bob/2/0", 0, 2000, 2, 600000).status());
-  ASSERT_TRUE(cores_[1]->WaitForVersion(1, 10000));
+  ASSERT_TRUE(cores_[1]->WaitForVersion(1, 10000)) << Diagnose();
   const auto before = cores_[1]->CurrentSlice();
   // Shard 1 stops without a checkpoint (its newest is version 0) and starts again: it
   // replays round 0 from the log and its staged updates, to the same bits.
