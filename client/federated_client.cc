@@ -673,7 +673,13 @@ void FederatedClient::Communicate(CommJob* job) {
     // A committed update is in the model pulled next: wait (on the shards) until it is applied.
     std::optional<int64_t> min_version;
     if (*job->outcome == Outcome::kCommitted) min_version = stats_.last_seq;
-    Status pulled = PullBase(&job->pulled, min_version);
+    if (sync_mode() && *job->outcome == Outcome::kDropped) {
+      // Dropped from a closed round: train the open round, from its base version.
+      auto open = registry_->CurrentRound();
+      if (open.ok()) min_version = open->base_version;
+    }
+    Status pulled = sync_mode() && min_version ? WaitForRound(*min_version) : Status::Ok();
+    if (pulled.ok()) pulled = PullBase(&job->pulled, min_version);
     if (pulled.ok()) {
       job->did_pull = true;
     } else if (!Stopping()) {
@@ -714,7 +720,19 @@ Status FederatedClient::RunTrainer() {
   };
   auto load_model = [&](int64_t counter) -> Status {
     if (!buffer_fresh) {
-      Status p = PullBase(&fresh, std::nullopt);
+      // Sync mode: the round of the last commit (a restart's) closes first, and the model
+      // trained is the open round's base version.
+      std::optional<int64_t> min_version;
+      if (sync_mode()) {
+        const int64_t last_seq = state_.totals.value("last_seq", int64_t{0});
+        if (last_seq > 0) {
+          RETURN_IF_ERROR(WaitForRound(last_seq));
+          min_version = last_seq;
+        }
+        auto open = registry_->CurrentRound();
+        if (open.ok()) min_version = std::max(min_version.value_or(0), open->base_version);
+      }
+      Status p = PullBase(&fresh, min_version);
       if (!p.ok()) return p;
     }
     RETURN_IF_ERROR(update_path_->LoadPulled(model_->flat_params()));
@@ -1005,6 +1023,36 @@ Status FederatedClient::DropPending(const std::string& reason) {
   return Status::Ok();
 }
 
+Status FederatedClient::WaitForRound(int64_t seq) {
+  const int64_t round = seq - 1;  // round v makes version v + 1
+  const auto start = SteadyClock::now();
+  auto last_line = start - std::chrono::hours(1);
+  Backoff backoff(cfg_.client.retry_initial_ms, cfg_.client.retry_max_ms, 2.0, options_.backoff_seed);
+  for (;;) {
+    if (Stopping()) return Aborted("stopped");
+    auto r = registry_->CurrentRound();
+    if (r.ok() && r->base_version > round) break;  // closed: a later round is open
+    if (!r.ok() && r.status().code() != StatusCode::kUnavailable) {
+      return r.status().WithContext("waiting for round " + std::to_string(round));
+    }
+    if (r.ok() && SteadyClock::now() - last_line >= std::chrono::seconds(5)) {
+      last_line = SteadyClock::now();
+      std::string waiting;
+      for (const auto& name : r->waiting_for) waiting += (waiting.empty() ? "" : ", ") + name;
+      std::fprintf(stderr, "[client %s] waiting for round %ld to close: %ld of %ld updates%s, timeout in %.1f s\n",
+                   options_.name.c_str(), long(round), long(r->committed), long(r->expected),
+                   waiting.empty() ? "" : (" (waiting for " + waiting + ")").c_str(),
+                   double(std::max<int64_t>(0, r->deadline_ms - r->now_ms)) / 1000.0);
+    }
+    if (!SleepMs(r.ok() ? 100 : backoff.NextDelayMs())) return Aborted("stopped");
+  }
+  const double waited = SecondsSince(start);
+  if (waited >= 1.0) {
+    std::fprintf(stderr, "[client %s] round %ld closed after %.1f s\n", options_.name.c_str(), long(round), waited);
+  }
+  return metrics_->Write("round_wait", {{"round", round}, {"seq", seq}, {"wait_s", waited}});
+}
+
 Status FederatedClient::ClearPendingCommitted(int64_t seq, double push_s, double commit_s, int64_t bytes_sent) {
   const PendingUpdate& u = *state_.pending;
   const nlohmann::json info = u.info;  // a copy: state_ is replaced below
@@ -1037,6 +1085,7 @@ Status FederatedClient::ClearPendingCommitted(int64_t seq, double push_s, double
                         {"state_s", info.value("state_s", 0.0)},
                         {"pipelined", info.value("pipelined", false)},
                         {"epoch", CurrentEpoch()}};
+  if (sync_mode()) rec["round"] = seq - 1;
   RETURN_IF_ERROR(metrics_->Write("update", rec));
   std::fprintf(stderr,
                "[client %s] update %ld  seq %ld  loss %.4f  %s tok/s  sent %s  ratio %.2fx  staleness %ld  "
@@ -1154,8 +1203,12 @@ StatusOr<FederatedClient::Outcome> FederatedClient::FinishPending() {
     for (;;) {
       if (Stopping()) return Outcome::kStopped;
       const int64_t epoch = CurrentEpoch();
-      auto c = registry_->CommitUpdate(u.update_id, options_.name, epoch, meta,
-                                       static_cast<int>(slices_.size()), u.base_version, cfg_.ps.max_staleness);
+      auto c = sync_mode() ? registry_->CommitToRound(u.update_id, options_.name, epoch, meta,
+                                                      static_cast<int>(slices_.size()), u.base_version,
+                                                      RoundOptionsFromConfig(cfg_.ps))
+                           : registry_->CommitUpdate(u.update_id, options_.name, epoch, meta,
+                                                     static_cast<int>(slices_.size()), u.base_version,
+                                                     cfg_.ps.max_staleness);
       if (c.ok()) {
         NotifyAll(u.update_id, *c);
         RETURN_IF_ERROR(ClearPendingCommitted(*c, push_s, SecondsSince(t_commit), bytes_sent));
@@ -1172,7 +1225,7 @@ StatusOr<FederatedClient::Outcome> FederatedClient::FinishPending() {
         continue;
       }
       if (s.code() == StatusCode::kOutOfRange) {
-        RETURN_IF_ERROR(DropPending("too stale at commit: " + s.message()));
+        RETURN_IF_ERROR(DropPending((sync_mode() ? "not in its round: " : "too stale at commit: ") + s.message()));
         return Outcome::kDropped;
       }
       if (s.code() == StatusCode::kFailedPrecondition && s.message().find("not staged") != std::string::npos) {
@@ -1195,7 +1248,8 @@ Status FederatedClient::Run() {
   try {
     if (options_.evaluator) return RunEvaluator();
     RETURN_IF_ERROR(JoinFresh());
-    LOG(INFO) << "client " << options_.name << " joined run " << cfg_.run.id << " as epoch " << CurrentEpoch();
+    LOG(INFO) << "client " << options_.name << " joined run " << cfg_.run.id << " as epoch " << CurrentEpoch()
+              << (sync_mode() ? " (synchronous rounds)" : "");
     RETURN_IF_ERROR(metrics_->Write("start", {{"name", options_.name},
                                               {"epoch", CurrentEpoch()},
                                               {"run_id", cfg_.run.id},
@@ -1205,6 +1259,7 @@ Status FederatedClient::Run() {
                                               {"local_steps", cfg_.client.local_steps},
                                               {"local_time_s", cfg_.client.local_time_s},
                                               {"throttle", cfg_.client.throttle},
+                                              {"mode", cfg_.ps.mode},
                                               {"device", model_->device().str()},
                                               {"resumed_pending", state_.pending.has_value()}}));
     heartbeat_stop_ = false;

@@ -37,6 +37,13 @@
 // training interrupted by a stop) is abandoned; the saved data cursor makes the restarted
 // client train on the same data again.
 //
+// Synchronous rounds (ps.mode = "sync", ps/rounds.h; client.pipeline_depth is 0 there): the
+// commit goes to the open round (Registry::CommitToRound) and the client then waits, with a
+// progress line every few seconds, until that round closed and the shards applied it,
+// pulls the new version and trains the next round from it. An update whose round closed
+// without it (a round timeout) is dropped with the registry's reason, and the client trains
+// the next round. A restarted client waits for the round of its last commit the same way.
+//
 // Evaluator mode (options.evaluator): no membership, no training; pulls whenever the
 // shards reached the next multiple of client.eval_every_versions and writes "eval" records
 // (version, loss, perplexity, bits per byte per domain of the validation split, tokens the
@@ -227,6 +234,10 @@ class FederatedClient {
                         const std::atomic<bool>& done);
   void NotifyAll(const std::string& update_id, int64_t seq);
   Status DropPending(const std::string& reason);
+  // ps.mode = sync: blocks until the round that makes version `seq` closed (a later round
+  // is open), printing progress while it waits; Aborted when stopping.
+  Status WaitForRound(int64_t seq);
+  bool sync_mode() const { return cfg_.ps.mode == "sync"; }
   Status ClearPendingCommitted(int64_t seq, double push_seconds, double commit_seconds, int64_t bytes_sent);
   StatusOr<Codec*> PushCodec(int64_t frame_elements);
 

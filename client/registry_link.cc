@@ -62,6 +62,14 @@ StatusOr<int64_t> RegistryLink::CommitUpdate(const std::string& update_id, const
   return registry_->CommitUpdate(update_id, client, epoch, meta, num_shards, limit);
 }
 
+StatusOr<int64_t> RegistryLink::CommitToRound(const std::string& update_id, const std::string& client, int64_t epoch,
+                                              const nlohmann::json& meta, int num_shards, int64_t base_version,
+                                              const RoundOptions& rounds) {
+  return registry_->CommitToRound(update_id, client, epoch, meta, num_shards, base_version, rounds);
+}
+
+StatusOr<RoundState> RegistryLink::CurrentRound() { return registry_->CurrentRound(); }
+
 StatusOr<CommitRecord> RegistryLink::LookupCommit(const std::string& update_id) {
   ASSIGN_OR_RETURN(CommittedUpdate c, registry_->LookupCommit(update_id));
   return CommitRecord{c.seq, c.update_id, c.meta};

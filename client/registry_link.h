@@ -1,5 +1,6 @@
 // RegistryLink: the narrow part of ps/registry.h that a client uses (join, heartbeat,
-// leave, the shard directory, commit and commit look-up), in the client's own terms.
+// leave, the shard directory, commit and commit look-up, synchronous rounds), in the
+// client's own terms.
 // TODO(next session): the name clash that motivated a separate header is gone
 // (model/token_data.h's struct is now TokenShardInfo); fold this into direct Registry use.
 //
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "ps/rounds.h"
 
 namespace fedps {
 
@@ -72,6 +74,13 @@ class RegistryLink {
   StatusOr<int64_t> CommitUpdate(const std::string& update_id, const std::string& client, int64_t epoch,
                                  const nlohmann::json& meta, int num_shards, int64_t base_version,
                                  int64_t max_staleness);
+  // ps.mode = sync: commits to the open round (Registry::CommitToRound); kOutOfRange when
+  // the update's round closed without it.
+  StatusOr<int64_t> CommitToRound(const std::string& update_id, const std::string& client, int64_t epoch,
+                                  const nlohmann::json& meta, int num_shards, int64_t base_version,
+                                  const RoundOptions& rounds);
+  // The open round; kNotFound before the first one opened.
+  StatusOr<RoundState> CurrentRound();
   // kNotFound when not committed.
   StatusOr<CommitRecord> LookupCommit(const std::string& update_id);
   StatusOr<std::vector<CommitRecord>> CommittedAfter(int64_t seq, int64_t limit);

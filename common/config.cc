@@ -138,7 +138,10 @@ std::map<std::string, Section> Schema(RunConfig& c) {
              {"checkpoint_every", Bind(&p.checkpoint_every)},
              {"shard_lease_ms", Bind(&p.shard_lease_ms)},
              {"stage_ttl_ms", Bind(&p.stage_ttl_ms)},
-             {"snapshot_ttl_ms", Bind(&p.snapshot_ttl_ms)}};
+             {"snapshot_ttl_ms", Bind(&p.snapshot_ttl_ms)},
+             {"mode", Bind(&p.mode)},
+             {"round_clients", Bind(&p.round_clients)},
+             {"round_timeout_ms", Bind(&p.round_timeout_ms)}};
   auto& k = c.client;
   s["client"] = {{"local_steps", Bind(&k.local_steps)},
                  {"local_time_s", Bind(&k.local_time_s)},
@@ -242,6 +245,17 @@ Status Validate(const RunConfig& c, const std::string& origin) {
                         {"snapshot_ttl_ms", p.snapshot_ttl_ms}}) {
     if (v < 100) return bad(std::string("ps.") + key, "must be >= 100");
   }
+  if (p.mode != "async" && p.mode != "sync")
+    return bad("ps.mode", "must be async or sync (got \"" + p.mode + "\")");
+  if (p.round_clients < 0) return bad("ps.round_clients", "must be >= 0 (0: the members live at round open)");
+  if (p.round_timeout_ms < 100) return bad("ps.round_timeout_ms", "must be >= 100");
+  if (p.mode == "sync" && p.buffer_size != 1)
+    return bad("ps.buffer_size", "must be 1 with ps.mode = sync (a round is already one outer step on its mean)");
+  if (p.mode == "sync" && p.weight_by_tokens)
+    return bad("ps.weight_by_tokens", "must be false with ps.mode = sync (a round averages its updates by tokens)");
+  if (p.mode == "sync" && c.client.pipeline_depth != 0)
+    return bad("client.pipeline_depth",
+               "must be 0 with ps.mode = sync (every round trains from the round's base version)");
   const auto& k = c.client;
   if (k.local_steps < 1) return bad("client.local_steps", "must be >= 1");
   if (k.local_time_s < 0) return bad("client.local_time_s", "must be >= 0");
@@ -325,7 +339,10 @@ nlohmann::json PsApplyConfig(const PsOptions& ps) {
           {"outer_warmup_steps", ps.outer_warmup_steps},
           {"buffer_size", ps.buffer_size},
           {"weight_by_tokens", ps.weight_by_tokens},
-          {"reference_tokens", ps.reference_tokens}};
+          {"reference_tokens", ps.reference_tokens},
+          {"mode", ps.mode},
+          {"round_clients", ps.round_clients},
+          {"round_timeout_ms", ps.round_timeout_ms}};
 }
 
 StatusOr<RunConfig> LoadConfig(const std::string& path) {

@@ -116,6 +116,15 @@ struct PsOptions {
   int64_t shard_lease_ms = 5000;     // a shard's directory entry expires without heartbeats
   int64_t stage_ttl_ms = 600000;     // staged, uncommitted slices expire after this
   int64_t snapshot_ttl_ms = 30000;   // pinned pull snapshots are kept this long after use
+  // async: shards apply every update as it commits, weighted by staleness. sync: synchronous
+  // rounds (ps/rounds.h): every round's clients train from the round's base version, the
+  // shards average its pseudo-gradients by tokens and take one outer step per round.
+  std::string mode = "async";
+  // sync: updates a round waits for; 0 = the members live when the round opens.
+  int64_t round_clients = 0;
+  // sync: a round still open this long after its first update was committed closes without
+  // the clients that did not commit (their late updates are refused).
+  int64_t round_timeout_ms = 600000;
 };
 
 // [client]: a federation member (fedps-client).
@@ -159,7 +168,8 @@ struct RunConfig {
 // The [ps] options every shard and client of a run must share because they decide how an
 // update is weighted, refused or applied: staleness (function, a, b, max_staleness) and the
 // outer optimizer (optimizer, outer_lr, momentum, dn_period, dn_gradient_scale,
-// outer_warmup_steps, buffer_size, weight_by_tokens, reference_tokens). Part of the run's
+// outer_warmup_steps, buffer_size, weight_by_tokens, reference_tokens) and the mode (mode,
+// round_clients, round_timeout_ms). Part of the run's
 // identity in the registry (ps/registry.h).
 nlohmann::json PsApplyConfig(const PsOptions& ps);
 

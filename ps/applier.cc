@@ -4,8 +4,11 @@
 // each entry: reads the update's staged frames (ps/staged_store.h), decodes them across all
 // cores into the decode scratch, weighs the update by its staleness, and steps the outer
 // optimizer IN PLACE on the master slice (SnapshotStore::BeginWrite: copy-on-write only
-// when a pull pins the current version), then publishes the new version. Between entries
-// it takes checkpoints (scheduled and requested), and when caught up it expires
+// when a pull pins the current version), then publishes the new version. In ps.mode = sync
+// an entry is a closed round (ps/rounds.h): the thread decodes each of its updates in turn,
+// sums them with their token weights into one more slice (round_mean_), and steps the
+// optimizer once on that mean; when idle it also closes the open round in the registry
+// once it is due (CloseDueRound). Between entries it takes checkpoints (scheduled and requested), and when caught up it expires
 // uncommitted staged updates and idle partial ones. It alone touches the master slice and
 // the optimizer (ShardCore's header: concurrency contract).
 //
@@ -19,6 +22,7 @@
 
 #include <thread>
 
+#include "ps/rounds.h"
 #include "ps/shard_core.h"
 
 namespace fedps {
@@ -85,6 +89,7 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
     Halt("commit log out of order: got seq " + Str(c.seq) + " at version " + Str(version));
     return false;
   }
+  if (IsRoundEntry(c)) return ApplyRound(c, start);
   // The scalars every shard uses: the stage record stored with the commit.
   const nlohmann::json& rec = c.stage_record.is_object() ? c.stage_record : c.meta;
   auto base = JsonInt(rec, "base_version");
@@ -192,6 +197,118 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
     StartBackgroundCheckpoint("schedule", {});
   }
   return true;
+}
+
+bool ShardCore::ApplyRound(const CommittedUpdate& c, int64_t start) {
+  // Malformed records are skipped by every shard alike (the version still advances); a
+  // listed update whose staged slice is missing or does not decode halts, as in ApplyOne.
+  auto round = ParseClosedRound(c);
+  auto weights = round.ok() ? RoundWeights(*round) : StatusOr<std::vector<double>>(round.status());
+  std::string skip_reason = weights.ok() ? "" : weights.status().message();
+  const std::vector<RoundUpdate> updates = round.ok() ? round->updates : std::vector<RoundUpdate>{};
+  round_mean_.assign(static_cast<size_t>(options_.slice_elements), 0.0f);  // allocated once, then reused
+  int64_t tokens = 0;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const std::string& id = updates[i].update_id;
+    auto staged = staged_store_->Read(id);
+    if (!staged.ok()) {
+      Halt("round " + Str(round->round) + " (seq " + Str(c.seq) + "), update " + id + ": " + staged.status().message());
+      return false;
+    }
+    auto delta = decoder_->Decode(staged->frames);
+    if (!delta.ok()) {
+      Halt("round " + Str(round->round) + " (seq " + Str(c.seq) + "), update " + id +
+           ": staged frames: " + delta.status().message());
+      return false;
+    }
+    if (!skip_reason.empty()) continue;
+    // FedAvg: mean = sum_i (tokens_i / sum tokens) * Delta_i, in list order on every shard.
+    const float w = static_cast<float>((*weights)[i]);
+    std::span<const float> d = delta->values();
+    for (size_t j = 0; j < round_mean_.size(); ++j) round_mean_[j] += w * d[j];
+    tokens += updates[i].tokens;
+  }
+  const int64_t decoded_us = NowUs();
+  if (skip_reason.empty() && !optimizer_) {
+    auto opt = MakeOptimizer(1);  // sync mode never weighs by tokens (config.cc refuses it)
+    if (!opt.ok()) {
+      Halt("optimizer: " + opt.status().ToString());
+      return false;
+    }
+    optimizer_ = std::move(opt).value();
+  }
+  if (skip_reason.empty()) {
+    auto applied = optimizer_->Apply(snapshots_->BeginWrite(), round_mean_, 1.0);
+    if (!applied.ok()) skip_reason = applied.status().message();
+  }
+  const bool skipped = !skip_reason.empty();
+  if (skipped) {
+    LOG(WARNING) << "shard " << options_.shard_index << ": skipping seq " << c.seq << " (" << c.update_id
+                 << "): " << skip_reason;
+  }
+  snapshots_->Publish(c.seq);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    version_ = c.seq;
+    committed_seq_ = std::max(committed_seq_, c.seq);
+    for (size_t i = 0; i < updates.size(); ++i) {
+      const std::string& id = updates[i].update_id;
+      done_[id] = {c.seq, skipped};
+      auto st = staged_.find(id);
+      if (st == staged_.end()) st = staged_.emplace(id, std::make_shared<Staged>()).first;
+      st->second->seq = c.seq;
+      applied_log_.push_back({c.seq, id, skipped, skipped ? 0.0 : (*weights)[i]});
+    }
+    if (skipped) {
+      skipped_updates_ += static_cast<int64_t>(std::max<size_t>(updates.size(), 1));
+    } else {
+      applied_updates_ += static_cast<int64_t>(updates.size());
+    }
+    if (optimizer_) {
+      optimizer_steps_ = optimizer_->steps();
+      buffered_updates_ = static_cast<int32_t>(optimizer_->pending());
+    }
+    version_cv_.notify_all();
+  }
+  const int64_t end = NowUs();
+  nlohmann::json m = {{"seq", c.seq},
+                      {"update_id", c.update_id},
+                      {"round", round.ok() ? round->round : c.seq - 1},
+                      {"updates", updates.size()},
+                      {"tokens", tokens},
+                      {"skipped", skipped},
+                      {"apply_ms", (end - start) / 1000.0},
+                      {"decode_ms", (decoded_us - start) / 1000.0},
+                      {"step_ms", (end - decoded_us) / 1000.0}};
+  if (round.ok()) {
+    m["closed_by"] = round->closed_by;
+    m["missing"] = round->missing;
+  }
+  if (skipped) m["reason"] = skip_reason;
+  Metric("apply_round", std::move(m));
+  ++applied_since_checkpoint_;
+  if (options_.ps.checkpoint_every > 0 && applied_since_checkpoint_ >= options_.ps.checkpoint_every) {
+    StartBackgroundCheckpoint("schedule", {});
+  }
+  return true;
+}
+
+void ShardCore::CloseDueRound() {
+  if (options_.ps.mode != "sync") return;
+  auto closed = apply_registry_->CloseRoundIfDue(RoundOptionsFromConfig(options_.ps));
+  if (!closed.ok()) {
+    if (closed.status().code() == StatusCode::kDataLoss) {
+      Halt(closed.status().message());
+    } else {
+      LOG_EVERY_N(WARNING, 50) << "closing a due round: " << closed.status().ToString();
+    }
+    return;
+  }
+  if (*closed > 0) {
+    LOG(INFO) << "shard " << options_.shard_index << ": closed round " << *closed - 1 << " (its deadline passed or an awaited member left)";
+    std::lock_guard<std::mutex> lock(mu_);
+    nudged_ = true;  // its entry is in the log: read it without waiting for the poll
+  }
 }
 
 void ShardCore::ServeCheckpointRequests() {
@@ -312,6 +429,7 @@ void ShardCore::ApplyLoop() {
       if (draining) return;
       ExpireStaged();
       DropIdleReceiving();
+      CloseDueRound();
     }
     std::unique_lock<std::mutex> lock(mu_);
     if (caught_up || halted || fenced || failures > 0) {

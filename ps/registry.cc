@@ -16,10 +16,14 @@
 #include <csignal>
 #include <utility>
 
+#include "ps/registry_internal.h"
+
 namespace fedps {
+
+using namespace registry_internal;
+
 namespace {
 
-using Hash = std::map<std::string, std::string>;
 using Json = nlohmann::json;
 
 constexpr const char* kSchemaVersion = "1";
@@ -61,6 +65,42 @@ local function end_membership(prefix, name, reason, now, past_max, events, maxle
   redis.call('DEL', mkey)
   if reason ~= 'expired' then redis.call('DEL', prefix .. 'lease:' .. name) end
   emit(events, maxlen, reason, {client = name, epoch = tonumber(m['epoch'])})
+end
+-- A "commit_refused" event for update `id` of `client` (epoch), with `extra` fields.
+local function refuse_commit(events, maxlen, id, client, epoch, reason, extra)
+  local d = {update_id = id, client = client, epoch = tonumber(epoch), reason = reason}
+  for k, v in pairs(extra) do d[k] = v end
+  emit(events, maxlen, 'commit_refused', d)
+end
+-- Whether shards 0..n-1 all staged (hash `staged`) with the same record. Returns the
+-- record, or nil and the refusal {'missing', "i,j,..."} | {'mismatch', i, rec, j, rec}.
+local function staged_record(staged, n)
+  local missing = {}
+  local first, first_i, differ_i
+  for i = 0, n - 1 do
+    local rec = redis.call('HGET', staged, tostring(i))
+    if not rec then
+      missing[#missing + 1] = tostring(i)
+    elseif first == nil then
+      first, first_i = rec, i
+    elseif rec ~= first and differ_i == nil then
+      differ_i = i
+    end
+  end
+  if #missing > 0 then return nil, {'missing', table.concat(missing, ',')} end
+  if differ_i ~= nil then
+    return nil, {'mismatch', tostring(first_i), first, tostring(differ_i),
+                 redis.call('HGET', staged, tostring(differ_i))}
+  end
+  return first
+end
+-- refuse_commit for a staged_record refusal.
+local function refuse_unstaged(events, maxlen, id, client, epoch, why)
+  if why[1] == 'missing' then
+    refuse_commit(events, maxlen, id, client, epoch, 'missing_shards', {missing = why[2]})
+  else
+    refuse_commit(events, maxlen, id, client, epoch, 'stage_mismatch', {shards = why[2] .. ',' .. why[4]})
+  end
 end
 )lua";
 
@@ -228,9 +268,7 @@ constexpr const char* kCommitLua = R"lua(
 local prev = redis.call('HMGET', KEYS[1], 'seq', 'client')
 if prev[1] then return {'dup', prev[1], prev[2] or ''} end
 local function refuse(reason, extra)
-  local d = {update_id = ARGV[2], client = ARGV[3], epoch = tonumber(ARGV[4]), reason = reason}
-  for k, v in pairs(extra) do d[k] = v end
-  emit(KEYS[7], ARGV[1], 'commit_refused', d)
+  refuse_commit(KEYS[7], ARGV[1], ARGV[2], ARGV[3], ARGV[4], reason, extra)
 end
 local cur = redis.call('GET', KEYS[2])
 if cur ~= ARGV[4] then
@@ -255,26 +293,10 @@ if max_s >= 0 then
     return {'stale', num(s)}
   end
 end
-local missing = {}
-local first, first_i, differ_i
-for i = 0, n - 1 do
-  local rec = redis.call('HGET', KEYS[3], tostring(i))
-  if not rec then
-    missing[#missing + 1] = tostring(i)
-  elseif first == nil then
-    first, first_i = rec, i
-  elseif rec ~= first and differ_i == nil then
-    differ_i = i
-  end
-end
-if #missing > 0 then
-  refuse('missing_shards', {missing = table.concat(missing, ',')})
-  return {'missing', table.concat(missing, ',')}
-end
-if differ_i ~= nil then
-  refuse('stage_mismatch', {shards = tostring(first_i) .. ',' .. tostring(differ_i)})
-  return {'mismatch', tostring(first_i), first, tostring(differ_i),
-          redis.call('HGET', KEYS[3], tostring(differ_i))}
+local first, why = staged_record(KEYS[3], n)
+if not first then
+  refuse_unstaged(KEYS[7], ARGV[1], ARGV[2], ARGV[3], ARGV[4], why)
+  return why
 end
 local seq = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[1], 'seq', seq, 'client', ARGV[3], 'epoch', ARGV[4],
@@ -304,9 +326,10 @@ return emit(KEYS[2], ARGV[1], 'refusal', {reason = ARGV[2], update_id = ARGV[3],
             client = ARGV[4], shard = tonumber(ARGV[5]), detail = ARGV[6]})
 )lua";
 
-struct ReplyFree {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
-};
+}  // namespace
+
+// Reply helpers shared with ps/rounds.cc (declared in ps/registry_internal.h).
+namespace registry_internal {
 
 // ---- validation -------------------------------------------------------------------------
 
@@ -420,6 +443,22 @@ std::string Tag(const redisReply* r) {
   return IsString(t) ? Str(t) : std::string();
 }
 
+std::optional<Status> StagingRefusal(const redisReply* r, const std::string& what) {
+  auto text = [&](size_t i) {
+    const redisReply* e = Elem(r, i);
+    return IsString(e) ? Str(e) : std::string("?");
+  };
+  const std::string tag = Tag(r);
+  if (tag == "missing") {
+    return FailedPrecondition(what + " refused: not staged on shard(s) " + text(1));
+  }
+  if (tag == "mismatch") {
+    return FailedPrecondition(what + " refused: stage records differ: shard " + text(1) + " has " +
+                              text(2) + ", shard " + text(3) + " has " + text(4));
+  }
+  return std::nullopt;
+}
+
 std::string Field(const Hash& h, const std::string& name) {
   auto it = h.find(name);
   return it == h.end() ? std::string() : it->second;
@@ -427,11 +466,15 @@ std::string Field(const Hash& h, const std::string& name) {
 
 // An integer field; `fallback` when absent.
 StatusOr<int64_t> IntField(const Hash& h, const std::string& name, const std::string& where,
-                           int64_t fallback = 0) {
+                           int64_t fallback) {
   auto it = h.find(name);
   if (it == h.end()) return fallback;
   return ParseInt(it->second, where + "." + name);
 }
+
+}  // namespace registry_internal
+
+namespace {
 
 // ---- records ----------------------------------------------------------------------------
 
@@ -684,11 +727,6 @@ timeval ToTimeval(std::chrono::milliseconds d) {
 }  // namespace
 
 // ---- connection ---------------------------------------------------------------------------
-
-struct Registry::Reply {
-  std::unique_ptr<redisReply, ReplyFree> r;
-  const redisReply* get() const { return r.get(); }
-};
 
 void Registry::ContextDeleter::operator()(redisContext* c) const { redisFree(c); }
 
@@ -1141,13 +1179,7 @@ StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std
                            std::to_string(staleness ? staleness->base_version : 0) +
                            " is ahead of the global seq " + text(1));
   }
-  if (tag == "missing") {
-    return FailedPrecondition(what + " refused: not staged on shard(s) " + text(1));
-  }
-  if (tag == "mismatch") {
-    return FailedPrecondition(what + " refused: stage records differ: shard " + text(1) + " has " +
-                              text(2) + ", shard " + text(3) + " has " + text(4));
-  }
+  if (auto unstaged = StagingRefusal(r, what)) return *unstaged;
   return UnexpectedReply("CommitUpdate");
 }
 

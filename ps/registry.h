@@ -23,6 +23,8 @@
 //   P log                zset    update ids scored by seq (the committed log)
 //   P refusals           hash    refusal reason -> count
 //   P events             stream  type, data (JSON); MAXLEN ~ events_max_len
+//   P round, P round:expected, P round:clients, P round:updates
+//                                the open synchronous round (ps.mode = "sync", ps/rounds.h)
 //
 // Semantics in brief:
 //   * A lease is a key with a TTL whose value is the holder's epoch. Alive iff the lease
@@ -66,6 +68,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "ps/rounds.h"
 
 struct redisContext;  // hiredis; kept out of this header
 
@@ -280,6 +283,31 @@ class Registry {
   // Counts the refusal under its reason and emits a "refusal" event.
   Status RecordRefusal(const Refusal& refusal);
   StatusOr<std::map<std::string, int64_t>> RefusalCounts();
+
+  // ---- synchronous rounds (ps/rounds.h; implemented in ps/rounds.cc) ----
+  // Commits `update_id` to the open round (opening one when none is open, and closing an
+  // overdue one first) and returns the seq of the version that will include it (the
+  // round's base_version + 1). One atomic script:
+  //   already committed          -> its existing seq (a retry); kAlreadyExists if another
+  //                                 client committed that id
+  //   `epoch` does not hold the lease -> kAborted (fenced)
+  //   num_shards != the run's    -> kFailedPrecondition
+  //   base_version < the open round's -> kOutOfRange "round <v> closed ...: pull and train
+  //                                 the next round" (also counted as refusal "round_closed")
+  //   base_version > the open round's -> kInvalidArgument
+  //   the client already has an update in the round -> kOutOfRange (refusal "round_repeat")
+  //   a shard has not staged / stage records differ -> kFailedPrecondition (as CommitUpdate)
+  //   else records the update in the round (P update:<id> with its seq), "round_commit"
+  //   event; and when it was the last awaited update, closes the round.
+  StatusOr<int64_t> CommitToRound(const std::string& update_id, const std::string& client, int64_t epoch,
+                                  const nlohmann::json& meta, int num_shards, int64_t base_version,
+                                  const RoundOptions& rounds);
+  // Closes the open round when it is due: its deadline passed, or every awaited update is
+  // in (a member's lease lapsed since). Returns the closed round's seq, or 0 when nothing
+  // closed. Idempotent; any number of processes may call it.
+  StatusOr<int64_t> CloseRoundIfDue(const RoundOptions& rounds);
+  // The open round; kNotFound before the first round of the run opened.
+  StatusOr<RoundState> CurrentRound();
 
   // ---- events ----
   // Appends an event; returns its stream id.

@@ -31,7 +31,8 @@
 // (ps/snapshots.h); beside them encoded
 // frames: those cached for pulls and those of updates being received (at most
 // max_receiving updates of one encoded slice each); while a background checkpoint is
-// written, up to one more slice and a copy of the optimizer state.
+// written, up to one more slice and a copy of the optimizer state. ps.mode = sync adds one
+// slice: a round's mean pseudo-gradient (round_mean_, ps/applier.cc).
 //
 // Concurrency contract
 //   * apply thread (one, started by Start): owns the master slice (SnapshotStore's write
@@ -341,6 +342,11 @@ class ShardCore {
   void ApplyLoop();
   // Applies one entry of the commit log; false when the shard halted.
   bool ApplyOne(const CommittedUpdate& c);
+  // ApplyOne for a closed synchronous round (ps/rounds.h): one outer step on the
+  // token-weighted mean of its updates.
+  bool ApplyRound(const CommittedUpdate& c, int64_t start_us);
+  // ps.mode = sync: closes the open round in the registry when it is due.
+  void CloseDueRound();
   void Halt(const std::string& message);
   void ExpireStaged();
   void DropIdleReceiving();
@@ -396,6 +402,7 @@ class ShardCore {
       std::make_unique<ThreadPool>(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   std::unique_ptr<OuterOptimizer> optimizer_;
   int64_t reference_tokens_ = 0;  // resolved reference_tokens (0: not yet, weight_by_tokens)
+  std::vector<float> round_mean_;  // sync mode: a round's mean pseudo-gradient (one more slice)
   int64_t applied_since_checkpoint_ = 0;
   int64_t recovery_target_ = 0;   // commit-log head read at start
 

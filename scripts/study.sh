@@ -15,6 +15,8 @@
 #                                                config with these keys replaced
 #                                                (study.updates_per_client=N: this
 #                                                variant's own update count)
+# A variant with ps.mode=sync client.pipeline_depth=0 ps.round_clients=K runs synchronous
+# rounds (docs/protocol.md): one update per client and round, the same tokens.
 # Every federated run: a private redis-server, ps.num_shards fedps-shard, K fedps-client,
 # each stopping after `updates_per_client` committed updates (--max-updates), so every run
 # trains on K x updates_per_client x local_steps x micro_batch x seq_len tokens. Each
@@ -49,7 +51,7 @@ while (($#)); do
     --cache) CACHE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "study: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -232,12 +234,15 @@ run_federated() {  # run_federated NAME K PART OVERRIDES...
       cpids+=("$BG_PID"); j=$((j + 1))
     done < <(partition_dir "$k" "$part")
     ((j == k)) || die "$name: partition $part has $j client folders, want $k"
+    # The global version counts commits; in synchronous rounds (ps.mode = sync) rounds.
+    local target=$((k * updates)) mode; mode=$(cfg_get "$cfg" ps mode 2>/dev/null || echo async)
+    [[ $mode == sync ]] && target=$updates
     local t=$(date +%s) alive p
     while :; do
       sleep 5
       alive=0; for p in "${cpids[@]}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
       local seq; seq=$("$BIN"/fedps-ctl status --config "$cfg" --json 2>/dev/null | python3 -c "import json,sys;print(json.load(sys.stdin).get('global_seq',0))" 2>/dev/null || echo "?")
-      say "$name: global version $seq / $((k * updates)), $alive clients training, $(since "$t") s"
+      say "$name: global version $seq / $target, $alive clients training, $(since "$t") s"
       ((alive)) || break
       (( $(since "$t") < MAX_RUN_S )) || { say "$name: stopped at the $MAX_RUN_S s cap"; break; }
     done

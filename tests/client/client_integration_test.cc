@@ -1,8 +1,9 @@
 // fedps-client against the real thing: a private redis-server, two fedps-shard processes
 // and two or three fedps-client processes, on real text prepared by fedps-ctl (the tiny
 // preset). Checks that updates are committed exactly once and applied, that validation
-// loss of the global model falls, and that a client killed with an update in flight
-// resumes it under the same update id.
+// loss of the global model falls, that a client killed with an update in flight resumes it
+// under the same update id, and synchronous rounds (ps.mode = "sync"): a round waits for
+// its clients, and closes on its timeout without a frozen one.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "common/env.h"
 #include "common/metrics_log.h"
 #include "ps/registry.h"
+#include "ps/rounds.h"
 #include "ps/shard_channel.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
@@ -99,7 +101,7 @@ class ClientIntegration : public ::testing::Test {
 
   // The run config: tiny model, 2 shards, plain SGD with lr 1 (x <- trained model of the
   // update), small frames so that slices travel in several frames.
-  std::string WriteConfig(const std::string& extra_ps = "") {
+  std::string WriteConfig(const std::string& extra_ps = "", const std::string& extra_client = "") {
     std::string path = dir_.File("run.toml");
     std::ofstream(path) << "[run]\nid = \"client-it\"\ndir = \"" << dir_.File("run") << "\"\nseed = 5\n"
                         << "[model]\npreset = \"tiny\"\n"
@@ -111,7 +113,7 @@ class ClientIntegration : public ::testing::Test {
                         << "base_port = 0\nframe_elements = 65536\noptimizer = \"sgd\"\nouter_lr = 1.0\n"
                         << "staleness = \"constant\"\nmax_staleness = 16\n" << extra_ps
                         << "[client]\nlocal_steps = 10\nheartbeat_ms = 300\nlease_ms = 5000\n"
-                        << "retry_initial_ms = 50\nretry_max_ms = 500\neval_every_versions = 1\n";
+                        << "retry_initial_ms = 50\nretry_max_ms = 500\neval_every_versions = 1\n" << extra_client;
     return path;
   }
 
@@ -267,6 +269,128 @@ TEST_F(ClientIntegration, ThreeClientsCommitUpdatesOnceAndValidationLossFalls) {
       << "validation loss " << before["loss"] << " -> " << after["loss"];
   for (const char* d : {"code", "licenses"}) {
     EXPECT_LT(after["domains"][d]["loss"].get<double>(), before["domains"][d]["loss"].get<double>()) << d;
+  }
+}
+
+// Synchronous rounds (ps.mode = "sync"): the update ids of every round entry in the log.
+std::vector<std::vector<std::string>> RoundsInLog(Registry& reg) {
+  std::vector<std::vector<std::string>> out;
+  auto log = reg.CommittedAfter(0, 100);
+  EXPECT_TRUE(log.ok()) << log.status().ToString();
+  if (!log.ok()) return out;
+  for (const auto& entry : *log) {
+    auto round = ParseClosedRound(entry);
+    EXPECT_TRUE(round.ok()) << entry.update_id << ": " << round.status().ToString();
+    if (!round.ok()) continue;
+    EXPECT_EQ(round->round + 1, entry.seq);
+    std::vector<std::string> ids;
+    for (const auto& u : round->updates) ids.push_back(u.update_id);
+    out.push_back(ids);
+  }
+  return out;
+}
+
+TEST_F(ClientIntegration, SyncRoundsWaitForEveryClientAndTrainFromTheRoundsBase) {
+  std::string config = WriteConfig("mode = \"sync\"\nround_clients = 2\n", "pipeline_depth = 0\n");
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  const int kUpdates = 2;
+  ScopedProcess a = StartClient(config, "sync-a", {"--data", dir_.File("clients/client-0"), "--max-updates",
+                                                   std::to_string(kUpdates)});
+  // Round 0 waits for the second client, which is not even started yet.
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        auto r = reg->CurrentRound();
+        return r.ok() && r->committed == 1;
+      },
+      300s, 50ms))
+      << testing::ReadLogTail(a.log_path());
+  EXPECT_EQ(*reg->GlobalSeq(), 0);
+  EXPECT_EQ(ShardVersion(0), 0);
+  ScopedProcess b = StartClient(config, "sync-b", {"--data", dir_.File("clients/client-1"), "--max-updates",
+                                                   std::to_string(kUpdates)});
+  for (ScopedProcess* p : {&a, &b}) {
+    auto st = p->Wait(600s);
+    ASSERT_TRUE(st.ok()) << "client still running:\n" << testing::ReadLogTail(p->log_path());
+    EXPECT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(p->log_path());
+  }
+  EXPECT_NE(testing::ReadLogTail(a.log_path()).find("waiting for round 0 to close"), std::string::npos)
+      << testing::ReadLogTail(a.log_path());
+  // One log entry per round, each with one update of each client, all trained from the
+  // round's base version (staleness 0).
+  EXPECT_EQ(*reg->GlobalSeq(), kUpdates);
+  auto rounds = RoundsInLog(*reg);
+  ASSERT_EQ(rounds.size(), size_t(kUpdates));
+  for (const auto& ids : rounds) EXPECT_EQ(ids.size(), 2u);
+  for (const char* name : {"sync-a", "sync-b"}) {
+    auto updates = Records(dir_.File(std::string("run/clients/") + name + "/metrics.jsonl"), "update");
+    ASSERT_EQ(updates.size(), size_t(kUpdates)) << name;
+    for (int r = 0; r < kUpdates; ++r) {
+      EXPECT_EQ(updates[r]["round"], r) << name;
+      EXPECT_EQ(updates[r]["base_version"], r) << name;
+      EXPECT_EQ(updates[r]["seq"], r + 1) << name;
+      EXPECT_EQ(updates[r]["staleness"], 0) << name;
+      const auto& ids = rounds[r];
+      EXPECT_EQ(std::count(ids.begin(), ids.end(), updates[r]["update_id"].get<std::string>()), 1) << name;
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == kUpdates; }, 60s, 50ms))
+        << testing::ReadLogTail(shards_[i].log_path());
+  }
+}
+
+TEST_F(ClientIntegration, ASyncRoundClosesOnItsTimeoutWithoutAFrozenClientAndTheFederationGoesOn) {
+  std::string config =
+      WriteConfig("mode = \"sync\"\nround_clients = 2\nround_timeout_ms = 1500\n", "pipeline_depth = 0\n");
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  // Client b joins and is frozen (SIGSTOP) before it can commit anything.
+  ScopedProcess b = StartClient(config, "sync-b", {"--data", dir_.File("clients/client-1"), "--max-updates", "1"});
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        auto m = reg->Members();
+        return m.ok() && !m->empty();
+      },
+      300s, 20ms))
+      << testing::ReadLogTail(b.log_path());
+  ASSERT_TRUE(b.Stop().ok());
+  ASSERT_EQ(reg->CurrentRound().status().code(), StatusCode::kNotFound) << "b committed before it was frozen";
+  // Client a alone: every round closes on its timeout, with a's update only.
+  ScopedProcess a = StartClient(config, "sync-a", {"--data", dir_.File("clients/client-0"), "--max-updates", "2"});
+  auto st = a.Wait(600s);
+  ASSERT_TRUE(st.ok() && st->success()) << testing::ReadLogTail(a.log_path());
+  // a's last round closes on its timeout after a left (the shards close it).
+  EXPECT_TRUE(testing::WaitFor([&] { return reg->GlobalSeq().ok() && *reg->GlobalSeq() == 2; }, 60s, 50ms));
+  // b goes on: whatever it trained from is refused or accepted, it ends with one update in
+  // a later round, and every update is in exactly one round.
+  ASSERT_TRUE(b.Continue().ok());
+  auto sb = b.Wait(600s);
+  ASSERT_TRUE(sb.ok() && sb->success()) << testing::ReadLogTail(b.log_path());
+  auto a_updates = Records(dir_.File("run/clients/sync-a/metrics.jsonl"), "update");
+  auto b_updates = Records(dir_.File("run/clients/sync-b/metrics.jsonl"), "update");
+  ASSERT_EQ(a_updates.size(), 2u);
+  ASSERT_EQ(b_updates.size(), 1u);
+  for (const auto& d : Records(dir_.File("run/clients/sync-b/metrics.jsonl"), "update_dropped")) {
+    EXPECT_NE(d["reason"].get<std::string>().find("closed without it"), std::string::npos) << d.dump();
+  }
+  EXPECT_TRUE(testing::WaitFor([&] { return reg->GlobalSeq().ok() && *reg->GlobalSeq() == 3; }, 60s, 50ms));
+  auto rounds = RoundsInLog(*reg);
+  ASSERT_EQ(rounds.size(), 3u);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(rounds[r], std::vector<std::string>{a_updates[r]["update_id"].get<std::string>()});
+  }
+  EXPECT_EQ(rounds[2], std::vector<std::string>{b_updates[0]["update_id"].get<std::string>()});
+  auto log = reg->CommittedAfter(0, 10);
+  ASSERT_TRUE(log.ok());
+  for (const auto& entry : *log) EXPECT_EQ(ParseClosedRound(entry)->closed_by, "timeout") << entry.update_id;
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == 3; }, 60s, 50ms))
+        << testing::ReadLogTail(shards_[i].log_path());
   }
 }
 
