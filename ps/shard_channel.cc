@@ -31,6 +31,7 @@ StatusCode StatusCodeForShardError(int code) {
     case rpc::ErrorCode::UNAVAILABLE: return StatusCode::kUnavailable;
     case rpc::ErrorCode::IDENTITY_MISMATCH: return StatusCode::kFailedPrecondition;
     case rpc::ErrorCode::SNAPSHOT_EXPIRED: return StatusCode::kAborted;
+    case rpc::ErrorCode::NOT_MEMBER: return StatusCode::kAborted;
     default: return StatusCode::kInternal;
   }
 }

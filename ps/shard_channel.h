@@ -8,8 +8,9 @@
 // protocol's code (STALE_REFUSED -> kOutOfRange, FENCED -> kAborted, NOT_STAGED ->
 // kNotFound, BAD_REQUEST -> kInvalidArgument, DATA_LOSS -> kDataLoss, UNAVAILABLE ->
 // kUnavailable, IDENTITY_MISMATCH -> kFailedPrecondition, SNAPSHOT_EXPIRED -> kAborted,
-// INTERNAL and unknown codes -> kInternal); the message is "<CODE>: <shard's message>", so
-// FENCED and SNAPSHOT_EXPIRED (both kAborted) can be told apart by last_error().code.
+// NOT_MEMBER -> kAborted, INTERNAL and unknown codes -> kInternal); the message is
+// "<CODE>: <shard's message>", so FENCED, SNAPSHOT_EXPIRED and NOT_MEMBER (all kAborted)
+// can be told apart by last_error().code.
 // Transport failures (refused, reset, timeout, oversized frame) are kUnavailable; the
 // connection is then closed and the next call reconnects (calls are never retried here:
 // the caller's retry policy decides, and push/commit are idempotent on the shard).
