@@ -152,6 +152,10 @@ Status Run(const Args& args, const sigset_t& signals) {
   so.host = cfg.ps.host;
   so.port = args.port >= 0 ? args.port : (cfg.ps.base_port > 0 ? static_cast<int>(cfg.ps.base_port) + args.shard : 0);
   so.lease_ms = cfg.ps.shard_lease_ms;
+  so.limits.max_connections = static_cast<int>(lim.max_connections);
+  so.limits.idle_timeout_ms = lim.idle_timeout_ms;
+  so.limits.read_timeout_ms = lim.read_timeout_ms;
+  so.limits.max_message_bytes = lim.max_message_bytes;
   so.registry = ropts;
   ShardServer server(core.get(), so);
   RETURN_IF_ERROR(server.Start());
