@@ -150,7 +150,9 @@ struct LimitsOptions {
   int64_t max_message_bytes = 512 << 20;  // largest RPC message; a larger one is read away and refused (BAD_REQUEST)
   int64_t receiving_updates = 16;       // updates being received at once, all clients (beyond: UNAVAILABLE)
   int64_t receiving_updates_per_client = 4;
-  int64_t receiving_bytes_per_client = int64_t{4} << 30;  // frames held in memory for one client's receiving updates
+  // Frames held in memory for one client's updates being received; keep it above one
+  // encoded slice (slice values x codec bytes), or no update of that size can arrive.
+  int64_t receiving_bytes_per_client = int64_t{16} << 30;
   int64_t receive_timeout_ms = 120000;  // a partly received update idle this long is dropped
   int64_t staged_updates = 1024;        // staged, uncommitted updates, all clients
   int64_t staged_bytes = int64_t{256} << 30;  // their frames on disk, all clients

@@ -140,9 +140,9 @@ struct ShardCoreOptions {
   // Receiving updates at once; beyond: UNAVAILABLE with retry_after_ms. Default 16.
   int max_receiving = 16;
   // Per client (the push's client_id, a live member: see Push): updates being received at
-  // once and their frames in memory; beyond either: UNAVAILABLE. Defaults 4 and 4 GiB.
+  // once and their frames in memory; beyond either: UNAVAILABLE. Defaults 4 and 16 GiB.
   int max_receiving_per_client = 4;
-  int64_t max_receiving_bytes_per_client = int64_t{4} << 30;
+  int64_t max_receiving_bytes_per_client = int64_t{16} << 30;
   // Staged, uncommitted updates (and their frames on disk), all clients and per client. A
   // new update is refused UNAVAILABLE while one is full (commits and expiry free them).
   // Defaults 1024, 256 GiB, 16, 32 GiB (the [limits] section's).
