@@ -156,6 +156,19 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                  {"optimizer_save_every", Bind(&k.optimizer_save_every)},
                  {"min_free_disk_mb", Bind(&k.min_free_disk_mb)},
                  {"streams_per_shard", Bind(&k.streams_per_shard)}};
+  auto& l = c.limits;
+  s["limits"] = {{"max_connections", Bind(&l.max_connections)},
+                 {"idle_timeout_ms", Bind(&l.idle_timeout_ms)},
+                 {"read_timeout_ms", Bind(&l.read_timeout_ms)},
+                 {"max_message_bytes", Bind(&l.max_message_bytes)},
+                 {"receiving_updates", Bind(&l.receiving_updates)},
+                 {"receiving_updates_per_client", Bind(&l.receiving_updates_per_client)},
+                 {"receiving_bytes_per_client", Bind(&l.receiving_bytes_per_client)},
+                 {"receive_timeout_ms", Bind(&l.receive_timeout_ms)},
+                 {"staged_updates", Bind(&l.staged_updates)},
+                 {"staged_bytes", Bind(&l.staged_bytes)},
+                 {"staged_updates_per_client", Bind(&l.staged_updates_per_client)},
+                 {"staged_bytes_per_client", Bind(&l.staged_bytes_per_client)}};
   return s;
 }
 
@@ -224,7 +237,8 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (p.redis.find(':') == std::string::npos && p.redis.rfind("unix:", 0) != 0)
     return bad("ps.redis", "must be host:port or unix:/path (got \"" + p.redis + "\")");
   if (p.base_port < 0 || p.base_port > 65535) return bad("ps.base_port", "must be in [0, 65535]");
-  if (p.frame_elements < 1024 || p.frame_elements > (1 << 26)) return bad("ps.frame_elements", "must be in [1024, 67108864]");
+  if (p.frame_elements < 1024 || p.frame_elements > (1 << 26))
+    return bad("ps.frame_elements", "must be in [1024, 67108864]");
   if (p.staleness != "constant" && p.staleness != "polynomial" && p.staleness != "hinge")
     return bad("ps.staleness", "must be one of constant, polynomial, hinge (got \"" + p.staleness + "\")");
   if (p.staleness_a < 0) return bad("ps.staleness_a", "must be >= 0");
@@ -271,6 +285,26 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (k.optimizer_save_every < 0) return bad("client.optimizer_save_every", "must be >= 0");
   if (k.min_free_disk_mb < 0) return bad("client.min_free_disk_mb", "must be >= 0");
   if (k.streams_per_shard < 1 || k.streams_per_shard > 16) return bad("client.streams_per_shard", "must be 1..16");
+  const auto& l = c.limits;
+  for (auto [key, v] : {std::pair{"max_connections", l.max_connections},
+                        {"receiving_updates", l.receiving_updates},
+                        {"receiving_updates_per_client", l.receiving_updates_per_client},
+                        {"staged_updates", l.staged_updates},
+                        {"staged_updates_per_client", l.staged_updates_per_client}}) {
+    if (v < 1 || v > 1000000) return bad(std::string("limits.") + key, "must be in [1, 1000000]");
+  }
+  for (auto [key, v] : {std::pair{"idle_timeout_ms", l.idle_timeout_ms}, {"read_timeout_ms", l.read_timeout_ms},
+                        {"receive_timeout_ms", l.receive_timeout_ms}}) {
+    if (v < 100 || v > 86400000) return bad(std::string("limits.") + key, "must be in [100, 86400000] ms");
+  }
+  // Thrift sizes messages with int32, and a push carries at least one frame of a few MB.
+  if (l.max_message_bytes < (1 << 20) || l.max_message_bytes > (int64_t{1} << 31) - 1)
+    return bad("limits.max_message_bytes", "must be in [1 MiB, 2 GiB - 1]");
+  for (auto [key, v] : {std::pair{"receiving_bytes_per_client", l.receiving_bytes_per_client},
+                        {"staged_bytes", l.staged_bytes},
+                        {"staged_bytes_per_client", l.staged_bytes_per_client}}) {
+    if (v < (1 << 20)) return bad(std::string("limits.") + key, "must be >= 1 MiB");
+  }
   return Status::Ok();
 }
 

@@ -153,6 +153,25 @@ struct ClientOptions {
   int64_t streams_per_shard = 2;
 };
 
+// [limits]: what one shard accepts from the network before and while it commits memory,
+// disk or a thread to it (docs/security.md). Each refusal names the limit it hit.
+struct LimitsOptions {
+  int64_t max_connections = 256;        // open RPC connections per shard; more are closed at accept
+  int64_t idle_timeout_ms = 300000;     // a connection that starts no request for this long is closed
+  int64_t read_timeout_ms = 60000;      // a request must arrive in full this long after its first byte
+  int64_t max_message_bytes = 512 << 20;  // largest RPC message; a larger one is read away and refused (BAD_REQUEST)
+  int64_t receiving_updates = 16;       // updates being received at once, all clients (beyond: UNAVAILABLE)
+  int64_t receiving_updates_per_client = 4;
+  // Frames held in memory for one client's updates being received; keep it above one
+  // encoded slice (slice values x codec bytes), or no update of that size can arrive.
+  int64_t receiving_bytes_per_client = int64_t{16} << 30;
+  int64_t receive_timeout_ms = 120000;  // a partly received update idle this long is dropped
+  int64_t staged_updates = 1024;        // staged, uncommitted updates, all clients
+  int64_t staged_bytes = int64_t{256} << 30;  // their frames on disk, all clients
+  int64_t staged_updates_per_client = 16;
+  int64_t staged_bytes_per_client = int64_t{32} << 30;
+};
+
 struct RunConfig {
   std::string path;  // the file it came from ("" for defaults)
   RunOptions run;
@@ -163,6 +182,7 @@ struct RunConfig {
   CompressionOptions compression;
   PsOptions ps;
   ClientOptions client;
+  LimitsOptions limits;
 };
 
 // The [ps] options every shard and client of a run must share because they decide how an

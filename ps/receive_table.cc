@@ -34,6 +34,17 @@ std::shared_ptr<ReceivingUpdate> ReceiveTable::Find(const std::string& update_id
   return it == map_.end() ? nullptr : it->second;
 }
 
+ReceiveUsage ReceiveTable::UsageOf(const std::string& client_id) const {
+  ReceiveUsage u;
+  for (const auto& [id, r] : map_) {
+    if (r->client_id != client_id) continue;
+    std::lock_guard<std::mutex> lock(r->mu);
+    ++u.updates;
+    u.bytes += r->bytes;
+  }
+  return u;
+}
+
 std::shared_ptr<ReceivingUpdate> ReceiveTable::Create(const std::string& update_id, const std::string& client_id,
                                                       int64_t client_epoch, int64_t base_version, int64_t tokens,
                                                       int64_t local_steps, int64_t total_frames, int64_t now_us) {

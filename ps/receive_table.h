@@ -50,6 +50,12 @@ struct ReceivingUpdate {
   std::vector<int64_t> Missing();
 };
 
+// What one client holds in the table.
+struct ReceiveUsage {
+  int64_t updates = 0;
+  int64_t bytes = 0;  // frames received so far
+};
+
 // The outcome of adding one frame.
 enum class FrameOutcome {
   kAdded,      // new frame stored
@@ -61,10 +67,12 @@ class ReceiveTable {
  public:
   explicit ReceiveTable(int max_updates) : max_updates_(max_updates) {}
 
-  // Owner's mutex held for the four below.
+  // Owner's mutex held for the five below.
   std::shared_ptr<ReceivingUpdate> Find(const std::string& update_id) const;
   bool Full() const { return static_cast<int>(map_.size()) >= max_updates_; }
   size_t size() const { return map_.size(); }
+  // The entries of `client_id` and their bytes (locks each entry's mu).
+  ReceiveUsage UsageOf(const std::string& client_id) const;
   // Inserts a new entry (the caller checked Find and Full).
   std::shared_ptr<ReceivingUpdate> Create(const std::string& update_id, const std::string& client_id,
                                           int64_t client_epoch, int64_t base_version, int64_t tokens,

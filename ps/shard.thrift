@@ -38,13 +38,17 @@ enum ErrorCode {
   // The shard holds no staged slice for that update (never fully pushed, or expired
   // before commit): push it again (if not too stale) or drop it.
   NOT_STAGED = 3,
-  // Malformed request: sizes, frame layout, codec, values (NaN), conflicting resend.
-  // Retrying the same request will fail the same way.
+  // Malformed request: sizes, frame layout, codec, values (NaN), an update_id that is not
+  // "<client_id>/<client_epoch>/<counter>", a message larger than the shard's
+  // limits.max_message_bytes, a conflicting resend (a frame of an update received or
+  // staged before with other bytes: update ids are not reusable). Retrying the same
+  // request will fail the same way.
   BAD_REQUEST = 4,
   // A frame failed to decode or a checksum failed (resend the frame), or the shard lost
   // durable state (operator: see the shard's log).
   DATA_LOSS = 5,
-  // Busy, starting, recovering, or waiting for a version: retry after retry_after_ms.
+  // Busy, starting, recovering, waiting for a version, or a [limits] quota full (the
+  // message names it): retry after retry_after_ms.
   UNAVAILABLE = 6,
   // run_id, layout_hash or shard_index differ from the shard's: the caller's config or
   // directory is wrong. Do not retry.
@@ -54,6 +58,11 @@ enum ErrorCode {
   SNAPSHOT_EXPIRED = 8,
   // A bug or an unexpected failure on the shard.
   INTERNAL = 9,
+  // Push, first frame of an update: client_id is not a live member of the federation, or
+  // client_epoch is above its membership epoch (an update made under an earlier membership
+  // of the same name may be pushed again). Join (again); new updates use the new epoch.
+  // (Added after version 1: older peers read it as INTERNAL.)
+  NOT_MEMBER = 10,
 }
 
 exception ShardError {

@@ -8,6 +8,8 @@
 #include <thrift/transport/TSocket.h>
 #include <thrift/transport/TTransportException.h>
 
+#include <poll.h>
+
 #include <algorithm>
 #include <climits>
 #include <mutex>
@@ -31,6 +33,7 @@ StatusCode StatusCodeForShardError(int code) {
     case rpc::ErrorCode::UNAVAILABLE: return StatusCode::kUnavailable;
     case rpc::ErrorCode::IDENTITY_MISMATCH: return StatusCode::kFailedPrecondition;
     case rpc::ErrorCode::SNAPSHOT_EXPIRED: return StatusCode::kAborted;
+    case rpc::ErrorCode::NOT_MEMBER: return StatusCode::kAborted;
     default: return StatusCode::kInternal;
   }
 }
@@ -75,6 +78,14 @@ std::string ShardChannel::address() const { return options_.host + ":" + std::to
 
 bool ShardChannel::connected() const { return transport_ != nullptr && transport_->isOpen(); }
 
+bool ShardChannel::PeerClosed() const {
+  if (!socket_) return false;
+  // No call is in flight: anything readable is the end of the connection (the shard closed
+  // it, e.g. after limits.idle_timeout_ms), never a reply.
+  pollfd p{static_cast<int>(socket_->getSocketFD()), POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0;
+}
+
 void ShardChannel::Close() {
   if (transport_) {
     try {
@@ -85,10 +96,11 @@ void ShardChannel::Close() {
   }
   client_.reset();
   transport_.reset();
+  socket_.reset();
 }
 
 Status ShardChannel::Connect() {
-  if (connected()) return Status::Ok();
+  if (connected() && !PeerClosed()) return Status::Ok();
   Close();
   if (options_.port <= 0 || options_.port > 65535) {
     return InvalidArgument("shard channel: bad port " + std::to_string(options_.port));
@@ -103,6 +115,7 @@ Status ShardChannel::Connect() {
     socket->setNoDelay(true);
     auto framed = std::make_shared<TFramedTransport>(socket, config);
     framed->open();
+    socket_ = socket;
     transport_ = framed;
     client_ = std::make_unique<rpc::ShardClient>(std::make_shared<TCompactProtocol>(framed));
   } catch (const std::exception& e) {
@@ -148,6 +161,11 @@ StatusOr<rpc::PullResponse> ShardChannel::Pull(const rpc::PullRequest& request) 
 }
 
 StatusOr<rpc::PushResponse> ShardChannel::Push(const rpc::PushRequest& request) {
+  if (static_cast<int64_t>(request.frame.size()) > options_.max_message_bytes) {
+    return InvalidArgument("shard " + address() + " push: a frame of " + std::to_string(request.frame.size()) +
+                           " bytes is larger than max_message_bytes (" + std::to_string(options_.max_message_bytes) +
+                           ")");
+  }
   rpc::PushResponse out;
   RETURN_IF_ERROR(Call("push", [&] { client_->push(out, request); }));
   frame_bytes_sent_ += static_cast<int64_t>(request.frame.size());

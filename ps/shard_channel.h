@@ -8,11 +8,17 @@
 // protocol's code (STALE_REFUSED -> kOutOfRange, FENCED -> kAborted, NOT_STAGED ->
 // kNotFound, BAD_REQUEST -> kInvalidArgument, DATA_LOSS -> kDataLoss, UNAVAILABLE ->
 // kUnavailable, IDENTITY_MISMATCH -> kFailedPrecondition, SNAPSHOT_EXPIRED -> kAborted,
-// INTERNAL and unknown codes -> kInternal); the message is "<CODE>: <shard's message>", so
-// FENCED and SNAPSHOT_EXPIRED (both kAborted) can be told apart by last_error().code.
-// Transport failures (refused, reset, timeout, oversized frame) are kUnavailable; the
-// connection is then closed and the next call reconnects (calls are never retried here:
-// the caller's retry policy decides, and push/commit are idempotent on the shard).
+// NOT_MEMBER -> kAborted, INTERNAL and unknown codes -> kInternal); the message is
+// "<CODE>: <shard's message>", so FENCED, SNAPSHOT_EXPIRED and NOT_MEMBER (all kAborted)
+// can be told apart by last_error().code.
+// Transport failures (refused, reset, timeout) are kUnavailable; the connection is then
+// closed and the next call reconnects (calls are never retried here: the caller's retry
+// policy decides, and push/commit are idempotent on the shard). A connection the shard
+// closed while it was idle (limits.idle_timeout_ms) is noticed before the next call and
+// replaced. A push whose frame is above max_message_bytes is kInvalidArgument before
+// anything is sent; a shard with a smaller limit answers BAD_REQUEST (kInvalidArgument)
+// naming its limit. NOT_MEMBER (the client is not a live member at that epoch) is kAborted:
+// join again.
 //
 // Building requests: every request but status() carries an rpc::RequestHeader (run_id,
 // layout_hash = ParamLayout::hash() of the run's model, shard_index, shard_epoch from the
@@ -32,6 +38,7 @@
 #include "ps/rpc/shard_types.h"
 
 namespace apache::thrift::transport {
+class TSocket;
 class TTransport;
 }
 namespace fedps::rpc {
@@ -110,8 +117,11 @@ class ShardChannel {
   // Runs one call with the connection open; maps exceptions; closes on transport errors.
   template <typename Fn>
   Status Call(const char* what, Fn&& fn);
+  // The open connection was closed by the shard (readable while no call is in flight).
+  bool PeerClosed() const;
 
   ShardChannelOptions options_;
+  std::shared_ptr<apache::thrift::transport::TSocket> socket_;        // under transport_
   std::shared_ptr<apache::thrift::transport::TTransport> transport_;  // framed
   std::unique_ptr<rpc::ShardClient> client_;
   ShardCallError last_error_;

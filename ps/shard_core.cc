@@ -40,6 +40,7 @@ Status CoreError::ToStatus() const {
     case ShardErrorCode::kIdentityMismatch: return FailedPrecondition(message);
     case ShardErrorCode::kSnapshotExpired: return Aborted(message);
     case ShardErrorCode::kInternal: return Internal(message);
+    case ShardErrorCode::kNotMember: return Aborted(message);
   }
   return Internal(message);
 }
@@ -76,6 +77,11 @@ StatusOr<std::unique_ptr<ShardCore>> ShardCore::Create(ShardCoreOptions options)
   if (options.env == nullptr) options.env = Env::Default();
   if (options.max_receiving < 1 || options.keep_checkpoints < 1 || options.poll_ms < 1) {
     return InvalidArgument("shard: max_receiving, keep_checkpoints and poll_ms must be >= 1");
+  }
+  if (options.max_receiving_per_client < 1 || options.max_staged < 1 || options.max_staged_per_client < 1 ||
+      options.max_receiving_bytes_per_client < 1 || options.max_staged_bytes < 1 ||
+      options.max_staged_bytes_per_client < 1) {
+    return InvalidArgument("shard: the receiving and staged limits must be >= 1");
   }
   std::unique_ptr<ShardCore> core(new ShardCore(std::move(options)));
   const ShardCoreOptions& o = core->options_;
@@ -457,7 +463,8 @@ CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, Pu
     }
   }
   const int64_t decoded_us = NowUs();
-  Status w = staged_store_->Write(r->update_id, StageRecord(r->base_version, r->tokens, r->local_steps), r->frames);
+  Status w = staged_store_->Write(r->update_id, r->client_id, StageRecord(r->base_version, r->tokens, r->local_steps),
+                                  r->frames, r->checksum);
   if (!w.ok()) {
     LOG(ERROR) << "staging " << r->update_id << ": " << w.ToString();
     std::lock_guard<std::mutex> rl(r->mu);
@@ -468,6 +475,8 @@ CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, Pu
     std::lock_guard<std::mutex> lock(mu_);
     auto s = std::make_shared<Staged>();
     s->client_id = r->client_id;
+    s->checksums = r->checksum;
+    s->bytes = r->bytes;
     s->base_version = r->base_version;
     s->tokens = r->tokens;
     s->local_steps = r->local_steps;
@@ -501,9 +510,73 @@ CoreError ShardCore::Push(const PushArgs& a, PushResult* out) {
   return e;
 }
 
+namespace {
+
+// The id's "<client>/<epoch>/" prefix: an update id belongs to the client (and membership)
+// that makes it, so an id cannot be staged under another client's name.
+bool IdNamesClient(const std::string& update_id, const std::string& client_id, int64_t client_epoch) {
+  const std::string prefix = client_id + "/" + Str(client_epoch) + "/";
+  return !client_id.empty() && update_id.size() > prefix.size() && update_id.compare(0, prefix.size(), prefix) == 0;
+}
+
+}  // namespace
+
+CoreError ShardCore::AdmitLocked(const std::string& client_id) const {
+  if (receiving_.Full()) {
+    return UnavailableLocked("receiving " + Str(receiving_.size()) + " updates already (limits.receiving_updates)");
+  }
+  const ReceiveUsage mine = receiving_.UsageOf(client_id);
+  if (mine.updates >= options_.max_receiving_per_client) {
+    return UnavailableLocked("client " + client_id + " has " + Str(mine.updates) +
+                             " updates being received already (limits.receiving_updates_per_client)");
+  }
+  int64_t staged = 0, staged_bytes = 0, my_staged = 0, my_staged_bytes = 0;
+  for (const auto& [id, st] : staged_) {
+    if (st->seq > 0) continue;  // committed: applied soon, then kept only as the replay log
+    ++staged;
+    staged_bytes += st->bytes;
+    if (st->client_id == client_id) {
+      ++my_staged;
+      my_staged_bytes += st->bytes;
+    }
+  }
+  auto full = [&](const char* what, int64_t have, const char* limit) {
+    return UnavailableLocked(std::string(what) + " " + Str(have) + " (" + limit +
+                             "): commit or let staged updates expire first");
+  };
+  if (staged >= options_.max_staged) return full("staged updates", staged, "limits.staged_updates");
+  if (staged_bytes >= options_.max_staged_bytes) return full("staged bytes", staged_bytes, "limits.staged_bytes");
+  if (my_staged >= options_.max_staged_per_client) {
+    return full(("client " + client_id + " has staged updates").c_str(), my_staged, "limits.staged_updates_per_client");
+  }
+  if (my_staged_bytes >= options_.max_staged_bytes_per_client) {
+    return full(("client " + client_id + " has staged bytes").c_str(), my_staged_bytes,
+                "limits.staged_bytes_per_client");
+  }
+  return {};
+}
+
+CoreError ShardCore::CheckMember(const PushArgs& a) {
+  auto members = request_registry_->Members();
+  if (!members.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return UnavailableLocked("cannot read the federation's members: " + members.status().ToString());
+  }
+  for (const Member& m : *members) {
+    if (m.name != a.client_id) continue;
+    // An epoch below the member's: an update made under an earlier membership of this name,
+    // pushed again after a rejoin or restart (docs/client.md, "Fencing and restarts").
+    if (a.client_epoch <= m.epoch) return {};
+    return CoreError::Make(ShardErrorCode::kNotMember, "client " + a.client_id + " pushes under epoch " +
+                                                           Str(a.client_epoch) + "; its membership has epoch " +
+                                                           Str(m.epoch));
+  }
+  return CoreError::Make(ShardErrorCode::kNotMember,
+                         "client " + a.client_id + " is not a live member of run " + options_.run_id + ": join first");
+}
+
 CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
-  std::shared_ptr<ReceivingUpdate> r;
-  bool maybe_committed = false;  // first frame of an update unknown here
+  auto bad = [](std::string m) { return CoreError::Make(ShardErrorCode::kBadRequest, std::move(m)); };
   {
     std::lock_guard<std::mutex> lock(mu_);
     CoreError e = CheckHeaderLocked(a.header);
@@ -514,25 +587,59 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
     bytes_in_ += static_cast<int64_t>(a.frame.size());
     out->version = version_;
     out->total_frames = total_frames_;
-    auto bad = [](std::string m) { return CoreError::Make(ShardErrorCode::kBadRequest, std::move(m)); };
-    if (a.update_id.empty()) return bad("empty update_id");
-    if (a.frame_elements != options_.ps.frame_elements) {
-      return bad("frame_elements " + Str(a.frame_elements) + " != the shard's " + Str(options_.ps.frame_elements));
-    }
-    if (a.total_frames != total_frames_) {
-      return bad("total_frames " + Str(a.total_frames) + " != " + Str(total_frames_) + " (ceil(" +
-                 Str(options_.slice_elements) + " / " + Str(options_.ps.frame_elements) + "))");
-    }
-    if (a.frame_index < 0 || a.frame_index >= total_frames_) {
-      return bad("frame_index " + Str(a.frame_index) + " not in [0, " + Str(total_frames_) + ")");
-    }
-    if (!CodecFromName(a.codec).ok()) return bad("unknown codec '" + a.codec + "'");
-    if (AnswerKnownLocked(a.update_id, out)) return {};
+  }
+  // Checks of the request alone (the options are immutable).
+  if (a.update_id.empty()) return bad("empty update_id");
+  if (!IdNamesClient(a.update_id, a.client_id, a.client_epoch)) {
+    return bad("update_id '" + a.update_id + "' is not '" + a.client_id + "/" + Str(a.client_epoch) +
+               "/<counter>' (client_id/client_epoch/counter)");
+  }
+  if (a.frame_elements != options_.ps.frame_elements) {
+    return bad("frame_elements " + Str(a.frame_elements) + " != the shard's " + Str(options_.ps.frame_elements));
+  }
+  if (a.total_frames != total_frames_) {
+    return bad("total_frames " + Str(a.total_frames) + " != " + Str(total_frames_) + " (ceil(" +
+               Str(options_.slice_elements) + " / " + Str(options_.ps.frame_elements) + "))");
+  }
+  if (a.frame_index < 0 || a.frame_index >= total_frames_) {
+    return bad("frame_index " + Str(a.frame_index) + " not in [0, " + Str(total_frames_) + ")");
+  }
+  if (!CodecFromName(a.codec).ok()) return bad("unknown codec '" + a.codec + "'");
+  // The frame is checked before anything is looked up or kept for it: a new update gets an
+  // entry only for a frame that belongs exactly where it claims and whose checksum holds,
+  // and a resend is compared by that checksum with what was received or staged before.
+  auto header = ReceiveTable::CheckFrame(a.frame, a.frame_index, options_.ps.frame_elements, options_.slice_elements);
+  if (!header.ok()) {
+    ShardErrorCode code =
+        header.status().code() == StatusCode::kDataLoss ? ShardErrorCode::kDataLoss : ShardErrorCode::kBadRequest;
+    return CoreError::Make(code,
+                           "frame " + Str(a.frame_index) + " of " + a.update_id + ": " + header.status().message());
+  }
+  const uint64_t checksum = header->checksum;
+  auto same_scalars = [&](int64_t base, int64_t tokens, int64_t steps) {
+    return base == a.base_version && tokens == a.tokens && steps == a.local_steps;
+  };
+  auto same_sender = [&](const ReceivingUpdate& r) {
+    return r.client_id == a.client_id && r.client_epoch == a.client_epoch &&
+           same_scalars(r.base_version, r.tokens, r.local_steps);
+  };
+  const std::string differ = "update " + a.update_id +
+                             ": client, epoch, base_version, tokens or local_steps differ from its earlier frames";
 
-    auto same_scalars = [&](int64_t base, int64_t tokens, int64_t steps) {
-      return base == a.base_version && tokens == a.tokens && steps == a.local_steps;
-    };
+  std::shared_ptr<ReceivingUpdate> r;
+  bool first_frame = false;  // of an update unknown here
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out->version = version_;
     auto st = staged_.find(a.update_id);
+    if (st != staged_.end()) {
+      const std::vector<uint64_t>& staged_sums = st->second->checksums;
+      if (static_cast<int64_t>(staged_sums.size()) == total_frames_ && staged_sums[a.frame_index] != checksum) {
+        return bad("frame " + Str(a.frame_index) + " of " + a.update_id +
+                   " was staged with other bytes (an update id is never reused)");
+      }
+    }
+    if (AnswerKnownLocked(a.update_id, out)) return {};
     if (st != staged_.end()) {
       if (!same_scalars(st->second->base_version, st->second->tokens, st->second->local_steps)) {
         return bad("update " + a.update_id + " was staged with other base_version/tokens/local_steps");
@@ -554,56 +661,54 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
       }
       r = receiving_.Find(a.update_id);
       if (r) {
-        if (!same_scalars(r->base_version, r->tokens, r->local_steps)) {
-          return bad("update " + a.update_id + ": base_version/tokens/local_steps differ from its earlier frames");
-        }
+        if (!same_sender(*r)) return bad(differ);
       } else {
-        if (receiving_.Full()) return UnavailableLocked("receiving " + Str(receiving_.size()) + " updates already");
-        maybe_committed = true;
+        CoreError full = AdmitLocked(a.client_id);
+        if (!full.ok()) return full;
+        first_frame = true;
       }
     }
   }
-  if (!r && !maybe_committed) return MarkStagedAndAnswer(a.update_id, out);
+  if (!r && !first_frame) return MarkStagedAndAnswer(a.update_id, out);
 
-  // Check the frame before any memory is committed to it (a new update gets an entry only
-  // for a frame that belongs exactly where it claims and whose checksum holds).
-  auto header = ReceiveTable::CheckFrame(a.frame, a.frame_index, options_.ps.frame_elements, options_.slice_elements);
-  if (!header.ok()) {
-    ShardErrorCode code =
-        header.status().code() == StatusCode::kDataLoss ? ShardErrorCode::kDataLoss : ShardErrorCode::kBadRequest;
-    return CoreError::Make(code, "frame " + Str(a.frame_index) + " of " + a.update_id + ": " + header.status().message());
-  }
-
-  if (maybe_committed) {
-    // A first frame of an update this shard does not know: it may have been committed
-    // and applied before a restart (the client lost the reply). One lookup per update.
+  if (first_frame) {
+    // It may have been committed and applied before a restart (the client lost the reply):
+    // one lookup per update. Else only a live member may start an update.
     auto c = request_registry_->LookupCommit(a.update_id);
-    std::lock_guard<std::mutex> lock(mu_);
     if (c.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
       out->state = c->seq <= version_ ? UpdateState::kApplied : UpdateState::kCommitted;
       out->seq = c->seq;
       out->frames_received = total_frames_;
       out->version = version_;
       return {};
     }
+    CoreError member = CheckMember(a);
+    if (!member.ok()) return member;
+    std::lock_guard<std::mutex> lock(mu_);
     if (AnswerKnownLocked(a.update_id, out)) return {};
     if (staged_.count(a.update_id)) return UnavailableLocked("update " + a.update_id + " changed state: resend");
     r = receiving_.Find(a.update_id);
     if (!r) {
-      if (receiving_.Full()) return UnavailableLocked("receiving " + Str(receiving_.size()) + " updates already");
+      CoreError full = AdmitLocked(a.client_id);
+      if (!full.ok()) return full;
       r = receiving_.Create(a.update_id, a.client_id, a.client_epoch, a.base_version, a.tokens, a.local_steps,
                             total_frames_, NowUs());
     }
-    if (r->base_version != a.base_version || r->tokens != a.tokens || r->local_steps != a.local_steps) {
-      return CoreError::Make(ShardErrorCode::kBadRequest,
-                             "update " + a.update_id + ": base_version/tokens/local_steps differ from its earlier frames");
+    if (!same_sender(*r)) return bad(differ);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const ReceiveUsage mine = receiving_.UsageOf(a.client_id);
+    if (mine.bytes + static_cast<int64_t>(a.frame.size()) > options_.max_receiving_bytes_per_client) {
+      return UnavailableLocked("client " + a.client_id + " has " + Str(mine.bytes) +
+                               " bytes of updates being received (limits.receiving_bytes_per_client)");
     }
   }
 
-  FrameOutcome added = ReceiveTable::AcceptFrame(*r, a.frame_index, a.frame, header->checksum, NowUs());
+  FrameOutcome added = ReceiveTable::AcceptFrame(*r, a.frame_index, a.frame, checksum, NowUs());
   if (added == FrameOutcome::kConflict) {
-    return CoreError::Make(ShardErrorCode::kBadRequest,
-                           "frame " + Str(a.frame_index) + " of " + a.update_id + " was received before with other bytes");
+    return bad("frame " + Str(a.frame_index) + " of " + a.update_id + " was received before with other bytes");
   }
   bool stage = false;
   {
@@ -711,6 +816,9 @@ Status ShardCore::IndexStagedFiles() {
   ASSIGN_OR_RETURN(std::vector<StagedUpdate> files, staged_store_->Index());
   for (const StagedUpdate& f : files) {
     auto s = std::make_shared<Staged>();
+    s->client_id = f.client_id;
+    s->checksums = f.checksums;
+    s->bytes = f.bytes;
     s->base_version = f.record["base_version"].get<int64_t>();
     s->tokens = f.record["tokens"].get<int64_t>();
     s->local_steps = f.record["local_steps"].get<int64_t>();

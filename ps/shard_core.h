@@ -102,6 +102,7 @@ enum class ShardErrorCode {
   kIdentityMismatch = 7,
   kSnapshotExpired = 8,
   kInternal = 9,
+  kNotMember = 10,
 };
 
 // The outcome of a core call: kOk, or an error with the fields ShardError carries.
@@ -141,6 +142,17 @@ struct ShardCoreOptions {
   RegistryOptions registry;    // the core opens its own connections with these
   // Receiving updates at once; beyond: UNAVAILABLE with retry_after_ms. Default 16.
   int max_receiving = 16;
+  // Per client (the push's client_id, a live member: see Push): updates being received at
+  // once and their frames in memory; beyond either: UNAVAILABLE. Defaults 4 and 16 GiB.
+  int max_receiving_per_client = 4;
+  int64_t max_receiving_bytes_per_client = int64_t{16} << 30;
+  // Staged, uncommitted updates (and their frames on disk), all clients and per client. A
+  // new update is refused UNAVAILABLE while one is full (commits and expiry free them).
+  // Defaults 1024, 256 GiB, 16, 32 GiB (the [limits] section's).
+  int max_staged = 1024;
+  int64_t max_staged_bytes = int64_t{256} << 30;
+  int max_staged_per_client = 16;
+  int64_t max_staged_bytes_per_client = int64_t{32} << 30;
   // A partially received update idle this long is dropped. Default 120 s.
   int64_t receive_timeout_ms = 120000;
   // Cap of PullRequest.wait_ms. Default 30 s.
@@ -275,6 +287,13 @@ class ShardCore {
   void Stop();
 
   CoreError Pull(const PullArgs& args, PullResult* out);
+  // One frame of an update (docs/protocol.md §3; docs/security.md for who may push):
+  // update_id must be "<client_id>/<client_epoch>/<counter>"; the first frame of an update
+  // this shard does not know is admitted only when client_id is a live member whose
+  // membership epoch is client_epoch (or later: a re-push of an update made under an
+  // earlier membership), and within the [limits] quotas; every frame is checked (placement,
+  // checksum) before anything is looked up or kept, and a frame of an update received or
+  // staged before is compared with it by checksum: other bytes are BAD_REQUEST.
   CoreError Push(const PushArgs& args, PushResult* out);
   CoreError CommitNotify(const CoreHeader& header, const std::string& update_id, int64_t seq);
   CoreError Checkpoint(const CoreHeader& header, const std::string& reason, CheckpointResult* out);
@@ -304,6 +323,8 @@ class ShardCore {
   // A staged update on disk (guarded by mu_).
   struct Staged {
     std::string client_id;
+    std::vector<uint64_t> checksums;  // each frame's header checksum: a resend is compared
+    int64_t bytes = 0;                // the frames' total size
     int64_t base_version = 0;
     int64_t tokens = 0;
     int64_t local_steps = 0;
@@ -332,6 +353,11 @@ class ShardCore {
   CoreError UnavailableLocked(const std::string& why) const;
 
   // Push helpers.
+  // [limits] that a new update of `client_id` would exceed (receiving and staged quotas).
+  CoreError AdmitLocked(const std::string& client_id) const;
+  // Whether `client_id` is a live member and `client_epoch` its membership (one registry
+  // read, at an update's first frame).
+  CoreError CheckMember(const PushArgs& args);
   CoreError StageReceived(const std::shared_ptr<ReceivingUpdate>& r, PushResult* out);
   CoreError MarkStagedAndAnswer(const std::string& update_id, PushResult* out);
   bool AnswerKnownLocked(const std::string& update_id, PushResult* out);

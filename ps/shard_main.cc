@@ -134,6 +134,15 @@ Status Run(const Args& args, const sigset_t& signals) {
   co.compression = cfg.compression;
   co.registry = ropts;
   co.metrics = metrics.get();
+  const LimitsOptions& lim = cfg.limits;
+  co.max_receiving = static_cast<int>(lim.receiving_updates);
+  co.max_receiving_per_client = static_cast<int>(lim.receiving_updates_per_client);
+  co.max_receiving_bytes_per_client = lim.receiving_bytes_per_client;
+  co.receive_timeout_ms = lim.receive_timeout_ms;
+  co.max_staged = static_cast<int>(lim.staged_updates);
+  co.max_staged_bytes = lim.staged_bytes;
+  co.max_staged_per_client = static_cast<int>(lim.staged_updates_per_client);
+  co.max_staged_bytes_per_client = lim.staged_bytes_per_client;
   const std::string init = args.init;
   co.init_slice = [&cfg, &mc, &layout, init, range] { return InitialSlice(cfg, mc, layout, init, range); };
   ASSIGN_OR_RETURN(auto core, ShardCore::Create(co));
@@ -143,6 +152,10 @@ Status Run(const Args& args, const sigset_t& signals) {
   so.host = cfg.ps.host;
   so.port = args.port >= 0 ? args.port : (cfg.ps.base_port > 0 ? static_cast<int>(cfg.ps.base_port) + args.shard : 0);
   so.lease_ms = cfg.ps.shard_lease_ms;
+  so.limits.max_connections = static_cast<int>(lim.max_connections);
+  so.limits.idle_timeout_ms = lim.idle_timeout_ms;
+  so.limits.read_timeout_ms = lim.read_timeout_ms;
+  so.limits.max_message_bytes = lim.max_message_bytes;
   so.registry = ropts;
   ShardServer server(core.get(), so);
   RETURN_IF_ERROR(server.Start());

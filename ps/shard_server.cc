@@ -5,11 +5,12 @@
 #include <thrift/protocol/TCompactProtocol.h>
 #include <thrift/server/TThreadedServer.h>
 #include <thrift/transport/TBufferTransports.h>
-#include <thrift/transport/TServerSocket.h>
 #include <unistd.h>
 
 #include <climits>
 #include <csignal>
+#include <optional>
+#include <string_view>
 
 #include "ps/rpc/Shard.h"
 #include "ps/rpc/shard_constants.h"
@@ -17,56 +18,13 @@
 namespace fedps {
 
 using apache::thrift::TConfiguration;
+using apache::thrift::protocol::TCompactProtocol;
 using apache::thrift::protocol::TCompactProtocolFactory;
+using apache::thrift::protocol::TMessageType;
 using apache::thrift::server::TThreadedServer;
-using apache::thrift::transport::TFramedTransport;
-using apache::thrift::transport::TServerSocket;
-using apache::thrift::transport::TTransport;
-using apache::thrift::transport::TTransportFactory;
-
-// Listens when Start() asks (so that port 0 resolves before registering); serve()'s own
-// listen() is then a no-op.
-class PreboundServerSocket : public TServerSocket {
- public:
-  using TServerSocket::TServerSocket;
-  void listen() override {
-    if (listening_) return;
-    TServerSocket::listen();
-    listening_ = true;
-  }
-  void close() override {
-    TServerSocket::close();
-    listening_ = false;
-  }
-
- private:
-  bool listening_ = false;
-};
+using apache::thrift::transport::TMemoryBuffer;
 
 namespace {
-
-// TFramedTransport whose consumed-message counter restarts with every message (trap 3).
-class ResettingFramedTransport : public TFramedTransport {
- public:
-  ResettingFramedTransport(std::shared_ptr<TTransport> t, std::shared_ptr<TConfiguration> config)
-      : TFramedTransport(std::move(t), std::move(config)) {}
-  uint32_t readEnd() override {
-    uint32_t n = TFramedTransport::readEnd();
-    resetConsumedMessageSize();
-    return n;
-  }
-};
-
-class ResettingFramedFactory : public TTransportFactory {
- public:
-  explicit ResettingFramedFactory(std::shared_ptr<TConfiguration> config) : config_(std::move(config)) {}
-  std::shared_ptr<TTransport> getTransport(std::shared_ptr<TTransport> t) override {
-    return std::make_shared<ResettingFramedTransport>(std::move(t), config_);
-  }
-
- private:
-  std::shared_ptr<TConfiguration> config_;
-};
 
 rpc::ShardError ToRpcError(const CoreError& e) {
   rpc::ShardError x;
@@ -80,6 +38,39 @@ rpc::ShardError ToRpcError(const CoreError& e) {
 
 void ThrowIfError(const CoreError& e) {
   if (!e.ok()) throw ToRpcError(e);
+}
+
+// The reply to a request above limits.max_message_bytes: every method of the service
+// declares `1: ShardError error`, so one result shape answers any of them. nullopt when the
+// request's first bytes are not a compact-protocol call (then the connection is closed).
+std::optional<std::string> OversizedRequestReply(std::string_view head, int64_t bytes, int64_t limit) {
+  std::string name;
+  TMessageType type;
+  int32_t seqid = 0;
+  try {
+    auto in = std::make_shared<TMemoryBuffer>(reinterpret_cast<uint8_t*>(const_cast<char*>(head.data())),
+                                              static_cast<uint32_t>(head.size()));
+    TCompactProtocol(in).readMessageBegin(name, type, seqid);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (type != apache::thrift::protocol::T_CALL) return std::nullopt;
+  rpc::ShardError error;
+  error.code = rpc::ErrorCode::BAD_REQUEST;
+  error.message = "request of " + std::to_string(bytes) +
+                  " bytes is larger than this shard's limits.max_message_bytes (" + std::to_string(limit) +
+                  "); send frames of at most a few MB";
+  auto out = std::make_shared<TMemoryBuffer>();
+  TCompactProtocol p(out);
+  p.writeMessageBegin(name, apache::thrift::protocol::T_REPLY, seqid);
+  p.writeStructBegin("result");
+  p.writeFieldBegin("error", apache::thrift::protocol::T_STRUCT, 1);
+  error.write(&p);
+  p.writeFieldEnd();
+  p.writeFieldStop();
+  p.writeStructEnd();
+  p.writeMessageEnd();
+  return out->getBufferAsString();
 }
 
 CoreHeader FromRpc(const rpc::RequestHeader& h) {
@@ -207,12 +198,12 @@ ShardServer::~ShardServer() { Stop(); }
 Status ShardServer::Start() {
   // A peer that disconnects mid-write must not kill the process (trap 5).
   std::signal(SIGPIPE, SIG_IGN);
-  const int limit = static_cast<int>(std::min<int64_t>(options_.max_message_bytes, INT_MAX));
+  const ConnectionLimits& limits = options_.limits;
+  const int limit = static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT_MAX));
   auto config = std::make_shared<TConfiguration>(limit, limit);
-  auto socket = std::make_shared<PreboundServerSocket>(options_.host, options_.port);
+  auto socket = std::make_shared<ShardServerSocket>(options_.host, options_.port, limits, config, counters_);
   try {
-    socket->setInterruptableChildren(true);
-    socket->listen();
+    socket->Listen();
     port_ = socket->getPort();
   } catch (const std::exception& e) {
     return Unavailable("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " + e.what());
@@ -231,9 +222,13 @@ Status ShardServer::Start() {
   LOG(INFO) << "shard " << o.shard_index << " registered at " << info.address << " with epoch " << epoch_;
 
   auto handler = std::make_shared<Handler>(core_);
-  server_ = std::make_shared<TThreadedServer>(std::make_shared<rpc::ShardProcessor>(handler), socket,
-                                              std::make_shared<ResettingFramedFactory>(config),
-                                              std::make_shared<TCompactProtocolFactory>());
+  auto oversized = [max = limits.max_message_bytes](std::string_view head, int64_t bytes) {
+    return OversizedRequestReply(head, bytes, max);
+  };
+  server_ = std::make_shared<TThreadedServer>(
+      std::make_shared<rpc::ShardProcessor>(handler), socket,
+      std::make_shared<ShardTransportFactory>(limits, config, oversized, counters_),
+      std::make_shared<TCompactProtocolFactory>());
   serve_thread_ = std::thread([this] {
     try {
       server_->serve();

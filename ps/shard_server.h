@@ -1,11 +1,12 @@
 // ShardServer: the Thrift face of a ShardCore (docs/protocol.md §11) and its presence in
 // the registry's shard directory.
 //
-//   * RPC: TThreadedServer (one thread per connection) + TFramedTransport +
-//     TCompactProtocol. The transport factory raises Thrift 0.17's TConfiguration limits
-//     (MaxFrameSize / MaxMessageSize) to max_message_bytes and resets the consumed-bytes
-//     counter in readEnd(), without which a connection dies after ~100 MiB in total
-//     (DEPENDENCIES.md, traps 2-3). The handler is a thin adapter: it converts requests
+//   * RPC: TThreadedServer (one thread per connection) + framed transport +
+//     TCompactProtocol, bounded by ps/shard_transport.h: at most max_connections open,
+//     idle and read timeouts, Thrift 0.17's TConfiguration limits (MaxFrameSize /
+//     MaxMessageSize) raised to max_message_bytes on the socket and the transport alike
+//     (DEPENDENCIES.md, traps 2-3), and a request above it read away and answered with
+//     BAD_REQUEST naming the limit. The handler is a thin adapter: it converts requests
 //     to ShardCore calls and CoreError to rpc::ShardError (same codes).
 //   * Registry: Start() binds the port, registers the shard (lease ps.shard_lease_ms)
 //     and hands the epoch to the core before the first request can arrive; a heartbeat
@@ -27,6 +28,7 @@
 #include "common/status.h"
 #include "ps/registry.h"
 #include "ps/shard_core.h"
+#include "ps/shard_transport.h"
 
 namespace apache::thrift::server {
 class TServer;
@@ -34,13 +36,11 @@ class TServer;
 
 namespace fedps {
 
-class PreboundServerSocket;
-
 struct ShardServerOptions {
   std::string host = "127.0.0.1";  // address to listen on and advertise
   int port = 0;                    // 0: any free port (see port() after Start)
   int64_t lease_ms = 5000;         // the shard's directory lease
-  int64_t max_message_bytes = int64_t{512} << 20;
+  ConnectionLimits limits;         // [limits]: connections, timeouts, message size
   RegistryOptions registry;        // the heartbeat's own connection
 };
 
@@ -69,6 +69,7 @@ class ShardServer {
   int port_ = 0;
   int64_t epoch_ = 0;
   std::unique_ptr<Registry> registry_;
+  const std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
   std::shared_ptr<apache::thrift::server::TServer> server_;
   std::thread serve_thread_;
   std::thread heartbeat_thread_;

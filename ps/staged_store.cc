@@ -3,8 +3,11 @@
 
 #include <glog/logging.h>
 
+#include <cstdio>
+
 #include "common/safetensors.h"
 #include "common/sha256.h"
+#include "compression/codec.h"
 
 namespace fedps {
 
@@ -19,6 +22,31 @@ std::string FrameName(size_t i) { return "frame." + std::to_string(i); }
 std::string Meta(const std::map<std::string, std::string>& m, const char* key) {
   auto it = m.find(key);
   return it == m.end() ? std::string() : it->second;
+}
+
+std::string JoinChecksums(const std::vector<uint64_t>& checksums) {
+  std::string out;
+  char hex[17];
+  for (uint64_t c : checksums) {
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(c));
+    if (!out.empty()) out += ',';
+    out += hex;
+  }
+  return out;
+}
+
+// The "checksums" metadata: `frames` comma-separated 16-digit hex numbers.
+bool ParseChecksums(const std::string& text, size_t frames, std::vector<uint64_t>* out) {
+  out->clear();
+  if (frames == 0) return text.empty();
+  if (text.size() != frames * 17 - 1) return false;
+  for (size_t i = 0; i < frames; ++i) {
+    const std::string digits = text.substr(i * 17, 16);
+    if (digits.find_first_not_of("0123456789abcdef") != std::string::npos) return false;
+    if (i + 1 < frames && text[i * 17 + 16] != ',') return false;
+    out->push_back(std::stoull(digits, nullptr, 16));
+  }
+  return true;
 }
 
 bool HasRecordScalars(const nlohmann::json& r) {
@@ -39,8 +67,12 @@ std::string StagedStore::Path(const std::string& update_id) const {
   return JoinPath(dir_, Sha256Hex(update_id).substr(0, 32) + kSuffix);
 }
 
-Status StagedStore::Write(const std::string& update_id, const nlohmann::json& record,
-                          const std::vector<std::string>& frames) {
+Status StagedStore::Write(const std::string& update_id, const std::string& client_id, const nlohmann::json& record,
+                          const std::vector<std::string>& frames, const std::vector<uint64_t>& checksums) {
+  if (checksums.size() != frames.size()) {
+    return InvalidArgument("staging " + update_id + ": " + std::to_string(checksums.size()) + " checksums for " +
+                           std::to_string(frames.size()) + " frames");
+  }
   std::vector<std::pair<std::string, TensorRef>> tensors;
   tensors.reserve(frames.size());
   for (size_t i = 0; i < frames.size(); ++i) {
@@ -54,7 +86,9 @@ Status StagedStore::Write(const std::string& update_id, const nlohmann::json& re
   std::map<std::string, std::string> meta = {
       {"format", kStagedFormat},
       {"update_id", update_id},
+      {"client", client_id},
       {"record", record.dump()},
+      {"checksums", JoinChecksums(checksums)},
       {"frames", std::to_string(frames.size())},
       {"shard_index", std::to_string(slice_.shard_index)},
       {"slice_begin", std::to_string(slice_.slice_begin)},
@@ -81,12 +115,13 @@ StatusOr<StagedUpdate> StagedStore::Read(const std::string& update_id) const {
   }
   StagedUpdate u;
   u.update_id = update_id;
+  u.client_id = Meta(file->metadata, "client");
   u.record = nlohmann::json::parse(Meta(file->metadata, "record"), nullptr, false);
   if (!HasRecordScalars(u.record)) return DataLoss("staged file " + path + ": bad stage record");
   const std::string count = Meta(file->metadata, "frames");
   if (count != std::to_string(file->tensors.size())) {
-    return DataLoss("staged file " + path + " holds " + std::to_string(file->tensors.size()) + " tensors, its header says " +
-                    count + " frames");
+    return DataLoss("staged file " + path + " holds " + std::to_string(file->tensors.size()) +
+                    " tensors, its header says " + count + " frames");
   }
   u.frames.resize(file->tensors.size());
   for (auto& [name, t] : file->tensors) {
@@ -100,6 +135,12 @@ StatusOr<StagedUpdate> StagedStore::Read(const std::string& update_id) const {
       return DataLoss("staged file " + path + ": unexpected tensor " + name);
     }
     u.frames[i] = std::move(t.data);
+  }
+  for (const std::string& f : u.frames) {
+    auto h = Codec::PeekHeader(f);
+    if (!h.ok()) return DataLoss("staged file " + path + ": " + h.status().message());
+    u.checksums.push_back(h->checksum);
+    u.bytes += static_cast<int64_t>(f.size());
   }
   return u;
 }
@@ -122,9 +163,23 @@ StatusOr<std::vector<StagedUpdate>> StagedStore::Index() const {
     }
     StagedUpdate u;
     u.update_id = Meta(index->metadata, "update_id");
+    u.client_id = Meta(index->metadata, "client");
     u.record = nlohmann::json::parse(Meta(index->metadata, "record"), nullptr, false);
     if (u.update_id.empty() || !HasRecordScalars(u.record) || Path(u.update_id) != path) {
       LOG(ERROR) << "staged file " << path << " has bad metadata";
+      continue;
+    }
+    for (const SafetensorsEntry& e : index->entries) u.bytes += static_cast<int64_t>(e.bytes);
+    if (!index->metadata.count("checksums")) {
+      // Written before the checksums were kept: read them from the frames, once.
+      auto full = Read(u.update_id);
+      if (!full.ok()) {
+        LOG(ERROR) << full.status().ToString();
+        continue;
+      }
+      u.checksums = std::move(full->checksums);
+    } else if (!ParseChecksums(Meta(index->metadata, "checksums"), index->entries.size(), &u.checksums)) {
+      LOG(ERROR) << "staged file " << path << " has bad checksums metadata";
       continue;
     }
     out.push_back(std::move(u));

@@ -2,8 +2,11 @@
 //
 // What it owns: the folder <dir>/staged/, one file per staged update,
 // <sha256(update_id)[0:32]>.safetensors, holding the update's frames exactly as the
-// client sent them (tensors "frame.<i>", U8) and metadata (format, update id, the stage
-// record: base_version / tokens / local_steps, the shard's slice). No checksum of its own:
+// client sent them (tensors "frame.<i>", U8) and metadata (format, update id, the client
+// that pushed it, the stage record: base_version / tokens / local_steps, the shard's slice,
+// and every frame's own checksum, so that a resend can be compared with what is staged
+// without reading the frames back; a file written before the checksums were kept has them
+// read from its frames' headers when indexed). No checksum of its own:
 // every codec frame carries a 64-bit checksum over its header and payload
 // (compression/codec.h), checked when the frames are decoded at apply, so a flipped bit
 // anywhere in the data is caught there; a damaged header is caught when parsing.
@@ -29,8 +32,11 @@ namespace fedps {
 // A staged update as stored.
 struct StagedUpdate {
   std::string update_id;
+  std::string client_id;             // "" in files written before it was kept
   nlohmann::json record;             // {"base_version", "tokens", "local_steps"}
-  std::vector<std::string> frames;   // in frame order, as received
+  std::vector<std::string> frames;   // in frame order, as received (Read only)
+  std::vector<uint64_t> checksums;   // each frame's header checksum, in frame order
+  int64_t bytes = 0;                 // the frames' total size
 };
 
 class StagedStore {
@@ -45,12 +51,14 @@ class StagedStore {
   // Creates the folder.
   Status Init();
   std::string Path(const std::string& update_id) const;
-  // Durable and atomic; `frames` are written as given.
-  Status Write(const std::string& update_id, const nlohmann::json& record, const std::vector<std::string>& frames);
+  // Durable and atomic; `frames` are written as given, `checksums[i]` is frame i's header
+  // checksum (kept in the metadata).
+  Status Write(const std::string& update_id, const std::string& client_id, const nlohmann::json& record,
+               const std::vector<std::string>& frames, const std::vector<uint64_t>& checksums);
   // DataLoss when the file is missing, unreadable, of another update or another slice.
   // The frames' own checksums are checked by whoever decodes them.
   StatusOr<StagedUpdate> Read(const std::string& update_id) const;
-  // The updates on disk (frames not loaded). Removes unfinished writes; logs and skips
+  // The updates on disk (frames not loaded, checksums and bytes known). Removes unfinished writes; logs and skips
   // files whose header is unreadable (kept: applying their update, if committed, halts
   // the shard with the reason).
   StatusOr<std::vector<StagedUpdate>> Index() const;

@@ -76,6 +76,27 @@ TEST(ConfigTest, ImpossibleValuesAreRejected) {
   }
 }
 
+TEST(ConfigTest, LimitsHaveDefaultsAndBounds) {
+  auto d = ParseConfig("", "d.toml");
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->limits.max_connections, 256);
+  EXPECT_EQ(d->limits.max_message_bytes, int64_t{512} << 20);
+  EXPECT_EQ(d->limits.receiving_updates, 16);
+  EXPECT_EQ(d->limits.staged_updates_per_client, 16);
+  auto c = ParseConfig("[limits]\nmax_connections = 3\nread_timeout_ms = 500\nstaged_bytes_per_client = 1048576\n",
+                       "l.toml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->limits.max_connections, 3);
+  EXPECT_EQ(c->limits.read_timeout_ms, 500);
+  EXPECT_EQ(c->limits.staged_bytes_per_client, 1 << 20);
+  for (const char* text : {"[limits]\nmax_connections = 0\n", "[limits]\nidle_timeout_ms = 5\n",
+                           "[limits]\nmax_message_bytes = 4294967296\n", "[limits]\nstaged_bytes = 10\n"}) {
+    auto bad = ParseConfig(text, "c.toml");
+    ASSERT_FALSE(bad.ok()) << text;
+    EXPECT_NE(bad.status().message().find("limits."), std::string::npos) << bad.status().message();
+  }
+}
+
 TEST(ConfigTest, SyntaxErrorHasPosition) {
   auto c = ParseConfig("[train\nlr = 1\n", "d.toml");
   ASSERT_FALSE(c.ok());

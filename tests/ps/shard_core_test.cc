@@ -738,7 +738,7 @@ TEST_F(ShardCoreTest, ManyUpdatesKeepShardMemoryFlat) {
   int64_t warm_rss = 0;
   const int64_t start_rss = RssBytes();
   for (int k = 1; k <= kUpdates; ++k) {
-    const std::string id = "alice/big/" + std::to_string(k);
+    const std::string id = "alice/" + std::to_string(client_epoch_) + "/big-" + std::to_string(k);
     for (int s = 0; s < kShards; ++s) {
       PushArgs a = Push(s, id, k - 1, 0, "");
       a.codec = "bf16";

@@ -194,6 +194,9 @@ class ShardServerTest : public ::testing::Test {
     return reg.CommitUpdate(id, "bob", client_epoch_, meta, kShards);
   }
 
+  // Update k's id under the joined membership ("<client>/<client_epoch>/<counter>").
+  std::string Id(int k) const { return "bob/" + std::to_string(client_epoch_) + "/" + std::to_string(k); }
+
   static ScopedTempDir* tokdir_;
   ScopedRedisServer redis_;
   ScopedTempDir dir_;
@@ -254,7 +257,7 @@ TEST_F(ShardServerTest, TwoShardsApplyCommitsAndAKilledShardRecoversToTheHead) {
 
   // Updates 1..3: stage everywhere, commit, notify.
   for (int k = 1; k <= 3; ++k) {
-    const std::string id = "bob/1/" + std::to_string(k);
+    const std::string id = Id(k);
     for (int i = 0; i < kShards; ++i) {
       auto d = Delta(k, i, st[i].slice_elements);
       // Every frame twice: duplicates are acknowledged, stored once.
@@ -276,14 +279,14 @@ TEST_F(ShardServerTest, TwoShardsApplyCommitsAndAKilledShardRecoversToTheHead) {
   // commit while it is down.
   for (int k = 4; k <= 5; ++k) {
     for (int i = 0; i < kShards; ++i) {
-      EXPECT_EQ(PushUpdate(*ch[i], st[i], "bob/1/" + std::to_string(k), 0, Delta(k, i, st[i].slice_elements)),
+      EXPECT_EQ(PushUpdate(*ch[i], st[i], Id(k), 0, Delta(k, i, st[i].slice_elements)),
                 rpc::UpdateState::STAGED);
     }
   }
   ASSERT_TRUE(WaitServing(*ch[0], 3, procs[0]));
   ASSERT_OK(procs[0].Kill());
-  ASSERT_OK(Commit(**reg, "bob/1/4").status());
-  ASSERT_OK(Commit(**reg, "bob/1/5").status());
+  ASSERT_OK(Commit(**reg, Id(4)).status());
+  ASSERT_OK(Commit(**reg, Id(5)).status());
   // The dead shard fails fast with kUnavailable.
   EXPECT_EQ(ch[0]->GetStatus().status().code(), StatusCode::kUnavailable);
 
@@ -313,7 +316,7 @@ TEST_F(ShardServerTest, TwoShardsApplyCommitsAndAKilledShardRecoversToTheHead) {
 
   // A client that lost its reply learns where update 1 stands by resending a frame.
   std::optional<int64_t> seq;
-  EXPECT_EQ(PushUpdate(*ch[0], st[0], "bob/1/1", 0, Delta(1, 0, st[0].slice_elements), &seq),
+  EXPECT_EQ(PushUpdate(*ch[0], st[0], Id(1), 0, Delta(1, 0, st[0].slice_elements), &seq),
             rpc::UpdateState::APPLIED);
   EXPECT_EQ(seq.value_or(0), 1);
 
@@ -372,7 +375,7 @@ TEST_F(ShardServerTest, SigtermAtAnAlreadyCheckpointedVersionExitsCleanly) {
   ASSERT_OK(epoch.status());
   client_epoch_ = *epoch;
   for (int k = 1; k <= 2; ++k) {
-    const std::string id = "bob/1/" + std::to_string(k);
+    const std::string id = Id(k);
     for (int i = 0; i < kShards; ++i) {
       EXPECT_EQ(PushUpdate(*ch[i], st[i], id, 0, Delta(k, i, st[i].slice_elements)), rpc::UpdateState::STAGED);
     }
@@ -442,7 +445,7 @@ TEST_F(ShardServerTest, FramesOfOneUpdatePushedInParallelOverTwoConnectionsStage
   auto epoch = (*reg)->Join("bob", ClientInfo{}, std::chrono::milliseconds(60000));
   ASSERT_OK(epoch.status());
   client_epoch_ = *epoch;
-  const std::string id = "bob/1/1";
+  const std::string id = Id(1);
   for (int i = 0; i < kShards; ++i) {
     auto codec = Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st[i].frame_elements});
     ASSERT_OK(codec.status());

@@ -282,6 +282,7 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
   ASSERT_OK(reg.status());
   auto epoch = (*reg)->Join("alice", ClientInfo{}, std::chrono::milliseconds(60000));
   ASSERT_OK(epoch.status());
+  const std::string id = "alice/" + std::to_string(*epoch) + "/1";
   torch::Tensor x0 = initial->flat_params().contiguous();
   std::vector<float> want(x0.data_ptr<float>(), x0.data_ptr<float>() + x0.numel());
   for (int i = 0; i < kShards; ++i) {
@@ -290,10 +291,10 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
       delta[k] = 1e-3f * static_cast<float>(static_cast<int64_t>((k * 7 + i) % 13) - 6);
       want[status_[i].slice_begin + k] -= delta[k];
     }
-    Stage(i, "alice/1/1", *epoch, delta);
+    Stage(i, id, *epoch, delta);
   }
   auto seq =
-      (*reg)->CommitUpdate("alice/1/1", "alice", *epoch,
+      (*reg)->CommitUpdate(id, "alice", *epoch,
                            {{"base_version", 0}, {"tokens", 1000}, {"local_steps", 1}}, kShards);
   ASSERT_OK(seq.status());
   ASSERT_EQ(*seq, 1);
