@@ -3,8 +3,6 @@
 // every wait is a condition with a deadline; nothing sleeps a fixed time.
 #include "ps/registry.h"
 
-#include "common/config.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -18,8 +16,10 @@
 #include <set>
 #include <thread>
 
+#include "common/config.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -35,22 +35,6 @@ using testing::ScopedRedisServer;
 using testing::ScopedTempDir;
 using testing::WaitFor;
 
-Status ToStatus(const Status& s) { return s; }
-template <typename T>
-Status ToStatus(const StatusOr<T>& s) {
-  return s.status();
-}
-
-#define ASSERT_OK(expr)                                         \
-  do {                                                          \
-    const ::fedps::Status st_ = ToStatus(expr);                 \
-    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
-  } while (0)
-#define EXPECT_OK(expr)                                         \
-  do {                                                          \
-    const ::fedps::Status st_ = ToStatus(expr);                 \
-    EXPECT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
-  } while (0)
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   ASSERT_OK_AND_ASSIGN_IMPL(FEDPS_CONCAT(statusor_, __LINE__), lhs, expr)
 #define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr)                      \

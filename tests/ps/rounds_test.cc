@@ -20,6 +20,7 @@
 #include "ps/shard_core.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -28,12 +29,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
-
-#define ASSERT_OK(expr)                                         \
-  do {                                                          \
-    const ::fedps::Status st_ = (expr);                         \
-    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
-  } while (0)
 
 constexpr int kShards = 2;
 constexpr int64_t kN = 1000;     // slice length of every shard

@@ -6,7 +6,6 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +19,7 @@
 #include "ps/registry.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -29,32 +29,29 @@ using ::testing::HasSubstr;
 using testing::ScopedRedisServer;
 using testing::ScopedTempDir;
 
-#define ASSERT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::fedps::Status st_ = (expr);                                  \
-    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString();          \
-  } while (0)
-#define ASSERT_CORE_OK(expr)                                                        \
-  do {                                                                              \
-    const ::fedps::CoreError ce_ = (expr);                                          \
+#define ASSERT_CORE_OK(expr)                                                                      \
+  do {                                                                                            \
+    const ::fedps::CoreError ce_ = (expr);                                                        \
     ASSERT_TRUE(ce_.ok()) << #expr << " -> " << static_cast<int>(ce_.code) << " " << ce_.message; \
   } while (0)
 
-constexpr int64_t kN = 1000;       // slice length of every shard
-constexpr int64_t kFrame = 256;    // -> 4 frames, the last one short
+constexpr int64_t kN = 1000;     // slice length of every shard
+constexpr int64_t kFrame = 256;  // -> 4 frames, the last one short
 constexpr int kShards = 2;
 const char* kRun = "core-test";
 const char* kLayout = "layout-hash-for-tests";
 
 std::vector<float> InitSlice(int shard) {
   std::vector<float> v(kN);
-  for (int64_t i = 0; i < kN; ++i) v[i] = 0.01f * static_cast<float>((i * 7 + shard * 13) % 101) - 0.5f;
+  for (int64_t i = 0; i < kN; ++i)
+    v[i] = 0.01f * static_cast<float>((i * 7 + shard * 13) % 101) - 0.5f;
   return v;
 }
 
 std::vector<float> Delta(int k, int shard) {
   std::vector<float> v(kN);
-  for (int64_t i = 0; i < kN; ++i) v[i] = 0.001f * static_cast<float>((i * (k + 3) + shard) % 17) - 0.008f;
+  for (int64_t i = 0; i < kN; ++i)
+    v[i] = 0.001f * static_cast<float>((i * (k + 3) + shard) % 17) - 0.008f;
   return v;
 }
 
@@ -126,7 +123,8 @@ class ShardCoreTest : public ::testing::Test {
     return f.ok() ? *f : std::vector<std::string>{};
   }
 
-  PushArgs Push(int shard, const std::string& id, int64_t base, int64_t frame, const std::string& bytes) {
+  PushArgs Push(int shard, const std::string& id, int64_t base, int64_t frame,
+                const std::string& bytes) {
     PushArgs a;
     a.header = Header(shard);
     a.update_id = id;
@@ -144,8 +142,8 @@ class ShardCoreTest : public ::testing::Test {
   }
 
   // Pushes every frame of `delta`; returns the last answer.
-  CoreError PushAll(ShardCore& core, int shard, const std::string& id, int64_t base, const std::vector<float>& delta,
-                    PushResult* last) {
+  CoreError PushAll(ShardCore& core, int shard, const std::string& id, int64_t base,
+                    const std::vector<float>& delta, PushResult* last) {
     auto frames = Frames(delta);
     for (size_t i = 0; i < frames.size(); ++i) {
       *last = PushResult();
@@ -163,7 +161,8 @@ class ShardCoreTest : public ::testing::Test {
   // Stages update k on both shards and commits it.
   int64_t StageAndCommit(std::vector<ShardCore*> cores, int k, int64_t base) {
     const std::string id = "alice/1/" + std::to_string(k);
-    for (ShardCore* c : cores) EXPECT_TRUE(c->WaitForVersion(base, 10000));  // the client pulled `base`
+    for (ShardCore* c : cores)
+      EXPECT_TRUE(c->WaitForVersion(base, 10000));  // the client pulled `base`
     for (int s = 0; s < kShards; ++s) {
       PushResult r;
       CoreError e = PushAll(*cores[s], s, id, base, Delta(k, s), &r);
@@ -175,7 +174,8 @@ class ShardCoreTest : public ::testing::Test {
     return seq.ok() ? *seq : -1;
   }
 
-  std::vector<float> PullAll(ShardCore& core, int shard, int64_t* version, std::optional<int64_t> pin = {}) {
+  std::vector<float> PullAll(ShardCore& core, int shard, int64_t* version,
+                             std::optional<int64_t> pin = {}) {
     std::vector<float> out(kN);
     for (int64_t f = 0; f < (kN + kFrame - 1) / kFrame; ++f) {
       PullArgs a;
@@ -419,12 +419,14 @@ TEST_F(ShardCoreTest, RecoversFromCheckpointAndStagedLogWithoutLosingOrRepeating
   for (int k = 1; k <= 3; ++k) StageAndCommit({c0.get(), c1.get()}, k, k - 1);
   ASSERT_TRUE(c0->WaitForVersion(3, 10000) && c1->WaitForVersion(3, 10000));
   // Written in the background: wait for it.
-  EXPECT_TRUE(testing::WaitFor([&] { return c0->GetStatus().checkpoint_version == 2; }, std::chrono::seconds(10)));
+  EXPECT_TRUE(testing::WaitFor([&] { return c0->GetStatus().checkpoint_version == 2; },
+                               std::chrono::seconds(10)));
   // Two more staged; shard 0 "crashes" (no drain, no checkpoint) before they commit.
   for (int k = 4; k <= 5; ++k) {
     for (int s = 0; s < kShards; ++s) {
       PushResult r;
-      ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, "alice/1/" + std::to_string(k), 3, Delta(k, s), &r));
+      ASSERT_CORE_OK(
+          PushAll(s == 0 ? *c0 : *c1, s, "alice/1/" + std::to_string(k), 3, Delta(k, s), &r));
     }
   }
   c0->Stop();
@@ -667,7 +669,8 @@ TEST_F(ShardCoreTest, CheckpointIsWrittenInTheBackgroundWhileUpdatesApply) {
   EXPECT_EQ(v, 2);
   CheckpointResult requested;
   CoreError requested_error;
-  std::thread requester([&] { requested_error = c0->Checkpoint(Header(0), "request", &requested); });
+  std::thread requester(
+      [&] { requested_error = c0->Checkpoint(Header(0), "request", &requested); });
   env.Release();
   requester.join();
   ASSERT_CORE_OK(requested_error);
@@ -689,7 +692,8 @@ TEST_F(ShardCoreTest, CheckpointIsWrittenInTheBackgroundWhileUpdatesApply) {
   EXPECT_EQ(log[0].seq, 2);
   auto x = InitSlice(0), d1 = Delta(1, 0), d2 = Delta(2, 0);
   auto slice = again->CurrentSlice().second;
-  for (int64_t i = 0; i < kN; ++i) ASSERT_FLOAT_EQ(slice[i], (x[i] - d1[i]) - d2[i]) << "element " << i;
+  for (int64_t i = 0; i < kN; ++i)
+    ASSERT_FLOAT_EQ(slice[i], (x[i] - d1[i]) - d2[i]) << "element " << i;
   EXPECT_EQ(slice, pulled);
 }
 
@@ -771,8 +775,10 @@ TEST_F(ShardCoreTest, ManyUpdatesKeepShardMemoryFlat) {
   }
   const int64_t end_rss = RssBytes();
   const int64_t slice_bytes = kBig * static_cast<int64_t>(sizeof(float));
-  std::printf("shard RSS: start %.1f MB, after %d updates %.1f MB, after %d %.1f MB (slice %.1f MB, 2 shards)\n",
-              start_rss / 1e6, kWarm, warm_rss / 1e6, kUpdates, end_rss / 1e6, slice_bytes / 1e6);
+  std::printf(
+      "shard RSS: start %.1f MB, after %d updates %.1f MB, after %d %.1f MB (slice %.1f MB, 2 "
+      "shards)\n",
+      start_rss / 1e6, kWarm, warm_rss / 1e6, kUpdates, end_rss / 1e6, slice_bytes / 1e6);
   // Apply rate of shard 0 (decode + outer step of fp32 pseudo-gradient), for the record.
   auto records = ReadMetrics(dir_.File("metrics.jsonl"));
   ASSERT_OK(records.status());
@@ -786,15 +792,17 @@ TEST_F(ShardCoreTest, ManyUpdatesKeepShardMemoryFlat) {
     ++applies;
   }
   ASSERT_EQ(applies, kUpdates);
-  std::printf("shard apply of %.1f MB: decode %.2f ms, copy %.2f ms, step %.2f ms (%.2f GB/s of fp32)\n",
-              slice_bytes / 1e6, decode_ms / applies, copy_ms / applies, step_ms / applies,
-              slice_bytes * applies / ((decode_ms + copy_ms + step_ms) * 1e-3) / 1e9);
+  std::printf(
+      "shard apply of %.1f MB: decode %.2f ms, copy %.2f ms, step %.2f ms (%.2f GB/s of fp32)\n",
+      slice_bytes / 1e6, decode_ms / applies, copy_ms / applies, step_ms / applies,
+      slice_bytes * applies / ((decode_ms + copy_ms + step_ms) * 1e-3) / 1e9);
   // Flat: what the last 32 updates added is well under one slice of either shard.
   EXPECT_LT(end_rss - warm_rss, slice_bytes / 2);
   // Bounded: per shard (4 + pinned) slices of fp32 (the spare included), plus the bf16
   // frames cached for pulls of the current and pinned versions (about half a slice each).
   const int64_t pinned = 2;
-  EXPECT_LT(end_rss - start_rss, kShards * ((4 + pinned) * slice_bytes + (1 + pinned) * slice_bytes / 2));
+  EXPECT_LT(end_rss - start_rss,
+            kShards * ((4 + pinned) * slice_bytes + (1 + pinned) * slice_bytes / 2));
 }
 
 // ---- expiry of staged updates and of partially received ones --------------------------
@@ -858,7 +866,8 @@ TEST_F(ShardCoreTest, UncommittedStagedUpdateExpiresAndCanNoLongerCommit) {
   // After the TTL shard 0 drops it: file gone, mark released, no longer counted.
   ASSERT_TRUE(testing::WaitFor([&] { return !Env::Default()->Exists(c0->StagedPath(id)); },
                                std::chrono::seconds(10)));
-  ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().staged_updates == 0; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().staged_updates == 0; },
+                               std::chrono::seconds(10)));
   marks = registry_->StagedShards(id);
   ASSERT_OK(marks.status());
   EXPECT_THAT(*marks, ::testing::ElementsAre(1));  // shard 1 (long TTL) still holds its own
@@ -924,7 +933,8 @@ TEST_F(ShardCoreTest, StagedUpdateCommittedBeforeExpiryIsKeptAndApplied) {
     auto [v, slice] = (s == 0 ? c0 : c1)->CurrentSlice();
     EXPECT_EQ(v, 1);
     auto x = InitSlice(s), d = Delta(1, s);
-    for (int64_t i = 0; i < kN; ++i) ASSERT_FLOAT_EQ(slice[i], x[i] - d[i]) << "shard " << s << " element " << i;
+    for (int64_t i = 0; i < kN; ++i)
+      ASSERT_FLOAT_EQ(slice[i], x[i] - d[i]) << "shard " << s << " element " << i;
   }
   PushResult r;
   auto frames = Frames(Delta(1, 0));
@@ -990,7 +1000,8 @@ TEST_F(ShardCoreTest, IdlePartialUpdateIsDroppedWithItsFrames) {
   EXPECT_EQ(r.frames_received, 2);
   EXPECT_EQ(c0->GetStatus().receiving_updates, 1);
 
-  ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().receiving_updates == 0; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().receiving_updates == 0; },
+                               std::chrono::seconds(10)));
 
   // The remaining frames do not complete it: frames 0 and 1 are gone.
   r = PushResult();

@@ -5,7 +5,6 @@
 // whose run identity differs refuses to start naming the field.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 
 #include <atomic>
@@ -27,6 +26,7 @@
 #include "ps/shard_channel.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -38,12 +38,6 @@ using testing::ScopedProcess;
 using testing::ScopedRedisServer;
 using testing::ScopedTempDir;
 using testing::WaitFor;
-
-#define ASSERT_OK(expr)                                         \
-  do {                                                          \
-    const ::fedps::Status st_ = (expr);                         \
-    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
-  } while (0)
 
 constexpr int kShards = 2;
 constexpr int64_t kFrame = 16384;
@@ -71,7 +65,8 @@ std::string Corpus() {
 
 std::vector<float> Delta(int k, int shard, int64_t n) {
   std::vector<float> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[i] = 1e-4f * static_cast<float>((i * (k + 5) + shard * 3) % 29) - 1.4e-3f;
+  for (int64_t i = 0; i < n; ++i)
+    v[i] = 1e-4f * static_cast<float>((i * (k + 5) + shard * 3) % 29) - 1.4e-3f;
   return v;
 }
 
@@ -100,11 +95,12 @@ class ShardServerTest : public ::testing::Test {
 
   std::string WriteConfig(const std::string& name, const std::string& codec) {
     std::string path = dir_.File(name);
-    std::ofstream(path) << "[run]\nid = \"srv-test\"\ndir = \"" << dir_.File("run") << "\"\nseed = " << kSeed
-                        << "\n[model]\npreset = \"tiny\"\n"
+    std::ofstream(path) << "[run]\nid = \"srv-test\"\ndir = \"" << dir_.File("run")
+                        << "\"\nseed = " << kSeed << "\n[model]\npreset = \"tiny\"\n"
                         << "[data]\ntokenizer = \"" << tokdir_->File("tokenizer.model") << "\"\n"
                         << "[compression]\ncodec = \"" << codec << "\"\nthreads = 1\n"
-                        << "[ps]\nnum_shards = " << kShards << "\nredis = \"127.0.0.1:" << redis_.port() << "\"\n"
+                        << "[ps]\nnum_shards = " << kShards
+                        << "\nredis = \"127.0.0.1:" << redis_.port() << "\"\n"
                         << "base_port = 0\nframe_elements = " << kFrame << "\n"
                         << "optimizer = \"sgd\"\nouter_lr = 1.0\nbuffer_size = 1\n"
                         << "staleness = \"constant\"\nmax_staleness = 16\ncheckpoint_every = 2\n"
@@ -117,7 +113,12 @@ class ShardServerTest : public ::testing::Test {
     auto port = testing::PickFreePort();
     EXPECT_TRUE(port.ok());
     ProcessOptions po;
-    po.argv = {testing::BinaryDir() + "/bin/fedps-shard", "--config", config, "--shard", std::to_string(i), "--port",
+    po.argv = {testing::BinaryDir() + "/bin/fedps-shard",
+               "--config",
+               config,
+               "--shard",
+               std::to_string(i),
+               "--port",
                std::to_string(*port)};
     po.log_path = dir_.File("shard-" + std::to_string(i) + ".log");
     auto p = ScopedProcess::Start(po);
@@ -141,7 +142,8 @@ class ShardServerTest : public ::testing::Test {
 
   std::vector<float> PullSlice(ShardChannel& ch, const rpc::ShardStatus& st, int64_t* version) {
     std::vector<float> out(static_cast<size_t>(st.slice_elements));
-    auto codec = Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st.frame_elements});
+    auto codec =
+        Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st.frame_elements});
     EXPECT_TRUE(codec.ok());
     const int64_t frames = (st.slice_elements + st.frame_elements - 1) / st.frame_elements;
     for (int64_t f = 0; f < frames; ++f) {
@@ -162,7 +164,8 @@ class ShardServerTest : public ::testing::Test {
   // Pushes update k to a shard; returns the last response's state.
   int PushUpdate(ShardChannel& ch, const rpc::ShardStatus& st, const std::string& id, int64_t base,
                  const std::vector<float>& delta, std::optional<int64_t>* seq = nullptr) {
-    auto codec = Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st.frame_elements});
+    auto codec =
+        Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st.frame_elements});
     auto frames = (*codec)->Encode(std::span<const float>(delta));
     EXPECT_TRUE(frames.ok());
     int state = 0;
@@ -195,7 +198,9 @@ class ShardServerTest : public ::testing::Test {
   }
 
   // Update k's id under the joined membership ("<client>/<client_epoch>/<counter>").
-  std::string Id(int k) const { return "bob/" + std::to_string(client_epoch_) + "/" + std::to_string(k); }
+  std::string Id(int k) const {
+    return "bob/" + std::to_string(client_epoch_) + "/" + std::to_string(k);
+  }
 
   static ScopedTempDir* tokdir_;
   ScopedRedisServer redis_;
@@ -311,7 +316,8 @@ TEST_F(ShardServerTest, TwoShardsApplyCommitsAndAKilledShardRecoversToTheHead) {
     std::vector<float> got = PullSlice(*ch[i], st[i], &v);
     EXPECT_EQ(v, 5);
     ASSERT_EQ(got.size(), want.size());
-    for (size_t j = 0; j < want.size(); ++j) ASSERT_NEAR(got[j], want[j], 1e-6f) << "shard " << i << " @" << j;
+    for (size_t j = 0; j < want.size(); ++j)
+      ASSERT_NEAR(got[j], want[j], 1e-6f) << "shard " << i << " @" << j;
   }
 
   // A client that lost its reply learns where update 1 stands by resending a frame.
@@ -348,7 +354,8 @@ TEST_F(ShardServerTest, TwoShardsApplyCommitsAndAKilledShardRecoversToTheHead) {
   ASSERT_OK(records.status());
   bool final_checkpoint = false;
   for (const auto& r : *records) {
-    if (r["event"] == "checkpoint" && r["reason"] == "shutdown" && r["version"] == 5) final_checkpoint = true;
+    if (r["event"] == "checkpoint" && r["reason"] == "shutdown" && r["version"] == 5)
+      final_checkpoint = true;
   }
   EXPECT_TRUE(final_checkpoint);
 }
@@ -377,7 +384,8 @@ TEST_F(ShardServerTest, SigtermAtAnAlreadyCheckpointedVersionExitsCleanly) {
   for (int k = 1; k <= 2; ++k) {
     const std::string id = Id(k);
     for (int i = 0; i < kShards; ++i) {
-      EXPECT_EQ(PushUpdate(*ch[i], st[i], id, 0, Delta(k, i, st[i].slice_elements)), rpc::UpdateState::STAGED);
+      EXPECT_EQ(PushUpdate(*ch[i], st[i], id, 0, Delta(k, i, st[i].slice_elements)),
+                rpc::UpdateState::STAGED);
     }
     ASSERT_OK(Commit(**reg, id).status());
   }
@@ -447,7 +455,8 @@ TEST_F(ShardServerTest, FramesOfOneUpdatePushedInParallelOverTwoConnectionsStage
   client_epoch_ = *epoch;
   const std::string id = Id(1);
   for (int i = 0; i < kShards; ++i) {
-    auto codec = Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st[i].frame_elements});
+    auto codec = Codec::Create(
+        CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = st[i].frame_elements});
     ASSERT_OK(codec.status());
     auto d = Delta(1, i, st[i].slice_elements);
     auto frames = (*codec)->Encode(std::span<const float>(d));
@@ -500,7 +509,8 @@ TEST_F(ShardServerTest, FramesOfOneUpdatePushedInParallelOverTwoConnectionsStage
     EXPECT_EQ(v, 1);
     auto d = Delta(1, i, st[i].slice_elements);
     ASSERT_EQ(after.size(), before[i].size());
-    for (size_t j = 0; j < after.size(); ++j) ASSERT_NEAR(after[j], before[i][j] - d[j], 1e-6f) << "shard " << i;
+    for (size_t j = 0; j < after.size(); ++j)
+      ASSERT_NEAR(after[j], before[i][j] - d[j], 1e-6f) << "shard " << i;
   }
 }
 

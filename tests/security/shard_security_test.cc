@@ -5,10 +5,9 @@
 // is refused with a reason, and an honest member still stages and commits its own bytes.
 // The limits are configured small; waits are conditions with generous deadlines, and no
 // assertion is about how long anything took.
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -24,6 +23,7 @@
 #include "ps/shard_channel.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -35,12 +35,6 @@ using testing::ScopedProcess;
 using testing::ScopedRedisServer;
 using testing::ScopedTempDir;
 using testing::WaitFor;
-
-#define ASSERT_OK(expr)                                         \
-  do {                                                          \
-    const ::fedps::Status st_ = (expr);                         \
-    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
-  } while (0)
 
 constexpr int64_t kFrame = 16384;
 constexpr auto kLongWait = std::chrono::seconds(60);
@@ -147,11 +141,13 @@ class ShardSecurityTest : public ::testing::Test {
   static void SetUpTestSuite() {
     tokdir_ = new ScopedTempDir();
     ASSERT_OK(Env::Default()->WriteFileAtomic(tokdir_->File("corpus.txt"), Corpus()));
-    auto trained = testing::RunLogged({testing::BinaryDir() + "/bin/fedps-ctl", "tokenizer", "train", "--input",
-                                       tokdir_->File("corpus.txt"), "--vocab-size", "300", "--out",
-                                       tokdir_->File("tokenizer.model")},
-                                      tokdir_->File("train.log"), "", std::chrono::seconds(120));
-    ASSERT_TRUE(trained.ok() && trained->success()) << testing::ReadLogTail(tokdir_->File("train.log"));
+    auto trained =
+        testing::RunLogged({testing::BinaryDir() + "/bin/fedps-ctl", "tokenizer", "train",
+                            "--input", tokdir_->File("corpus.txt"), "--vocab-size", "300", "--out",
+                            tokdir_->File("tokenizer.model")},
+                           tokdir_->File("train.log"), "", std::chrono::seconds(120));
+    ASSERT_TRUE(trained.ok() && trained->success())
+        << testing::ReadLogTail(tokdir_->File("train.log"));
   }
   static void TearDownTestSuite() {
     delete tokdir_;
@@ -167,7 +163,8 @@ class ShardSecurityTest : public ::testing::Test {
   // Starts one fedps-shard (num_shards 1) with these [limits] lines; waits until SERVING.
   void StartShard(const std::string& limits) {
     const std::string config = dir_.File("run.toml");
-    std::ofstream(config) << "[run]\nid = \"" << kRun << "\"\ndir = \"" << dir_.File("run") << "\"\nseed = 5\n"
+    std::ofstream(config) << "[run]\nid = \"" << kRun << "\"\ndir = \"" << dir_.File("run")
+                          << "\"\nseed = 5\n"
                           << "[model]\npreset = \"tiny\"\n"
                           << "[data]\ntokenizer = \"" << tokdir_->File("tokenizer.model") << "\"\n"
                           << "[compression]\ncodec = \"fp32\"\nthreads = 1\n"
@@ -186,8 +183,13 @@ class ShardSecurityTest : public ::testing::Test {
   // Starts (or, after a kill, restarts) the shard of StartShard on its port and folder.
   void Launch() {
     ProcessOptions po;
-    po.argv = {testing::BinaryDir() + "/bin/fedps-shard", "--config", dir_.File("run.toml"), "--shard", "0",
-               "--port", std::to_string(port_)};
+    po.argv = {testing::BinaryDir() + "/bin/fedps-shard",
+               "--config",
+               dir_.File("run.toml"),
+               "--shard",
+               "0",
+               "--port",
+               std::to_string(port_)};
     po.log_path = dir_.File("shard.log");
     auto p = ScopedProcess::Start(po);
     ASSERT_OK(p.status());
@@ -215,15 +217,16 @@ class ShardSecurityTest : public ::testing::Test {
   }
 
   std::vector<std::string> Frames(const std::vector<float>& delta) {
-    auto codec = Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = status_.frame_elements});
+    auto codec = Codec::Create(
+        CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = status_.frame_elements});
     EXPECT_TRUE(codec.ok());
     auto frames = (*codec)->Encode(std::span<const float>(delta));
     EXPECT_TRUE(frames.ok());
     return frames.ok() ? *frames : std::vector<std::string>{};
   }
 
-  rpc::PushRequest Request(const std::string& id, const std::string& client, int64_t epoch, int64_t frame_index,
-                           std::string frame) {
+  rpc::PushRequest Request(const std::string& id, const std::string& client, int64_t epoch,
+                           int64_t frame_index, std::string frame) {
     rpc::PushRequest req;
     req.header = MakeHeader(status_.run_id, status_.layout_hash, 0, status_.epoch, client);
     req.update_id = id;
@@ -234,15 +237,16 @@ class ShardSecurityTest : public ::testing::Test {
     req.local_steps = 8;
     req.codec = "fp32";
     req.frame_index = frame_index;
-    req.total_frames = (status_.slice_elements + status_.frame_elements - 1) / status_.frame_elements;
+    req.total_frames =
+        (status_.slice_elements + status_.frame_elements - 1) / status_.frame_elements;
     req.frame_elements = status_.frame_elements;
     req.frame = std::move(frame);
     return req;
   }
 
   // Pushes every frame; the last answer (or the first failure).
-  StatusOr<rpc::PushResponse> PushAll(const std::string& id, const std::string& client, int64_t epoch,
-                                      const std::vector<float>& delta) {
+  StatusOr<rpc::PushResponse> PushAll(const std::string& id, const std::string& client,
+                                      int64_t epoch, const std::vector<float>& delta) {
     std::vector<std::string> frames = Frames(delta);
     StatusOr<rpc::PushResponse> last = Internal("no frames");
     for (size_t f = 0; f < frames.size(); ++f) {
@@ -253,7 +257,8 @@ class ShardSecurityTest : public ::testing::Test {
   }
 
   // Commits `id` for `client` and waits until the shard applied it.
-  void CommitAndWait(const std::string& id, const std::string& client, int64_t epoch, int64_t version) {
+  void CommitAndWait(const std::string& id, const std::string& client, int64_t epoch,
+                     int64_t version) {
     nlohmann::json meta = {{"base_version", 0}, {"tokens", 4096}, {"local_steps", 8}};
     auto seq = registry_->CommitUpdate(id, client, epoch, meta, 1);
     ASSERT_OK(seq.status());
@@ -273,9 +278,11 @@ class ShardSecurityTest : public ::testing::Test {
 
   std::vector<float> Pull(int64_t* version) {
     std::vector<float> out(static_cast<size_t>(status_.slice_elements));
-    auto codec = Codec::Create(CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = status_.frame_elements});
+    auto codec = Codec::Create(
+        CodecOptions{.kind = CodecKind::kFp32, .chunk_elements = status_.frame_elements});
     EXPECT_TRUE(codec.ok());
-    const int64_t frames = (status_.slice_elements + status_.frame_elements - 1) / status_.frame_elements;
+    const int64_t frames =
+        (status_.slice_elements + status_.frame_elements - 1) / status_.frame_elements;
     for (int64_t f = 0; f < frames; ++f) {
       rpc::PullRequest req;
       req.header = MakeHeader(status_.run_id, status_.layout_hash, 0, status_.epoch, "test");
@@ -380,7 +387,8 @@ TEST_F(ShardSecurityTest, AStagedUpdateIsComparedWithItsBytesAfterARestart) {
   ASSERT_OK(shard_.Kill());
   ASSERT_NO_FATAL_FAILURE(Launch());
   // The checksums came back from the staged file, not from memory.
-  auto r = channel_->Push(Request(id, "alice", alice, 0, Frames(Delta(0.5f, status_.slice_elements))[0]));
+  auto r = channel_->Push(
+      Request(id, "alice", alice, 0, Frames(Delta(0.5f, status_.slice_elements))[0]));
   EXPECT_EQ(LastCode(), "BAD_REQUEST") << r.status().ToString();
   EXPECT_THAT(r.status().message(), HasSubstr("staged with other bytes"));
   r = channel_->Push(Request(id, "alice", alice, 0, Frames(own)[0]));
@@ -389,8 +397,9 @@ TEST_F(ShardSecurityTest, AStagedUpdateIsComparedWithItsBytesAfterARestart) {
 }
 
 TEST_F(ShardSecurityTest, JunkFirstFramesTakeNoReceiveSlotsAndQuotasAreSeparatePerClient) {
-  ASSERT_NO_FATAL_FAILURE(StartShard("receiving_updates = 4\nreceiving_updates_per_client = 2\n"
-                                     "staged_updates_per_client = 2\n"));
+  ASSERT_NO_FATAL_FAILURE(
+      StartShard("receiving_updates = 4\nreceiving_updates_per_client = 2\n"
+                 "staged_updates_per_client = 2\n"));
   const int64_t alice = JoinAs("alice");
   const int64_t bob = JoinAs("bob");
   const std::vector<float> delta = Delta(1e-3f, status_.slice_elements);
@@ -398,7 +407,8 @@ TEST_F(ShardSecurityTest, JunkFirstFramesTakeNoReceiveSlotsAndQuotasAreSeparateP
 
   // 16 junk first frames and 16 well-formed ones from a non-member: all refused, no slot.
   for (int k = 0; k < 16; ++k) {
-    auto r = channel_->Push(Request("mallory/7/" + std::to_string(k), "mallory", 7, 0, std::string(64 + k, 'x')));
+    auto r = channel_->Push(
+        Request("mallory/7/" + std::to_string(k), "mallory", 7, 0, std::string(64 + k, 'x')));
     EXPECT_FALSE(r.ok());
     EXPECT_TRUE(LastCode() == "BAD_REQUEST" || LastCode() == "DATA_LOSS") << r.status().ToString();
     r = channel_->Push(Request("mallory/7/" + std::to_string(100 + k), "mallory", 7, 0, frames[0]));
@@ -411,7 +421,8 @@ TEST_F(ShardSecurityTest, JunkFirstFramesTakeNoReceiveSlotsAndQuotasAreSeparateP
     return who + "/" + std::to_string(epoch) + "/" + std::to_string(k);
   };
   for (int k = 1; k <= 2; ++k)
-    ASSERT_OK(channel_->Push(Request(id(alice, "alice", k), "alice", alice, 0, frames[0])).status());
+    ASSERT_OK(
+        channel_->Push(Request(id(alice, "alice", k), "alice", alice, 0, frames[0])).status());
   auto r = channel_->Push(Request(id(alice, "alice", 3), "alice", alice, 0, frames[0]));
   EXPECT_EQ(LastCode(), "UNAVAILABLE");
   EXPECT_THAT(r.status().message(), HasSubstr("limits.receiving_updates_per_client"));
@@ -464,7 +475,8 @@ TEST_F(ShardSecurityTest, StalledRequestsAreCutOffAndTheirMemoryFreed) {
         kLongWait, std::chrono::milliseconds(5)))
         << "RSS " << before << " -> " << peak;
     // ... until the read timeout cuts every staller off and frees its buffer.
-    for (auto& c : stallers) EXPECT_TRUE(c->WaitClosed(kLongWait)) << "a stalled request was not cut off";
+    for (auto& c : stallers)
+      EXPECT_TRUE(c->WaitClosed(kLongWait)) << "a stalled request was not cut off";
     int64_t after = 0;
     EXPECT_TRUE(WaitFor(
         [&] {
@@ -481,10 +493,12 @@ TEST_F(ShardSecurityTest, StalledRequestsAreCutOffAndTheirMemoryFreed) {
   }
   // The shard serves on: an honest member stages.
   const int64_t alice = JoinAs("alice");
-  auto staged = PushAll("alice/" + std::to_string(alice) + "/1", "alice", alice, Delta(1e-3f, status_.slice_elements));
+  auto staged = PushAll("alice/" + std::to_string(alice) + "/1", "alice", alice,
+                        Delta(1e-3f, status_.slice_elements));
   ASSERT_OK(staged.status());
   EXPECT_EQ(staged->state, rpc::UpdateState::STAGED);
-  EXPECT_THAT(testing::ReadLogTail(shard_.log_path(), 1 << 16), HasSubstr("limits.read_timeout_ms"));
+  EXPECT_THAT(testing::ReadLogTail(shard_.log_path(), 1 << 16),
+              HasSubstr("limits.read_timeout_ms"));
 }
 
 TEST_F(ShardSecurityTest, SurplusConnectionsAreRefused) {
@@ -517,8 +531,10 @@ TEST_F(ShardSecurityTest, SurplusConnectionsAreRefused) {
   EXPECT_EQ(refused, 1);
   EXPECT_TRUE(channel_->GetStatus().ok());
   raw.clear();
-  EXPECT_TRUE(WaitFor([&] { return other.GetStatus().ok(); }, kLongWait, std::chrono::milliseconds(50)));
-  EXPECT_THAT(testing::ReadLogTail(shard_.log_path(), 1 << 16), HasSubstr("limits.max_connections"));
+  EXPECT_TRUE(
+      WaitFor([&] { return other.GetStatus().ok(); }, kLongWait, std::chrono::milliseconds(50)));
+  EXPECT_THAT(testing::ReadLogTail(shard_.log_path(), 1 << 16),
+              HasSubstr("limits.max_connections"));
 }
 
 TEST_F(ShardSecurityTest, IdleConnectionsAreClosedAndAChannelReconnects) {

@@ -24,6 +24,7 @@
 #include "ps/shard_channel.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -35,12 +36,6 @@ using testing::ScopedProcess;
 using testing::ScopedRedisServer;
 using testing::ScopedTempDir;
 using testing::WaitFor;
-
-#define ASSERT_OK(expr)                                         \
-  do {                                                          \
-    const ::fedps::Status st_ = (expr);                         \
-    ASSERT_TRUE(st_.ok()) << #expr << " -> " << st_.ToString(); \
-  } while (0)
 
 constexpr int kShards = 2;
 constexpr uint64_t kSeed = 11;
@@ -293,9 +288,8 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
     }
     Stage(i, id, *epoch, delta);
   }
-  auto seq =
-      (*reg)->CommitUpdate(id, "alice", *epoch,
-                           {{"base_version", 0}, {"tokens", 1000}, {"local_steps", 1}}, kShards);
+  auto seq = (*reg)->CommitUpdate(
+      id, "alice", *epoch, {{"base_version", 0}, {"tokens", 1000}, {"local_steps", 1}}, kShards);
   ASSERT_OK(seq.status());
   ASSERT_EQ(*seq, 1);
   Result pm1 =
