@@ -75,6 +75,6 @@ for f in "$RUNS"/*/eval-*.json "$RUNS"/*/federated.json "$RUNS"/*/centralised.js
 done
 # The clients' metrics (per-update loss, tokens, staleness), the runs' logs and the
 # baselines' training logs, for the report.
-(cd "$RUNS" && tar czf "$OUT/metrics.tgz" $(ls -d */federated/clients/*/metrics.jsonl */logs */train.log 2>/dev/null))
+(cd "$RUNS" && tar czf "$OUT/metrics.tgz" $(ls -d */federated/clients/*/metrics.jsonl */centralised/metrics.jsonl */logs */train.log 2>/dev/null))
 rm -rf "$WRAP"
 exit "$rc"
