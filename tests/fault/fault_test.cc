@@ -240,9 +240,8 @@ TEST_F(FaultTest, StragglerNeverBlocksAndItsTooStaleUpdateIsRefused) {
 
 TEST_F(FaultTest, RedisKilledAndRestartedMidRunLosesNothing) {
   Knobs k;
-  // The shards' directory leases must outlive the outage (they lapse while Redis is down,
-  // and a shard whose lease lapsed is fenced for good). Clients' 1.5 s leases may lapse:
-  // they rejoin.
+  // The shards' directory leases outlive this outage (one that does not is
+  // redis_outage_test.cc's); the clients' 1.5 s leases lapse: they rejoin.
   k.extra_ps = "shard_lease_ms = 15000\n";
   const std::string config = WriteConfig(k);
   StartShards(config);
