@@ -10,6 +10,7 @@
 
 #include "client/update_math.h"
 #include "model/evaluate.h"
+#include "ps/redis_wait.h"
 #include "model/token_data.h"
 #include "ps/rpc/shard_types.h"
 
@@ -155,22 +156,13 @@ Status FederatedClient::Init() {
   registry_options_.port = hp.second;
   registry_options_.password = cfg_.ps.redis_password;
   registry_options_.run_id = cfg_.run.id;
-  {
-    Backoff backoff(co.retry_initial_ms, co.retry_max_ms, 2.0, options_.backoff_seed);
-    for (;;) {
-      auto reg = RegistryLink::Connect(registry_options_);
-      if (reg.ok()) {
-        registry_ = std::move(reg).value();
-        break;
-      }
-      if (!reg.status().retryable() || backoff.attempts() >= 8) {
-        return reg.status().WithContext("registry at " + cfg_.ps.redis);
-      }
-      LOG(WARNING) << "registry at " << cfg_.ps.redis << ": " << reg.status().message() << "; retrying";
-      if (!SleepMs(backoff.NextDelayMs())) return Aborted("stopped");
+  // Redis may be away (not started yet, restarting): wait for it up to ps.redis_wait_ms.
+  Status run = WaitForRedis(cfg_.ps.redis, std::chrono::milliseconds(cfg_.ps.redis_wait_ms), [&]() -> Status {
+    if (!registry_) {
+      ASSIGN_OR_RETURN(registry_, RegistryLink::Connect(registry_options_));
     }
-  }
-  Status run = registry_->InitRun(identity_);
+    return registry_->InitRun(identity_);
+  }, [this] { return Stopping(); });
   if (!run.ok()) return run.WithContext("run \"" + cfg_.run.id + "\"");
 
   ASSIGN_OR_RETURN(store_, ClientStateStore::Open(state_dir_));
@@ -232,18 +224,15 @@ bool FederatedClient::SleepMs(int64_t ms) const {
 Status FederatedClient::JoinFresh() {
   char host[256] = {0};
   if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
-  Backoff backoff(cfg_.client.retry_initial_ms, cfg_.client.retry_max_ms, 2.0, options_.backoff_seed);
-  for (;;) {
+  Status joined = WaitForRedis(cfg_.ps.redis, std::chrono::milliseconds(cfg_.ps.redis_wait_ms), [&]() -> Status {
     auto epoch = registry_->Join(options_.name, host, member_domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
-    if (epoch.ok()) {
-      std::lock_guard<std::mutex> lock(membership_mu_);
-      epoch_ = *epoch;
-      joined_ = true;
-      return Status::Ok();
-    }
-    if (!epoch.status().retryable()) return epoch.status().WithContext("join");
-    if (!SleepMs(backoff.NextDelayMs())) return Aborted("stopped");
-  }
+    if (!epoch.ok()) return epoch.status();
+    std::lock_guard<std::mutex> lock(membership_mu_);
+    epoch_ = *epoch;
+    joined_ = true;
+    return Status::Ok();
+  }, [this] { return Stopping(); });
+  return joined.ok() ? joined : joined.WithContext("join");
 }
 
 Status FederatedClient::Rejoin(RegistryLink* registry, int64_t fenced_epoch) {

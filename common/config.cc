@@ -139,6 +139,7 @@ std::map<std::string, Section> Schema(RunConfig& c) {
              {"shard_lease_ms", Bind(&p.shard_lease_ms)},
              {"stage_ttl_ms", Bind(&p.stage_ttl_ms)},
              {"snapshot_ttl_ms", Bind(&p.snapshot_ttl_ms)},
+             {"redis_wait_ms", Bind(&p.redis_wait_ms)},
              {"mode", Bind(&p.mode)},
              {"round_clients", Bind(&p.round_clients)},
              {"round_timeout_ms", Bind(&p.round_timeout_ms)}};
@@ -280,6 +281,19 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (k.retry_initial_ms < 1 || k.retry_max_ms < k.retry_initial_ms)
     return bad("client.retry_max_ms", "must be >= client.retry_initial_ms >= 1");
   if (k.throttle < 1) return bad("client.throttle", "must be >= 1");
+  // The timeout hierarchy (docs/fault-tolerance.md, "Timeouts"): beats well inside a lease,
+  // backoff shorter than a lease, staged slices and pinned snapshots outliving a client's
+  // lease and backoff, so that a client that rejoins finds them.
+  if (p.redis_wait_ms < 0) return bad("ps.redis_wait_ms", "must be >= 0 (0: wait forever)");
+  if (k.retry_max_ms >= k.lease_ms)
+    return bad("client.retry_max_ms", "must be below client.lease_ms (a backoff must not outlast the lease)");
+  if (p.stage_ttl_ms <= k.lease_ms + k.retry_max_ms)
+    return bad("ps.stage_ttl_ms", "must exceed client.lease_ms + client.retry_max_ms (" +
+                                      std::to_string(k.lease_ms + k.retry_max_ms) +
+                                      " ms): a staged slice must outlive a client that rejoins");
+  if (p.snapshot_ttl_ms <= k.retry_max_ms)
+    return bad("ps.snapshot_ttl_ms", "must exceed client.retry_max_ms (" + std::to_string(k.retry_max_ms) +
+                                         " ms): a pinned snapshot must outlive a pull's backoff");
   if (k.eval_every_versions < 1) return bad("client.eval_every_versions", "must be >= 1");
   if (k.pipeline_depth < 0 || k.pipeline_depth > 1) return bad("client.pipeline_depth", "must be 0 or 1");
   if (k.optimizer_save_every < 0) return bad("client.optimizer_save_every", "must be >= 0");

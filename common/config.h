@@ -116,6 +116,9 @@ struct PsOptions {
   int64_t shard_lease_ms = 5000;     // a shard's directory entry expires without heartbeats
   int64_t stage_ttl_ms = 600000;     // staged, uncommitted slices expire after this
   int64_t snapshot_ttl_ms = 30000;   // pinned pull snapshots are kept this long after use
+  // Shards and clients that cannot reach Redis (at start, joining) wait this long for it,
+  // with a progress line every few seconds, then exit with an error (0: wait forever).
+  int64_t redis_wait_ms = 600000;
   // async: shards apply every update as it commits, weighted by staleness. sync: synchronous
   // rounds (ps/rounds.h): every round's clients train from the round's base version, the
   // shards average its pseudo-gradients by tokens and take one outer step per round.

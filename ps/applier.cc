@@ -397,17 +397,28 @@ void ShardCore::ApplyLoop() {
         failures = 0;
         bool ok = true;
         for (const CommittedUpdate& c : *entries) {
+          bool fenced_now;
           {
             std::lock_guard<std::mutex> lock(mu_);
-            if (stop_ || fenced_) return;
+            if (stop_) return;
+            fenced_now = fenced_;
           }
-          if (!ApplyOne(c)) {
+          if (fenced_now || !ApplyOne(c)) {  // fenced: wait (a Resume un-fences) or stop
             ok = false;
             break;
           }
           ServeCheckpointRequests();
         }
         caught_up = ok && static_cast<int64_t>(entries->size()) < kCommitBatch;
+        if (entries->empty() && version > 0) {
+          // Nothing after our version: the log must reach it, or Redis lost commits and a
+          // later seq could name another update than the one applied under it.
+          auto head = apply_registry_->GlobalSeq();
+          if (head.ok() && *head < version) {
+            Halt(RegistryBehindMessage(*head, version));
+            caught_up = false;
+          }
+        }
       }
     }
     if (caught_up) {

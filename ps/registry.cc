@@ -121,8 +121,14 @@ return {'created', redis.call('HGETALL', KEYS[1])}
 )lua";
 
 // KEYS: shards, shard:<i>, shard:<i>:lease, epoch, events.
-// ARGV: maxlen, index, address, slice_begin, slice_end, pid, lease_ms -> epoch
+// ARGV: maxlen, index, address, slice_begin, slice_end, pid, lease_ms, lapsed epoch
+//       ('' : register unconditionally, fencing any holder)
+// -> {'ok', epoch} | {'held', lease epoch, pid, address}
 constexpr const char* kRegisterShardLua = R"lua(
+local cur = redis.call('GET', KEYS[3])
+if ARGV[8] ~= '' and cur and cur ~= ARGV[8] then
+  return {'held', cur, redis.call('HGET', KEYS[2], 'pid') or '', redis.call('HGET', KEYS[2], 'address') or ''}
+end
 local e = redis.call('INCR', KEYS[4])
 local now = num(now_ms())
 local prev = redis.call('HGET', KEYS[2], 'epoch')
@@ -132,9 +138,9 @@ redis.call('HSET', KEYS[2], 'index', ARGV[2], 'address', ARGV[3], 'slice_begin',
            'registered_ms', now, 'last_heartbeat_ms', now, 'alive', '1')
 redis.call('SET', KEYS[3], e, 'PX', ARGV[7])
 redis.call('SADD', KEYS[1], ARGV[2])
-emit(KEYS[5], ARGV[1], 'shard_registered', {shard = tonumber(ARGV[2]), address = ARGV[3],
-     epoch = e, previous_epoch = tonumber(prev)})
-return e
+emit(KEYS[5], ARGV[1], ARGV[8] == '' and 'shard_registered' or 'shard_reregistered',
+     {shard = tonumber(ARGV[2]), address = ARGV[3], epoch = e, previous_epoch = tonumber(prev)})
+return {'ok', e}
 )lua";
 
 // KEYS: shard:<i>, shard:<i>:lease, shard:<i>:stats. ARGV: epoch, with_stats, field, value...
@@ -239,9 +245,14 @@ end
 return out
 )lua";
 
-// KEYS: staged:<update>, update:<update>. ARGV: shard index, record (JSON), ttl_ms
-// -> {'ok'} | {'committed', seq}
+// KEYS: staged:<update>, update:<update>, shard:<i>:lease.
+// ARGV: shard index, record (JSON), ttl_ms, shard epoch ('0': no check)
+// -> {'ok'} | {'committed', seq} | {'fenced', lease epoch or ''}
 constexpr const char* kMarkStagedLua = R"lua(
+if ARGV[4] ~= '0' then
+  local cur = redis.call('GET', KEYS[3])
+  if cur ~= ARGV[4] then return {'fenced', cur or ''} end
+end
 local seq = redis.call('HGET', KEYS[2], 'seq')
 if seq then return {'committed', seq} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -896,6 +907,17 @@ StatusOr<RunIdentity> Registry::GetRun() {
 // ---- shard directory ----------------------------------------------------------------------
 
 StatusOr<int64_t> Registry::RegisterShard(const ShardInfo& info, std::chrono::milliseconds lease) {
+  return RegisterShardIf(info, lease, 0);
+}
+
+StatusOr<int64_t> Registry::ReclaimShard(const ShardInfo& info, std::chrono::milliseconds lease,
+                                         int64_t lapsed_epoch) {
+  RETURN_IF_ERROR(CheckEpoch(lapsed_epoch));
+  return RegisterShardIf(info, lease, lapsed_epoch);
+}
+
+StatusOr<int64_t> Registry::RegisterShardIf(const ShardInfo& info, std::chrono::milliseconds lease,
+                                            int64_t lapsed_epoch) {
   if (info.index < 0) {
     return InvalidArgument("shard index must be >= 0, got " + std::to_string(info.index));
   }
@@ -913,8 +935,16 @@ StatusOr<int64_t> Registry::RegisterShard(const ShardInfo& info, std::chrono::mi
            {Key("shards"), shard, shard + ":lease", Key("epoch"), Key("events")},
            {std::to_string(options_.events_max_len), std::to_string(info.index), info.address,
             std::to_string(info.slice_begin), std::to_string(info.slice_end),
-            std::to_string(info.pid), std::to_string(lease.count())}));
-  return AsInt(reply.get(), "RegisterShard");
+            std::to_string(info.pid), std::to_string(lease.count()),
+            lapsed_epoch > 0 ? std::to_string(lapsed_epoch) : std::string()}));
+  const std::string tag = Tag(reply.get());
+  if (tag == "ok") return AsInt(Elem(reply.get(), 1), "RegisterShard epoch");
+  if (tag == "held") {
+    return Aborted("shard " + std::to_string(info.index) + " is held by a live lease of epoch " +
+                   Str(Elem(reply.get(), 1)) + " (pid " + Str(Elem(reply.get(), 2)) + " at " +
+                   Str(Elem(reply.get(), 3)) + "): another process owns it");
+  }
+  return UnexpectedReply("RegisterShard");
 }
 
 Status Registry::ShardHeartbeat(int index, int64_t epoch, const ShardStats* stats) {
@@ -1081,16 +1111,25 @@ static StatusOr<int64_t> StagingAnswer(const redisReply* r, const std::string& w
   return UnexpectedReply(what);
 }
 
-StatusOr<int64_t> Registry::MarkStaged(const std::string& update_id, int shard_index,
+StatusOr<int64_t> Registry::MarkStaged(const std::string& update_id, int shard_index, int64_t shard_epoch,
                                        const nlohmann::json& record) {
   RETURN_IF_ERROR(CheckName(update_id, "update id"));
   if (shard_index < 0) {
     return InvalidArgument("shard index must be >= 0, got " + std::to_string(shard_index));
   }
+  if (shard_epoch < 0) return InvalidArgument("shard epoch must be >= 0, got " + std::to_string(shard_epoch));
+  const std::string shard = Key("shard:" + std::to_string(shard_index));
   ASSIGN_OR_RETURN(Reply reply, Eval("mark_staged", kMarkStagedLua,
-                                     {Key("staged:" + update_id), Key("update:" + update_id)},
+                                     {Key("staged:" + update_id), Key("update:" + update_id), shard + ":lease"},
                                      {std::to_string(shard_index), DumpJson(record),
-                                      std::to_string(options_.staged_ttl.count())}));
+                                      std::to_string(options_.staged_ttl.count()), std::to_string(shard_epoch)}));
+  if (Tag(reply.get()) == "fenced") {
+    const std::string held = Str(Elem(reply.get(), 1));
+    return Aborted("stage mark of " + update_id + " by shard " + std::to_string(shard_index) + " epoch " +
+                   std::to_string(shard_epoch) + " refused: " +
+                   (held.empty() ? std::string("no live lease") : "epoch " + held + " holds the shard") +
+                   " (fenced)");
+  }
   return StagingAnswer(reply.get(), "MarkStaged");
 }
 

@@ -220,8 +220,15 @@ class Registry {
   StatusOr<RunIdentity> GetRun();
 
   // ---- shard directory ----
-  // Registers (or re-registers) shard info.index with a lease; returns its epoch.
+  // Registers (or re-registers) shard info.index with a lease; returns its epoch. Any
+  // holder of the index is fenced (a restarted shard takes over from its old process).
   StatusOr<int64_t> RegisterShard(const ShardInfo& info, std::chrono::milliseconds lease);
+  // Registers again after this process's lease of `lapsed_epoch` lapsed (Redis was away):
+  // a new, larger epoch, as RegisterShard, unless a live lease of another epoch holds the
+  // index: kAborted naming that epoch, pid and address (another process owns the shard).
+  // Atomic: the check and the registration are one script. Event "shard_reregistered".
+  StatusOr<int64_t> ReclaimShard(const ShardInfo& info, std::chrono::milliseconds lease,
+                                 int64_t lapsed_epoch);
   // Refreshes the lease (same length as registered) and, when given, stores the stats.
   // kAborted when the lease expired or a newer registration of the index fenced it.
   Status ShardHeartbeat(int index, int64_t epoch, const ShardStats* stats = nullptr);
@@ -250,8 +257,10 @@ class Registry {
   // A shard durably staged its slice of `update_id`. `record` (e.g. base_version,
   // tokens, local_steps) must be the same on every shard, or the commit is refused.
   // Idempotent. Returns 0, or the update's seq when it is already committed (a late
-  // mark; nothing is written).
-  StatusOr<int64_t> MarkStaged(const std::string& update_id, int shard_index,
+  // mark; nothing is written). Fenced by `shard_epoch`: kAborted unless the shard's
+  // directory lease holds that epoch (a lapsed or replaced shard process cannot mark);
+  // 0 skips the check, for a ShardCore that is not in the directory (in-process tests).
+  StatusOr<int64_t> MarkStaged(const std::string& update_id, int shard_index, int64_t shard_epoch,
                                const nlohmann::json& record = nullptr);
   // A shard wants to drop its uncommitted staged slice. Removes its mark unless the update
   // is committed. Returns 0 when the mark is gone (drop the slice; a commit can no longer
@@ -326,6 +335,10 @@ class Registry {
 
   explicit Registry(RegistryOptions options);
   std::string Key(const std::string& suffix) const { return prefix_ + suffix; }
+
+  // RegisterShard (lapsed_epoch 0) and ReclaimShard.
+  StatusOr<int64_t> RegisterShardIf(const ShardInfo& info, std::chrono::milliseconds lease,
+                                    int64_t lapsed_epoch);
 
   // All of the below run with mu_ held.
   Status ConnectLocked();

@@ -82,6 +82,7 @@ enum ShardState {
   SERVING = 3,
   DRAINING = 4,    // shutting down: finishes applies, refuses new pushes (UNAVAILABLE)
   HALTED = 5,      // stopped on an error it cannot repair (DATA_LOSS); operator needed
+  FENCED = 6,      // its directory lease lapsed or another process owns it: answers FENCED
 }
 
 enum UpdateState {

@@ -52,6 +52,7 @@ const char* ShardStateName(ShardState s) {
     case ShardState::kServing: return "SERVING";
     case ShardState::kDraining: return "DRAINING";
     case ShardState::kHalted: return "HALTED";
+    case ShardState::kFenced: return "FENCED";
   }
   return "?";
 }
@@ -236,6 +237,34 @@ void ShardCore::Fence(const std::string& why) {
   version_cv_.notify_all();
 }
 
+Status ShardCore::Resume(int64_t epoch, int64_t registry_head) {
+  std::string behind;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ == ShardState::kHalted) return DataLoss("shard halted: " + halt_message_);
+    if (registry_head < version_) {
+      behind = RegistryBehindMessage(registry_head, version_);
+    } else {
+      epoch_ = epoch;
+      fenced_ = false;
+      fence_message_.clear();
+      committed_seq_ = std::max(committed_seq_, registry_head);
+      apply_cv_.notify_all();
+      version_cv_.notify_all();
+      return Status::Ok();
+    }
+  }
+  Halt(behind);
+  return DataLoss(behind);
+}
+
+std::string ShardCore::RegistryBehindMessage(int64_t head, int64_t version) const {
+  return "the registry went back in time: its commit log ends at seq " + Str(head) + " but shard " +
+         Str(options_.shard_index) + " applied up to seq " + Str(version) + " (seq " + Str(head + 1) +
+         " and later are lost: Redis restarted without its data, or lost writes it had acknowledged); "
+         "refusing to apply other updates under those seqs";
+}
+
 void ShardCore::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -416,13 +445,24 @@ CoreError ShardCore::MarkStagedAndAnswer(const std::string& update_id, PushResul
     const auto& s = staged_.at(update_id);
     record = StageRecord(s->base_version, s->tokens, s->local_steps);
   }
-  auto marked = request_registry_->MarkStaged(update_id, options_.shard_index, record);
+  int64_t epoch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    epoch = epoch_;
+  }
+  auto marked = request_registry_->MarkStaged(update_id, options_.shard_index, epoch, record);
   std::lock_guard<std::mutex> lock(mu_);
   auto& s = staged_.at(update_id);
   --s->inflight;
   out->version = version_;
   out->total_frames = total_frames_;
   out->frames_received = total_frames_;
+  if (marked.status().code() == StatusCode::kAborted) {  // this process's lease lapsed or was taken
+    CoreError e = CoreError::Make(ShardErrorCode::kFenced, "update " + update_id + " is stored but " +
+                                                               marked.status().message() + ": re-read the shard directory");
+    e.epoch = epoch_;
+    return e;
+  }
   if (!marked.ok()) {
     return UnavailableLocked("update " + update_id + " is stored but its stage record could not be written (" +
                        marked.status().ToString() + "): resend a frame");
@@ -763,7 +803,7 @@ CoreError ShardCore::Checkpoint(const CoreHeader& header, const std::string& rea
 CoreStatus ShardCore::GetStatus() {
   std::lock_guard<std::mutex> lock(mu_);
   CoreStatus s;
-  s.state = state_;
+  s.state = fenced_ && state_ != ShardState::kHalted ? ShardState::kFenced : state_;
   s.epoch = epoch_;
   s.fenced = fenced_;
   s.halt_message = halt_message_;

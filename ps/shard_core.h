@@ -20,9 +20,10 @@
 // then SERVING. Drain() (clean shutdown): DRAINING (pushes refused), applies what is
 // committed and staged, checkpoints (unless the newest checkpoint already holds this
 // version), stops the thread. A committed update whose staged file is missing or corrupt
-// halts the shard (HALTED, every call answers DATA_LOSS): it is never skipped. Fence()
-// (the registry says another process owns the shard): every call answers FENCED, nothing
-// more is applied.
+// halts the shard (HALTED, every call answers DATA_LOSS): it is never skipped; so does a
+// registry whose commit log ends below the shard's version (Redis lost commits). Fence()
+// (the directory lease lapsed, or another process owns the shard): every call answers
+// FENCED, nothing more is applied, status FENCED; Resume() (registered again) un-fences.
 //
 // Memory (docs/protocol.md, "Shard implementation notes"): shard RAM <= (4 + pinned
 // snapshots) x slice bytes for an outer optimizer with one state tensor (SGD has none,
@@ -125,7 +126,9 @@ struct CoreError {
 };
 
 // Same numbers as the IDL's ShardState / UpdateState.
-enum class ShardState { kStarting = 1, kRecovering = 2, kServing = 3, kDraining = 4, kHalted = 5 };
+// kFenced is only reported (GetStatus): the directory lease lapsed or another process owns
+// the shard; requests answer FENCED and nothing is applied until Resume().
+enum class ShardState { kStarting = 1, kRecovering = 2, kServing = 3, kDraining = 4, kHalted = 5, kFenced = 6 };
 enum class UpdateState { kReceiving = 1, kStaged = 2, kCommitted = 3, kApplied = 4, kSkipped = 5 };
 const char* ShardStateName(ShardState s);
 
@@ -278,8 +281,15 @@ class ShardCore {
   Status Start();
   // The fencing epoch requests must carry (from RegisterShard); 0 until set.
   void SetEpoch(int64_t epoch);
-  // Another process owns the shard now: answer FENCED, apply nothing more.
+  // The directory lease lapsed or another process owns the shard: answer FENCED, apply
+  // nothing more until Resume().
   void Fence(const std::string& why);
+  // The shard registered again (Registry::ReclaimShard) as `epoch`: un-fences, unless the
+  // registry went back in time - its commit log ends at `registry_head`, below this
+  // shard's version (Redis lost acknowledged commits) - which halts the shard (DATA_LOSS
+  // naming both seqs) rather than apply other updates under reused seqs. Returns the
+  // halt's status then (and kDataLoss when already halted).
+  Status Resume(int64_t epoch, int64_t registry_head);
   // Clean shutdown: DRAINING, apply what is committed and staged, checkpoint, stop the
   // apply thread. Returns the final checkpoint's status.
   Status Drain();
@@ -374,6 +384,8 @@ class ShardCore {
   // ps.mode = sync: closes the open round in the registry when it is due.
   void CloseDueRound();
   void Halt(const std::string& message);
+  // The halt message for a registry whose commit log ends at `head` < `version`.
+  std::string RegistryBehindMessage(int64_t head, int64_t version) const;
   void ExpireStaged();
   void DropIdleReceiving();
   void ServeCheckpointRequests();

@@ -8,6 +8,9 @@
 // naming the field); start the ShardCore (newest valid checkpoint, else the initial model
 // - the seed-deterministic Model::Create(config, cpu, run.seed), or --init's weights -
 // then replay of the commit log) and the RPC server, registered in the shard directory.
+// Redis unreachable at start: wait up to ps.redis_wait_ms with a progress line. A lapsed
+// directory lease (Redis away) is reclaimed by itself (ps/shard_membership.h); when another
+// live process owns the shard, exit 1 naming it.
 // SIGTERM / SIGINT: drain (apply what is committed, checkpoint), stop, exit 0.
 // Exit 1 with one "fedps-shard: error: ..." line when it cannot start.
 #include <csignal>
@@ -24,6 +27,7 @@
 #include "model/layout.h"
 #include "model/presets.h"
 #include "model/tokenizer.h"
+#include "ps/redis_wait.h"
 #include "ps/registry.h"
 #include "ps/shard_core.h"
 #include "ps/shard_server.h"
@@ -38,6 +42,12 @@ struct Args {
   std::string dir;
   std::string init;
 };
+
+// A stop signal is pending (main blocks SIGTERM / SIGINT; they stay pending until sigwait).
+bool StopRequested() {
+  sigset_t pending;
+  return sigpending(&pending) == 0 && (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1);
+}
 
 StatusOr<RegistryOptions> RegistryFromConfig(const RunConfig& cfg) {
   RegistryOptions r;
@@ -104,7 +114,8 @@ Status Run(const Args& args, const sigset_t& signals) {
 
   ASSIGN_OR_RETURN(RegistryOptions ropts, RegistryFromConfig(cfg));
   {
-    ASSIGN_OR_RETURN(auto registry, Registry::Connect(ropts));
+    ASSIGN_OR_RETURN(auto registry,
+                     ConnectWaitingForRedis(ropts, std::chrono::milliseconds(cfg.ps.redis_wait_ms), StopRequested));
     RunIdentity id;
     id.model_preset = mc.preset;
     id.model_config = mc.ToJson();
@@ -170,8 +181,18 @@ Status Run(const Args& args, const sigset_t& signals) {
                                  {"slice_end", range.end}})
       .IgnoreError();
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  // Wait for a stop signal, or for another live process to take the shard over.
+  const timespec poll{0, 250 * 1000 * 1000};
+  int sig = -1;
+  while (sig < 0) {
+    sig = sigtimedwait(&signals, nullptr, &poll);
+    if (sig < 0 && !server.lost().ok()) {
+      Status lost = server.lost();
+      server.Stop();
+      metrics->Write("shard_lost", {{"message", lost.message()}}).IgnoreError();
+      return lost.WithContext("exiting: this process no longer owns the shard");
+    }
+  }
   LOG(INFO) << "signal " << sig << ": draining";
   Status drained = core->Drain();
   if (!drained.ok()) LOG(WARNING) << "drain: " << drained.ToString();

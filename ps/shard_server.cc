@@ -209,7 +209,6 @@ Status ShardServer::Start() {
     return Unavailable("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " + e.what());
   }
 
-  ASSIGN_OR_RETURN(registry_, Registry::Connect(options_.registry));
   const ShardCoreOptions& o = core_->options();
   ShardInfo info;
   info.index = o.shard_index;
@@ -217,9 +216,8 @@ Status ShardServer::Start() {
   info.slice_begin = o.slice_begin;
   info.slice_end = o.slice_begin + o.slice_elements;
   info.pid = ::getpid();
-  ASSIGN_OR_RETURN(epoch_, registry_->RegisterShard(info, std::chrono::milliseconds(options_.lease_ms)));
-  core_->SetEpoch(epoch_);
-  LOG(INFO) << "shard " << o.shard_index << " registered at " << info.address << " with epoch " << epoch_;
+  membership_ = std::make_unique<ShardMembership>(core_, info, ShardMembershipOptions{options_.lease_ms, options_.registry});
+  RETURN_IF_ERROR(membership_->Start());
 
   auto handler = std::make_shared<Handler>(core_);
   auto oversized = [max = limits.max_message_bytes](std::string_view head, int64_t bytes) {
@@ -236,39 +234,11 @@ Status ShardServer::Start() {
       LOG(ERROR) << "shard server stopped: " << e.what();
     }
   });
-  heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   return Status::Ok();
 }
 
-void ShardServer::HeartbeatLoop() {
-  const auto period = std::chrono::milliseconds(std::max<int64_t>(options_.lease_ms / 3, 10));
-  const int index = core_->options().shard_index;
-  int64_t failures = 0;
-  while (true) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (cv_.wait_for(lock, period, [&] { return stop_; })) return;
-    }
-    ShardStats stats = core_->Stats();
-    Status s = registry_->ShardHeartbeat(index, epoch_, &stats);
-    if (s.ok()) {
-      failures = 0;
-    } else if (s.code() == StatusCode::kAborted) {
-      core_->Fence("registry: " + s.message());
-      return;
-    } else if (failures++ % 20 == 0) {
-      LOG(WARNING) << "shard heartbeat: " << s.ToString();
-    }
-  }
-}
-
 void ShardServer::Stop() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-    cv_.notify_all();
-  }
-  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  if (membership_) membership_->Stop();
   if (server_) server_->stop();
   if (serve_thread_.joinable()) serve_thread_.join();
 }

@@ -9,12 +9,13 @@
 //     BAD_REQUEST naming the limit. The handler is a thin adapter: it converts requests
 //     to ShardCore calls and CoreError to rpc::ShardError (same codes).
 //   * Registry: Start() binds the port, registers the shard (lease ps.shard_lease_ms)
-//     and hands the epoch to the core before the first request can arrive; a heartbeat
-//     thread refreshes the lease every lease/3 and publishes ShardStats. A heartbeat
-//     answered kAborted (lease lost or a newer owner) fences the core.
+//     and hands the epoch to the core before the first request can arrive; the
+//     ShardMembership (ps/shard_membership.h) then heartbeats, registers again after a
+//     lapse and reports a shard that another process took (lost()).
 //
-// Threads: Start() starts the serving thread and the heartbeat thread; Stop() ends both
-// (idempotent; the destructor calls it). The ShardCore must outlive the server.
+// Threads: Start() starts the serving thread and the membership's heartbeat thread;
+// Stop() ends both (idempotent; the destructor calls it). The ShardCore must outlive the
+// server.
 #pragma once
 
 #include <atomic>
@@ -28,6 +29,7 @@
 #include "common/status.h"
 #include "ps/registry.h"
 #include "ps/shard_core.h"
+#include "ps/shard_membership.h"
 #include "ps/shard_transport.h"
 
 namespace apache::thrift::server {
@@ -58,24 +60,20 @@ class ShardServer {
   void Stop();
 
   int port() const { return port_; }
-  int64_t epoch() const { return epoch_; }
+  // The current directory epoch (it changes when the shard registers again).
+  int64_t epoch() const { return membership_ ? membership_->epoch() : 0; }
+  // Not OK once another live process owns the shard (this one is fenced for good).
+  Status lost() const { return membership_ ? membership_->lost() : Status::Ok(); }
   std::string address() const { return options_.host + ":" + std::to_string(port_); }
 
  private:
-  void HeartbeatLoop();
-
   ShardCore* const core_;
   const ShardServerOptions options_;
   int port_ = 0;
-  int64_t epoch_ = 0;
-  std::unique_ptr<Registry> registry_;
   const std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
   std::shared_ptr<apache::thrift::server::TServer> server_;
   std::thread serve_thread_;
-  std::thread heartbeat_thread_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;  // guarded by mu_
+  std::unique_ptr<ShardMembership> membership_;
 };
 
 }  // namespace fedps

@@ -76,6 +76,25 @@ TEST(ConfigTest, ImpossibleValuesAreRejected) {
   }
 }
 
+TEST(ConfigTest, InconsistentTimeoutsAreRefusedNamingTheOption) {
+  auto d = ParseConfig("", "d.toml");
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->ps.redis_wait_ms, 600000);
+  for (auto [text, option] : {std::pair{"[client]\nlease_ms = 1000\nheartbeat_ms = 200\nretry_max_ms = 1000\n",
+                                        "client.retry_max_ms"},
+                              {"[ps]\nstage_ttl_ms = 12000\n", "ps.stage_ttl_ms"},
+                              {"[ps]\nsnapshot_ttl_ms = 5000\n", "ps.snapshot_ttl_ms"},
+                              {"[ps]\nredis_wait_ms = -1\n", "ps.redis_wait_ms"},
+                              {"[client]\nlease_ms = 1000\nheartbeat_ms = 600\nretry_max_ms = 500\n",
+                               "client.heartbeat_ms"}}) {
+    auto c = ParseConfig(text, "t.toml");
+    ASSERT_FALSE(c.ok()) << text;
+    EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(c.status().message().find(option), std::string::npos) << c.status().ToString();
+  }
+  EXPECT_TRUE(ParseConfig("[ps]\nredis_wait_ms = 0\n", "z.toml").ok());
+}
+
 TEST(ConfigTest, LimitsHaveDefaultsAndBounds) {
   auto d = ParseConfig("", "d.toml");
   ASSERT_TRUE(d.ok()) << d.status().ToString();

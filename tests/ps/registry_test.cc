@@ -89,7 +89,7 @@ class RegistryTest : public ::testing::Test {
 
   // Stages `update_id` on shards [0, n).
   void StageAll(Registry& r, const std::string& update_id, int n) {
-    for (int s = 0; s < n; ++s) ASSERT_OK(r.MarkStaged(update_id, s));
+    for (int s = 0; s < n; ++s) ASSERT_OK(r.MarkStaged(update_id, s, 0));
   }
 
   ScopedRedisServer redis_;
@@ -371,9 +371,9 @@ TEST_F(RegistryTest, CommitIsRefusedUntilEveryShardStaged) {
   ASSERT_NE(r, nullptr);
   ASSERT_OK(r->InitRun(TestIdentity(3)));
   ASSERT_OK_AND_ASSIGN(int64_t epoch, r->Join("gina", {"h", {}}, kLongLease));
-  ASSERT_OK(r->MarkStaged("gina-1", 2));
-  ASSERT_OK(r->MarkStaged("gina-1", 0));
-  ASSERT_OK(r->MarkStaged("gina-1", 0));  // a duplicate mark is harmless
+  ASSERT_OK(r->MarkStaged("gina-1", 2, 0));
+  ASSERT_OK(r->MarkStaged("gina-1", 0, 0));
+  ASSERT_OK(r->MarkStaged("gina-1", 0, 0));  // a duplicate mark is harmless
   ASSERT_OK_AND_ASSIGN(std::vector<int> staged, r->StagedShards("gina-1"));
   EXPECT_EQ(staged, (std::vector<int>{0, 2}));
 
@@ -388,7 +388,7 @@ TEST_F(RegistryTest, CommitIsRefusedUntilEveryShardStaged) {
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr("the run has 3"));
 
-  ASSERT_OK(r->MarkStaged("gina-1", 1));
+  ASSERT_OK(r->MarkStaged("gina-1", 1, 0));
   ASSERT_OK_AND_ASSIGN(int64_t seq, r->CommitUpdate("gina-1", "gina", epoch, {}, 3));
   EXPECT_EQ(seq, 1);
   ASSERT_OK_AND_ASSIGN(staged, r->StagedShards("gina-1"));
@@ -403,23 +403,23 @@ TEST_F(RegistryTest, StageRecordsMustAgreeAndTravelWithTheCommit) {
   const nlohmann::json record = {{"base_version", 0}, {"tokens", 4096}, {"local_steps", 16}};
   nlohmann::json other = record;
   other["tokens"] = 2048;
-  ASSERT_OK_AND_ASSIGN(int64_t marked, r->MarkStaged("mia-1", 0, record));
+  ASSERT_OK_AND_ASSIGN(int64_t marked, r->MarkStaged("mia-1", 0, 0, record));
   EXPECT_EQ(marked, 0);
-  ASSERT_OK(r->MarkStaged("mia-1", 1, other));
+  ASSERT_OK(r->MarkStaged("mia-1", 1, 0, other));
   Status s = r->CommitUpdate("mia-1", "mia", epoch, {}, 2).status();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr("stage records differ"));
   EXPECT_THAT(s.message(), HasSubstr("\"tokens\":2048"));
   EXPECT_THAT(s.message(), HasSubstr("\"tokens\":4096"));
 
-  ASSERT_OK(r->MarkStaged("mia-1", 1, record));  // the shard staged again, correctly
+  ASSERT_OK(r->MarkStaged("mia-1", 1, 0, record));  // the shard staged again, correctly
   ASSERT_OK_AND_ASSIGN(int64_t seq, r->CommitUpdate("mia-1", "mia", epoch, {{"note", 1}}, 2));
   ASSERT_OK_AND_ASSIGN(CommittedUpdate u, r->LookupCommit("mia-1"));
   EXPECT_EQ(u.stage_record, record);
   EXPECT_EQ(u.meta["note"], 1);
 
   // A late (duplicate) mark learns the seq and recreates nothing.
-  ASSERT_OK_AND_ASSIGN(int64_t late, r->MarkStaged("mia-1", 0, record));
+  ASSERT_OK_AND_ASSIGN(int64_t late, r->MarkStaged("mia-1", 0, 0, record));
   EXPECT_EQ(late, seq);
   ASSERT_OK_AND_ASSIGN(std::vector<int> staged, r->StagedShards("mia-1"));
   EXPECT_TRUE(staged.empty());
@@ -491,7 +491,7 @@ TEST_F(RegistryTest, ConcurrentCommitsGetDistinctContiguousSeqs) {
       }
       for (int k = 0; k < kPerThread; ++k) {
         const std::string id = client + "-u" + std::to_string(k);
-        for (int s = 0; s < 2; ++s) EXPECT_OK(r.MarkStaged(id, s));
+        for (int s = 0; s < 2; ++s) EXPECT_OK(r.MarkStaged(id, s, 0));
         auto seq = r.CommitUpdate(id, client, *epoch, {{"k", k}}, 2);
         if (!seq.ok()) {
           ADD_FAILURE() << seq.status().ToString();
@@ -608,6 +608,56 @@ TEST_F(RegistryTest, ShardDirectoryLeasesAndStats) {
   ASSERT_OK_AND_ASSIGN(shards, r->Shards());
   EXPECT_TRUE(shards[1].alive);
   EXPECT_EQ(shards[1].info.address, "10.0.0.3:9000");
+}
+
+TEST_F(RegistryTest, StageMarkFromAnOldShardEpochIsRefused) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  ASSERT_OK_AND_ASSIGN(int64_t old_epoch, r->RegisterShard({0, "10.0.0.1:9000", 0, 500, 101}, kLongLease));
+  ASSERT_OK(r->MarkStaged("ada/1/0", 0, old_epoch));
+  // A new process registers the index: the old one is fenced and cannot mark any more.
+  ASSERT_OK_AND_ASSIGN(int64_t new_epoch, r->RegisterShard({0, "10.0.0.1:9001", 0, 500, 202}, kLongLease));
+  ASSERT_GT(new_epoch, old_epoch);
+  Status s = r->MarkStaged("ada/1/1", 0, old_epoch).status();
+  EXPECT_EQ(s.code(), StatusCode::kAborted) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("epoch " + std::to_string(new_epoch) + " holds the shard"));
+  ASSERT_OK_AND_ASSIGN(std::vector<int> staged, r->StagedShards("ada/1/1"));
+  EXPECT_TRUE(staged.empty()) << "a refused mark must write nothing";
+  ASSERT_OK(r->MarkStaged("ada/1/1", 0, new_epoch));
+  ASSERT_OK_AND_ASSIGN(staged, r->StagedShards("ada/1/1"));
+  EXPECT_EQ(staged, (std::vector<int>{0}));
+  // A lapsed lease fences marks too.
+  ASSERT_OK_AND_ASSIGN(int64_t short_epoch, r->RegisterShard({1, "10.0.0.2:9000", 500, 1000, 103}, kShortLease));
+  ASSERT_TRUE(WaitFor([&] { return r->MarkStaged("ada/1/2", 1, short_epoch).status().code() ==
+                                            StatusCode::kAborted; }, milliseconds(20000)));
+  s = r->MarkStaged("ada/1/2", 1, short_epoch).status();
+  EXPECT_THAT(s.message(), HasSubstr("no live lease"));
+}
+
+TEST_F(RegistryTest, ReclaimShardRegistersAgainUnlessAnotherProcessHoldsTheLease) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  const ShardInfo info{0, "10.0.0.1:9000", 0, 500, 101};
+  ASSERT_OK_AND_ASSIGN(int64_t e1, r->RegisterShard(info, kShortLease));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto shards = r->Shards();
+        return shards.ok() && shards->size() == 1 && !(*shards)[0].alive;
+      },
+      milliseconds(20000)));
+  // Lapsed, nobody else: registered again with a larger epoch that heartbeats.
+  ASSERT_OK_AND_ASSIGN(int64_t e2, r->ReclaimShard(info, kLongLease, e1));
+  EXPECT_GT(e2, e1);
+  ASSERT_OK(r->ShardHeartbeat(0, e2));
+  EXPECT_EQ(CountEvents(*r, "shard_reregistered"), 1);
+  // Another process took the index (a restart elsewhere): the lapsed one may not take it back.
+  ASSERT_OK_AND_ASSIGN(int64_t e3, r->RegisterShard({0, "10.0.0.9:9000", 0, 500, 999}, kLongLease));
+  Status s = r->ReclaimShard(info, kLongLease, e2).status();
+  EXPECT_EQ(s.code(), StatusCode::kAborted) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("epoch " + std::to_string(e3)));
+  EXPECT_THAT(s.message(), HasSubstr("pid 999"));
+  EXPECT_THAT(s.message(), HasSubstr("10.0.0.9:9000"));
+  ASSERT_OK(r->ShardHeartbeat(0, e3));  // the owner is untouched
 }
 
 TEST_F(RegistryTest, RefusalsAreCountedAndEmitted) {
@@ -734,11 +784,11 @@ TEST(RegistryRestartTest, CallsFailWhileRedisIsDownAndDataSurvivesARestart) {
   ASSERT_OK_AND_ASSIGN(int64_t epoch, r->Join("lee", {"h", {"code"}}, kLongLease));
   for (int i = 1; i <= 3; ++i) {
     const std::string id = "lee-" + std::to_string(i);
-    ASSERT_OK(r->MarkStaged(id, 0));
-    ASSERT_OK(r->MarkStaged(id, 1));
+    ASSERT_OK(r->MarkStaged(id, 0, 0));
+    ASSERT_OK(r->MarkStaged(id, 1, 0));
     ASSERT_OK(r->CommitUpdate(id, "lee", epoch, {{"i", i}}, 2));
   }
-  ASSERT_OK(r->MarkStaged("lee-4", 0));
+  ASSERT_OK(r->MarkStaged("lee-4", 0, 0));
 
   ASSERT_OK(redis.Stop());       // kill -9
   for (int i = 0; i < 3; ++i) {  // the stale connection, then failed reconnects
@@ -759,7 +809,7 @@ TEST(RegistryRestartTest, CallsFailWhileRedisIsDownAndDataSurvivesARestart) {
   ASSERT_OK(r->Heartbeat("lee", epoch));  // the lease survived (60 s)
   ASSERT_OK_AND_ASSIGN(std::vector<int> staged, r->StagedShards("lee-4"));
   EXPECT_EQ(staged, std::vector<int>{0});
-  ASSERT_OK(r->MarkStaged("lee-4", 1));
+  ASSERT_OK(r->MarkStaged("lee-4", 1, 0));
   ASSERT_OK_AND_ASSIGN(int64_t seq4, r->CommitUpdate("lee-4", "lee", epoch, {}, 2));
   EXPECT_EQ(seq4, 4);
 

@@ -69,7 +69,7 @@ class RoundsTest : public ::testing::Test {
   StatusOr<int64_t> StageAndCommit(const std::string& client, const std::string& id, int64_t base,
                                    int64_t tokens, const RoundOptions& rounds) {
     for (int s = 0; s < kShards; ++s) {
-      auto m = registry_->MarkStaged(id, s, Record(base, tokens));
+      auto m = registry_->MarkStaged(id, s, 0, Record(base, tokens));
       if (!m.ok()) return m.status();
     }
     return registry_->CommitToRound(id, client, epochs_[client], Record(base, tokens), kShards,
@@ -219,13 +219,13 @@ TEST_F(RoundsTest, CommitsAreCheckedLikeAsyncCommits) {
   rounds.clients = 2;
   Join("alice");
   // Not staged on every shard.
-  ASSERT_OK(registry_->MarkStaged("alice/1/0", 0, Record(0, 1000)).status());
+  ASSERT_OK(registry_->MarkStaged("alice/1/0", 0, 0, Record(0, 1000)).status());
   auto missing = registry_->CommitToRound("alice/1/0", "alice", epochs_["alice"], Record(0, 1000),
                                           kShards, 0, rounds);
   EXPECT_EQ(missing.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_THAT(missing.status().message(), HasSubstr("not staged on shard(s) 1"));
   // Staged with another base version than the commit claims.
-  ASSERT_OK(registry_->MarkStaged("alice/1/0", 1, Record(0, 1000)).status());
+  ASSERT_OK(registry_->MarkStaged("alice/1/0", 1, 0, Record(0, 1000)).status());
   auto base = registry_->CommitToRound("alice/1/0", "alice", epochs_["alice"], Record(0, 1000),
                                        kShards, 3, rounds);
   EXPECT_EQ(base.status().code(), StatusCode::kInvalidArgument);  // ahead of the open round 0
@@ -332,7 +332,7 @@ class RoundShardsTest : public RoundsTest {
       auto core = ShardCore::Create(Options(s, optimizer, round_clients, timeout_ms));
       ASSERT_OK(core.status());
       ASSERT_OK((*core)->Start());
-      (*core)->SetEpoch(1);
+      // Not in the directory (epoch 0): stage marks are not fenced (ps/registry.h).
       ASSERT_TRUE(testing::WaitFor(
           [&] { return (*core)->GetStatus().state == ShardState::kServing; }, 10s));
       cores_[s] = std::move(core).value();
@@ -499,7 +499,6 @@ TEST_F(RoundShardsTest, ARestartedShardReplaysARoundToTheSameSlice) {
   auto core = ShardCore::Create(Options(1, "sgd", 2, 600000));
   ASSERT_OK(core.status());
   ASSERT_OK((*core)->Start());
-  (*core)->SetEpoch(1);
   ASSERT_TRUE((*core)->WaitForVersion(1, 10000));
   ASSERT_TRUE(
       testing::WaitFor([&] { return (*core)->GetStatus().state == ShardState::kServing; }, 10s));

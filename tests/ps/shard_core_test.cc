@@ -105,13 +105,24 @@ class ShardCoreTest : public ::testing::Test {
     return o;
   }
 
+  // Registers the core's shard in the directory (stage marks are fenced by its epoch).
+  int64_t RegisterInDirectory(const ShardCoreOptions& o) {
+    auto reg = Registry::Connect(ropts_);
+    EXPECT_TRUE(reg.ok()) << reg.status().ToString();
+    if (!reg.ok()) return 0;
+    auto epoch = (*reg)->RegisterShard({o.shard_index, "127.0.0.1:1", o.slice_begin, o.slice_begin + o.slice_elements, 1},
+                                       std::chrono::hours(1));
+    EXPECT_TRUE(epoch.ok()) << epoch.status().ToString();
+    return epoch.ok() ? *epoch : 0;
+  }
+
   std::unique_ptr<ShardCore> StartCore(ShardCoreOptions o) {
     auto core = ShardCore::Create(std::move(o));
     EXPECT_TRUE(core.ok()) << core.status().ToString();
     if (!core.ok()) return nullptr;
     Status s = (*core)->Start();
     EXPECT_TRUE(s.ok()) << s.ToString();
-    (*core)->SetEpoch(1);
+    (*core)->SetEpoch(RegisterInDirectory((*core)->options()));
     EXPECT_TRUE(testing::WaitFor([&] { return (*core)->GetStatus().state == ShardState::kServing; },
                                  std::chrono::seconds(10)));
     return std::move(core).value();
@@ -271,10 +282,10 @@ TEST_F(ShardCoreTest, PushIsIdempotentAndStagesDurablyBeforeTheStageRecord) {
   EXPECT_EQ(fe.code, ShardErrorCode::kIdentityMismatch);
   EXPECT_THAT(fe.message, HasSubstr("run_id"));
   foreign = Push(0, id, 0, 0, frames[0]);
-  foreign.header.shard_epoch = 7;
+  foreign.header.shard_epoch = core->GetStatus().epoch + 7;
   fe = core->Push(foreign, &r);
   EXPECT_EQ(fe.code, ShardErrorCode::kFenced);
-  EXPECT_EQ(fe.epoch.value_or(-1), 1);
+  EXPECT_EQ(fe.epoch.value_or(-1), core->GetStatus().epoch);
 }
 
 TEST_F(ShardCoreTest, TwoShardsApplyCommitsInSeqOrderToTheAverage) {

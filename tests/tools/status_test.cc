@@ -81,7 +81,7 @@ TEST_F(StatusCommandTest, JsonDescribesRunShardsClientsUpdatesAndEvents) {
   auto gone = registry_->Join("bob", info, milliseconds(60000));
   ASSERT_TRUE(gone.ok());
   ASSERT_TRUE(registry_->Leave("bob", *gone).ok());
-  for (int i = 0; i < 2; ++i) ASSERT_TRUE(registry_->MarkStaged("alice/1/0", i).ok());
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(registry_->MarkStaged("alice/1/0", i, 0).ok());
   auto seq = registry_->CommitUpdate("alice/1/0", "alice", *epoch, {{"base_version", 0}, {"tokens", 512}, {"local_steps", 4}}, 2);
   ASSERT_TRUE(seq.ok()) << seq.status().ToString();
 
