@@ -94,6 +94,25 @@ local function staged_record(staged, n)
   end
   return first
 end
+-- The checks every commit starts with, in this order: a commit of this update already
+-- recorded ({'dup', seq, client}), the client's lease at another epoch ({'fenced', ...}),
+-- another shard count than the run's ({'num_shards', ...}). Returns the reply, or nil when
+-- the commit may go on. ARGV: maxlen, update_id, client, epoch, _, num_shards.
+local function commit_checks(update_key, lease_key, run_key, events)
+  local prev = redis.call('HMGET', update_key, 'seq', 'client')
+  if prev[1] then return {'dup', prev[1], prev[2] or ''} end
+  local cur = redis.call('GET', lease_key)
+  if cur ~= ARGV[4] then
+    refuse_commit(events, ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'fenced', {current_epoch = tonumber(cur)})
+    return {'fenced', cur or ''}
+  end
+  local run_n = redis.call('HGET', run_key, 'num_shards')
+  if run_n and tonumber(run_n) ~= tonumber(ARGV[6]) then
+    refuse_commit(events, ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'num_shards', {run_num_shards = tonumber(run_n)})
+    return {'num_shards', run_n}
+  end
+  return nil
+end
 -- refuse_commit for a staged_record refusal.
 local function refuse_unstaged(events, maxlen, id, client, epoch, why)
   if why[1] == 'missing' then
@@ -276,22 +295,12 @@ return {'released'}
 //    | {'num_shards', run's} | {'stale', staleness} | {'future', seq}
 //    | {'missing', "i,j,..."} | {'mismatch', i, record i, j, record j}
 constexpr const char* kCommitLua = R"lua(
-local prev = redis.call('HMGET', KEYS[1], 'seq', 'client')
-if prev[1] then return {'dup', prev[1], prev[2] or ''} end
 local function refuse(reason, extra)
   refuse_commit(KEYS[7], ARGV[1], ARGV[2], ARGV[3], ARGV[4], reason, extra)
 end
-local cur = redis.call('GET', KEYS[2])
-if cur ~= ARGV[4] then
-  refuse('fenced', {current_epoch = tonumber(cur)})
-  return {'fenced', cur or ''}
-end
+local early = commit_checks(KEYS[1], KEYS[2], KEYS[6], KEYS[7])
+if early then return early end
 local n = tonumber(ARGV[6])
-local run_n = redis.call('HGET', KEYS[6], 'num_shards')
-if run_n and tonumber(run_n) ~= n then
-  refuse('num_shards', {run_num_shards = tonumber(run_n)})
-  return {'num_shards', run_n}
-end
 -- Staleness first: it only grows, so pushing again would not help.
 local counter = tonumber(redis.call('GET', KEYS[4]) or '0')
 local max_s = tonumber(ARGV[7])

@@ -120,22 +120,12 @@ end
 //    | {'diverged', seq}
 constexpr const char* kCommitToRoundLua = R"lua(
 local P = ARGV[8]
-local prev = redis.call('HMGET', KEYS[1], 'seq', 'client')
-if prev[1] then return {'dup', prev[1], prev[2] or ''} end
 local function refuse(reason, extra)
   refuse_commit(KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], reason, extra)
 end
-local cur = redis.call('GET', KEYS[2])
-if cur ~= ARGV[4] then
-  refuse('fenced', {current_epoch = tonumber(cur)})
-  return {'fenced', cur or ''}
-end
+local early = commit_checks(KEYS[1], KEYS[2], KEYS[4], KEYS[5])
+if early then return early end
 local n = tonumber(ARGV[6])
-local run_n = redis.call('HGET', KEYS[4], 'num_shards')
-if run_n and tonumber(run_n) ~= n then
-  refuse('num_shards', {run_num_shards = tonumber(run_n)})
-  return {'num_shards', run_n}
-end
 local now = now_ms()
 local closed = due_round(P, now, ARGV[9], KEYS[5], ARGV[1])
 if closed < 0 then return {'diverged', num(-1 - closed)} end
