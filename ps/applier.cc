@@ -150,33 +150,7 @@ bool ShardCore::ApplyOne(const CommittedUpdate& c) {
     }
   }
   const bool skipped = !skip_reason.empty();
-  if (skipped) {
-    LOG(WARNING) << "shard " << options_.shard_index << ": skipping seq " << c.seq << " (" << c.update_id
-                 << "): " << skip_reason;
-  }
-  snapshots_->Publish(c.seq);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    version_ = c.seq;
-    committed_seq_ = std::max(committed_seq_, c.seq);
-    done_[c.update_id] = {c.seq, skipped};
-    auto st = staged_.find(c.update_id);
-    if (st == staged_.end()) {
-      st = staged_.emplace(c.update_id, std::make_shared<Staged>()).first;
-    }
-    st->second->seq = c.seq;
-    if (skipped) {
-      ++skipped_updates_;
-    } else {
-      ++applied_updates_;
-    }
-    if (optimizer_) {
-      optimizer_steps_ = optimizer_->steps();
-      buffered_updates_ = static_cast<int32_t>(optimizer_->pending());
-    }
-    applied_log_.push_back({c.seq, c.update_id, skipped, weight});
-    version_cv_.notify_all();
-  }
+  FinishApply(c, {{c.seq, c.update_id, skipped, weight}}, skip_reason);
   const int64_t end = NowUs();
   nlohmann::json m = {{"seq", c.seq},
                       {"update_id", c.update_id},
@@ -242,34 +216,11 @@ bool ShardCore::ApplyRound(const CommittedUpdate& c, int64_t start) {
     if (!applied.ok()) skip_reason = applied.status().message();
   }
   const bool skipped = !skip_reason.empty();
-  if (skipped) {
-    LOG(WARNING) << "shard " << options_.shard_index << ": skipping seq " << c.seq << " (" << c.update_id
-                 << "): " << skip_reason;
+  std::vector<AppliedRecord> applied;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    applied.push_back({c.seq, updates[i].update_id, skipped, skipped ? 0.0 : (*weights)[i]});
   }
-  snapshots_->Publish(c.seq);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    version_ = c.seq;
-    committed_seq_ = std::max(committed_seq_, c.seq);
-    for (size_t i = 0; i < updates.size(); ++i) {
-      const std::string& id = updates[i].update_id;
-      done_[id] = {c.seq, skipped};
-      auto st = staged_.find(id);
-      if (st == staged_.end()) st = staged_.emplace(id, std::make_shared<Staged>()).first;
-      st->second->seq = c.seq;
-      applied_log_.push_back({c.seq, id, skipped, skipped ? 0.0 : (*weights)[i]});
-    }
-    if (skipped) {
-      skipped_updates_ += static_cast<int64_t>(std::max<size_t>(updates.size(), 1));
-    } else {
-      applied_updates_ += static_cast<int64_t>(updates.size());
-    }
-    if (optimizer_) {
-      optimizer_steps_ = optimizer_->steps();
-      buffered_updates_ = static_cast<int32_t>(optimizer_->pending());
-    }
-    version_cv_.notify_all();
-  }
+  FinishApply(c, applied, skip_reason);
   const int64_t end = NowUs();
   nlohmann::json m = {{"seq", c.seq},
                       {"update_id", c.update_id},
@@ -368,6 +319,37 @@ void ShardCore::DropIdleReceiving() {
   for (const std::string& id : dropped) {
     LOG(INFO) << "shard " << options_.shard_index << ": dropped idle partial update " << id;
   }
+}
+
+void ShardCore::FinishApply(const CommittedUpdate& c, const std::vector<AppliedRecord>& applied,
+                            const std::string& skip_reason) {
+  const bool skipped = !skip_reason.empty();
+  if (skipped) {
+    LOG(WARNING) << "shard " << options_.shard_index << ": skipping seq " << c.seq << " (" << c.update_id
+                 << "): " << skip_reason;
+  }
+  snapshots_->Publish(c.seq);
+  std::lock_guard<std::mutex> lock(mu_);
+  version_ = c.seq;
+  committed_seq_ = std::max(committed_seq_, c.seq);
+  for (const AppliedRecord& r : applied) {
+    done_[r.update_id] = {c.seq, skipped};
+    auto st = staged_.find(r.update_id);
+    if (st == staged_.end()) st = staged_.emplace(r.update_id, std::make_shared<Staged>()).first;
+    st->second->seq = c.seq;
+    applied_log_.push_back(r);
+  }
+  // A skipped commit counts once even when it names no update (a round closed empty).
+  if (skipped) {
+    skipped_updates_ += static_cast<int64_t>(std::max<size_t>(applied.size(), 1));
+  } else {
+    applied_updates_ += static_cast<int64_t>(applied.size());
+  }
+  if (optimizer_) {
+    optimizer_steps_ = optimizer_->steps();
+    buffered_updates_ = static_cast<int32_t>(optimizer_->pending());
+  }
+  version_cv_.notify_all();
 }
 
 void ShardCore::ApplyLoop() {

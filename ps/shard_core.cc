@@ -336,6 +336,11 @@ CoreError ShardCore::CheckHeaderLocked(const CoreHeader& h) const {
   if (h.shard_index != options_.shard_index) {
     return mismatch("shard_index", Str(h.shard_index), Str(options_.shard_index));
   }
+  // Halted first: a shard that stopped on lost or corrupt data says so to every caller,
+  // also when its lease lapsed meanwhile (the registry that lost data lost the lease too).
+  if (state_ == ShardState::kHalted) {
+    return CoreError::Make(ShardErrorCode::kDataLoss, "shard halted: " + halt_message_);
+  }
   if (fenced_ || (h.shard_epoch != 0 && h.shard_epoch != epoch_)) {
     CoreError e = CoreError::Make(ShardErrorCode::kFenced,
                                   fenced_ ? "this shard process was fenced: " + fence_message_
@@ -343,9 +348,6 @@ CoreError ShardCore::CheckHeaderLocked(const CoreHeader& h) const {
                                                 "): re-read the shard directory");
     e.epoch = epoch_;
     return e;
-  }
-  if (state_ == ShardState::kHalted) {
-    return CoreError::Make(ShardErrorCode::kDataLoss, "shard halted: " + halt_message_);
   }
   return {};
 }

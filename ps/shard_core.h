@@ -381,6 +381,10 @@ class ShardCore {
   // ApplyOne for a closed synchronous round (ps/rounds.h): one outer step on the
   // token-weighted mean of its updates.
   bool ApplyRound(const CommittedUpdate& c, int64_t start_us);
+  // After ApplyOne / ApplyRound stepped (or skipped, with the reason) commit `c`: publishes
+  // its version and records each of its updates (`applied`: id and weight) as done.
+  void FinishApply(const CommittedUpdate& c, const std::vector<AppliedRecord>& applied,
+                   const std::string& skip_reason);
   // ps.mode = sync: closes the open round in the registry when it is due.
   void CloseDueRound();
   void Halt(const std::string& message);
