@@ -358,6 +358,73 @@ int FederatedClient::StreamsPerShard() const { return static_cast<int>(cfg_.clie
 
 // ---- pull -------------------------------------------------------------------------------
 
+FederatedClient::FramesPulled FederatedClient::PullFrames(const PullShape& shape, int stream, rpc::PullRequest req,
+                                                          const std::vector<int64_t>& frames, int64_t* version,
+                                                          std::span<float> dest, const std::atomic<bool>& abort) {
+  FramesPulled out;
+  const int shard = shape.shard;
+  const int64_t E = shape.frame_elements, n = shape.slice_elements;
+  ShardChannel& ch = Channel(shard, stream);
+  Backoff backoff(cfg_.client.retry_initial_ms, cfg_.client.retry_max_ms, 2.0,
+                  options_.backoff_seed ? options_.backoff_seed + 1000 + shard * 64 + stream : 0);
+  int unavailable = 0;
+  for (int64_t k : frames) {
+    req.frame_index = k;
+    for (;;) {
+      if (Stopping()) {
+        out.status = Aborted("stopped");
+        return out;
+      }
+      if (abort) return out;  // another stream failed or must start again
+      auto r = ch.Pull(req);
+      if (r.ok()) {
+        if (*version < 0) *version = r->version;
+        if (r->version != *version || r->frame_index != k || r->total_frames != shape.total_frames ||
+            r->slice_elements != n || r->frame_elements != E) {
+          out.status = DataLoss("shard " + std::to_string(shard) + " answered frame " +
+                                std::to_string(r->frame_index) + "/" + std::to_string(r->total_frames) +
+                                " of version " + std::to_string(r->version) + " to a request for frame " +
+                                std::to_string(k) + "/" + std::to_string(shape.total_frames) + " of version " +
+                                std::to_string(*version));
+          return out;
+        }
+        auto header = Codec::PeekHeader(r->frame);
+        const int64_t want_count = std::min(E, n - k * E);
+        if (!header.ok() || header->offset != static_cast<uint64_t>(k * E) ||
+            header->count != static_cast<uint64_t>(want_count)) {
+          if (++unavailable >= options_.unavailable_attempts) {
+            out.status = DataLoss("shard " + std::to_string(shard) + " frame " + std::to_string(k) + " is malformed");
+            return out;
+          }
+          continue;  // resend the request
+        }
+        Status d = pull_codec_->DecodeFrame(r->frame, dest);
+        if (!d.ok()) {
+          if (d.code() == StatusCode::kDataLoss && ++unavailable < options_.unavailable_attempts) continue;
+          out.status = d.WithContext("shard " + std::to_string(shard) + " frame " + std::to_string(k));
+          return out;
+        }
+        out.bytes += static_cast<int64_t>(r->frame.size());
+        backoff.Reset();
+        unavailable = 0;
+        break;
+      }
+      const int code = LastCode(ch);
+      if (code == rpc::ErrorCode::SNAPSHOT_EXPIRED) {
+        out.restart = true;
+        return out;
+      }
+      if (r.status().code() == StatusCode::kUnavailable && ++unavailable < options_.unavailable_attempts &&
+          SleepMs(backoff.NextDelayMs(ch.last_error().retry_after_ms))) {
+        continue;
+      }
+      out.status = r.status().WithContext("pull from shard " + std::to_string(shard));
+      return out;
+    }
+  }
+  return out;
+}
+
 Status FederatedClient::PullShard(int shard, std::optional<int64_t> min_version, PulledSlice* out) {
   const SliceRange range = slices_[shard];
   const int64_t n = range.size();
@@ -367,7 +434,7 @@ Status FederatedClient::PullShard(int shard, std::optional<int64_t> min_version,
   Backoff backoff(cfg_.client.retry_initial_ms, cfg_.client.retry_max_ms, 2.0,
                   options_.backoff_seed ? options_.backoff_seed + shard : 0);
   int unavailable = 0, restarts = 0;
-  int64_t bytes = 0;
+  int64_t bytes = 0;  // over every attempt
   auto retry = [&](const Status& s, std::optional<int64_t> after) -> Status {
     if (++unavailable >= options_.unavailable_attempts) return s;
     if (!SleepMs(backoff.NextDelayMs(after))) return Aborted("stopped");
@@ -411,66 +478,60 @@ Status FederatedClient::PullShard(int shard, std::optional<int64_t> min_version,
     }
     const int64_t total_frames = (n + E - 1) / E;
 
+    // Frame 0 names the version (waiting for min_version if asked); frames 1 .. N-2 are
+    // pulled at that version over client.streams_per_shard connections at once (frame k on
+    // connection k mod S), so a link's round trip is paid once per S frames; the last frame
+    // comes last, as the shard releases a pull's snapshot soon after it (docs/protocol.md).
     rpc::PullRequest req;
     req.header = MakeHeader(cfg_.run.id, identity_.layout_hash, shard, addr.epoch, options_.name);
     req.codec = codec_name;
-    req.frame_index = 0;
     if (min_version) {
       req.__set_min_version(*min_version);
       req.__set_wait_ms(static_cast<int32_t>(std::min<int64_t>(10000, options_.shard_call_timeout.count() / 2)));
     }
+    const PullShape shape{shard, n, E, total_frames};
+    std::atomic<bool> abort{false};
     int64_t version = -1;
-    bool restart = false;
-    for (int64_t k = 0; k < total_frames && !restart; ++k) {
-      req.frame_index = k;
-      if (k > 0) {
-        req.__set_version(version);
-        req.__isset.min_version = false;
-        req.__isset.wait_ms = false;
+    FramesPulled first = PullFrames(shape, 0, req, {0}, &version, dest, abort);
+    bool restart = first.restart;
+    if (!first.status.ok()) return first.status;
+    bytes += first.bytes;
+    if (!restart && total_frames > 1) {
+      req.__isset.min_version = false;
+      req.__isset.wait_ms = false;
+      req.__set_version(version);
+      const int streams = static_cast<int>(std::clamp<int64_t>(total_frames - 2, 1, StreamsPerShard()));
+      std::vector<std::vector<int64_t>> parts(static_cast<size_t>(streams));
+      for (int64_t k = 1; k + 1 < total_frames; ++k) parts[static_cast<size_t>(k % streams)].push_back(k);
+      std::vector<FramesPulled> results(static_cast<size_t>(streams));
+      auto run = [&](int j) {
+        int64_t v = version;
+        try {
+          results[j] = PullFrames(shape, j, req, parts[j], &v, dest, abort);
+        } catch (const std::exception& e) {
+          results[j].status = Internal(std::string("pull stream: ") + e.what());
+        }
+        if (!results[j].status.ok() || results[j].restart) abort = true;
+      };
+      std::vector<std::thread> extra;
+      for (int j = 1; j < streams; ++j) extra.emplace_back(run, j);
+      run(0);
+      for (auto& t : extra) t.join();
+      for (const FramesPulled& r : results) {
+        if (!r.status.ok()) return r.status;
+        restart = restart || r.restart;
+        bytes += r.bytes;
       }
-      for (;;) {
-        if (Stopping()) return Aborted("stopped");
-        auto r = ch.Pull(req);
-        if (r.ok()) {
-          if (k == 0) version = r->version;
-          if (r->version != version || r->frame_index != k || r->total_frames != total_frames ||
-              r->slice_elements != n || r->frame_elements != E) {
-            return DataLoss("shard " + std::to_string(shard) + " answered frame " + std::to_string(r->frame_index) +
-                            "/" + std::to_string(r->total_frames) + " of version " + std::to_string(r->version) +
-                            " to a request for frame " + std::to_string(k) + "/" + std::to_string(total_frames) +
-                            " of version " + std::to_string(version));
-          }
-          auto header = Codec::PeekHeader(r->frame);
-          const int64_t want_count = std::min(E, n - k * E);
-          if (!header.ok() || header->offset != static_cast<uint64_t>(k * E) ||
-              header->count != static_cast<uint64_t>(want_count)) {
-            if (++unavailable >= options_.unavailable_attempts) {
-              return DataLoss("shard " + std::to_string(shard) + " frame " + std::to_string(k) + " is malformed");
-            }
-            continue;  // resend the request
-          }
-          Status d = pull_codec_->DecodeFrame(r->frame, dest);
-          if (!d.ok()) {
-            if (d.code() == StatusCode::kDataLoss && ++unavailable < options_.unavailable_attempts) continue;
-            return d.WithContext("shard " + std::to_string(shard) + " frame " + std::to_string(k));
-          }
-          bytes += static_cast<int64_t>(r->frame.size());
-          backoff.Reset();
-          unavailable = 0;
-          break;
-        }
-        const int code = LastCode(ch);
-        if (code == rpc::ErrorCode::SNAPSHOT_EXPIRED) {
-          if (++restarts > 20) return r.status().WithContext("shard " + std::to_string(shard));
-          restart = true;  // pull again from frame 0
-          break;
-        }
-        if (r.status().code() == StatusCode::kUnavailable) {
-          RETURN_IF_ERROR(retry(r.status(), ch.last_error().retry_after_ms));
-          continue;
-        }
-        return r.status().WithContext("pull from shard " + std::to_string(shard));
+      if (!restart) {
+        FramesPulled last = PullFrames(shape, 0, req, {total_frames - 1}, &version, dest, abort);
+        if (!last.status.ok()) return last.status;
+        restart = last.restart;
+        bytes += last.bytes;
       }
+    }
+    if (restart) {
+      if (++restarts > 20) return Unavailable("shard " + std::to_string(shard) + ": the pull's snapshot expired 20 times");
+      continue;  // pull again from frame 0
     }
     if (restart) continue;
     int64_t bad = FirstNonFinite(dest);

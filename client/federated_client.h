@@ -197,6 +197,24 @@ class FederatedClient {
   // Pull every shard (min_version: wait until the shards reach it).
   Status PullAll(std::optional<int64_t> min_version, std::vector<PulledSlice>* out);
   Status PullShard(int shard, std::optional<int64_t> min_version, PulledSlice* out);
+  // One shard's slice as the shard announced it.
+  struct PullShape {
+    int shard = 0;
+    int64_t slice_elements = 0;
+    int64_t frame_elements = 0;
+    int64_t total_frames = 0;
+  };
+  // What one stream of a pull brought.
+  struct FramesPulled {
+    Status status;
+    bool restart = false;  // the snapshot expired: pull again from frame 0
+    int64_t bytes = 0;
+  };
+  // Pulls `frames` of one version over channels_[shard][stream] into `dest` (the shard's
+  // part of the pull buffer), `req` naming the version or (for frame 0) the wait; *version
+  // < 0 is set from the first answer. Stops early once `abort` is set.
+  FramesPulled PullFrames(const PullShape& shape, int stream, rpc::PullRequest req, const std::vector<int64_t>& frames,
+                          int64_t* version, std::span<float> dest, const std::atomic<bool>& abort);
 
   // Trainer cycle.
   struct TrainFigures {

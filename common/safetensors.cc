@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 
@@ -82,19 +83,6 @@ Status PreadAll(int fd, char* dst, uint64_t n, uint64_t offset, const std::strin
     dst += r;
     n -= static_cast<uint64_t>(r);
     offset += static_cast<uint64_t>(r);
-  }
-  return Status::Ok();
-}
-
-Status WriteAll(int fd, const char* src, size_t n, const std::string& path) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, src, std::min<size_t>(n, 1u << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Internal("cannot write " + path + ": " + ErrnoText(errno));
-    }
-    src += w;
-    n -= static_cast<size_t>(w);
   }
   return Status::Ok();
 }
@@ -233,71 +221,208 @@ const TensorBytes* SafetensorsFile::Find(std::string_view name) const {
   return nullptr;
 }
 
-Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std::string, TensorRef>>& tensors,
-                        const std::map<std::string, std::string>& metadata, Env* env) {
-  // Header first (also validates), with __metadata__ first like Python's writer.
+namespace {
+
+// Checks one tensor to write: its name (not empty, not the reserved one) and that its
+// byte count matches its shape.
+Status CheckTensorRef(const std::string& path, const std::string& name, const TensorRef& t) {
+  if (name.empty() || name == "__metadata__")
+    return InvalidArgument("safetensors " + path + ": invalid tensor name '" + name + "'");
+  int64_t numel = 0;
+  if (!NumelOf(t.shape, &numel)) return InvalidArgument("safetensors " + path + ": tensor " + name + " has a bad shape");
+  if (static_cast<uint64_t>(numel) * DTypeSize(t.dtype) != t.bytes)
+    return InvalidArgument("safetensors " + path + ": tensor " + name + " has " + std::to_string(t.bytes) +
+                           " bytes, its shape needs " + std::to_string(numel * DTypeSize(t.dtype)));
+  if (t.bytes > 0 && t.data == nullptr && !t.read)
+    return InvalidArgument("safetensors " + path + ": tensor " + name + " has no data");
+  return Status::Ok();
+}
+
+// The 8-byte length and the JSON header (__metadata__ first, like Python's writer), padded
+// with spaces to `min_bytes` and then to a multiple of 8 so the data starts 8-byte
+// aligned (as Python's writer does), which lets readers map tensors in place.
+std::string HeaderBytes(const std::vector<TensorPlace>& placed, const std::map<std::string, std::string>& metadata,
+                        uint64_t min_bytes) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     nlohmann::ordered_json m = nlohmann::ordered_json::object();
     for (const auto& [k, v] : metadata) m[k] = v;
     header["__metadata__"] = std::move(m);
   }
-  std::set<std::string_view> names;
-  uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    if (name.empty() || name == "__metadata__")
-      return InvalidArgument("safetensors " + path + ": invalid tensor name '" + name + "'");
-    if (!names.insert(name).second) return InvalidArgument("safetensors " + path + ": duplicate tensor " + name);
-    int64_t numel = 0;
-    if (!NumelOf(t.shape, &numel))
-      return InvalidArgument("safetensors " + path + ": tensor " + name + " has a bad shape");
-    if (static_cast<uint64_t>(numel) * DTypeSize(t.dtype) != t.bytes)
-      return InvalidArgument("safetensors " + path + ": tensor " + name + " has " + std::to_string(t.bytes) +
-                             " bytes, its shape needs " + std::to_string(numel * DTypeSize(t.dtype)));
-    if (t.bytes > 0 && t.data == nullptr && !t.read)
-      return InvalidArgument("safetensors " + path + ": tensor " + name + " has no data");
-    header[name] = {{"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes}}};
-    offset += t.bytes;
+  for (const TensorPlace& p : placed) {
+    header[p.name] = {{"dtype", DTypeName(p.dtype)}, {"shape", p.shape}, {"data_offsets", {p.begin, p.begin + p.bytes}}};
   }
   std::string text = header.dump();
-  // Pads with spaces so the data starts 8-byte aligned (as Python's writer does), which
-  // lets readers map tensors in place.
+  if (text.size() < min_bytes) text.append(min_bytes - text.size(), ' ');
   text.append((8 - (text.size() % 8)) % 8, ' ');
-  std::string prefix(8, '\0');
-  uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i) prefix[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  std::string out(8, '\0');
+  const uint64_t n = text.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + text;
+}
 
+std::string TempPathFor(const std::string& path) {
   static thread_local std::mt19937_64 rng(std::random_device{}());
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rng() % 1000000);
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) {
-    const int err = errno;
-    if (err == ENOENT) return NotFound("cannot create " + tmp + ": " + ErrnoText(err));
-    return Internal("cannot create " + tmp + ": " + ErrnoText(err));
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rng() % 1000000);
+}
+
+StatusOr<int> CreateTemp(const std::string& tmp) {
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd >= 0) return fd;
+  const int err = errno;
+  if (err == ENOENT) return NotFound("cannot create " + tmp + ": " + ErrnoText(err));
+  return Internal("cannot create " + tmp + ": " + ErrnoText(err));
+}
+
+Status PwriteAll(int fd, const char* src, size_t n, uint64_t offset, const std::string& path) {
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, src, std::min<size_t>(n, 1u << 30), static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Internal("cannot write " + path + ": " + ErrnoText(errno));
+    }
+    src += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
   }
-  Status s = WriteAll(fd.get(), prefix.data(), prefix.size(), tmp);
-  if (s.ok()) s = WriteAll(fd.get(), text.data(), text.size(), tmp);
-  std::string scratch;  // for tensors given by `read`: bounded pieces, not whole copies
+  return Status::Ok();
+}
+
+// Writes t's bytes at `offset` of `fd`: from its memory, or through `read` in bounded
+// pieces (no whole copy).
+Status WriteTensorAt(int fd, const TensorRef& t, uint64_t offset, const std::string& path) {
+  if (t.bytes == 0) return Status::Ok();
+  if (t.data != nullptr) return PwriteAll(fd, static_cast<const char*>(t.data), t.bytes, offset, path);
   constexpr size_t kPiece = size_t{64} << 20;
-  for (const auto& [name, t] : tensors) {
-    if (!s.ok()) break;
-    if (t.bytes == 0) continue;
-    if (t.data != nullptr) {
-      s = WriteAll(fd.get(), static_cast<const char*>(t.data), t.bytes, tmp);
-      continue;
-    }
-    scratch.resize(std::min(kPiece, t.bytes));
-    for (size_t at = 0; at < t.bytes && s.ok(); at += scratch.size()) {
-      const size_t n = std::min(scratch.size(), t.bytes - at);
-      s = t.read(at, scratch.data(), n);
-      if (s.ok()) s = WriteAll(fd.get(), scratch.data(), n, tmp);
-    }
+  std::string scratch(std::min(kPiece, t.bytes), '\0');
+  for (size_t at = 0; at < t.bytes; at += scratch.size()) {
+    const size_t n = std::min(scratch.size(), t.bytes - at);
+    RETURN_IF_ERROR(t.read(at, scratch.data(), n));
+    RETURN_IF_ERROR(PwriteAll(fd, scratch.data(), n, offset + at, path));
   }
-  if (s.ok() && ::fsync(fd.get()) != 0) s = Internal("fsync " + tmp + ": " + ErrnoText(errno));
+  return Status::Ok();
+}
+
+// fsync, close and rename `tmp` over `path` (the folder fsynced by Env::Rename); removes
+// `tmp` on any failure.
+Status SyncAndRename(Fd& fd, const std::string& tmp, const std::string& path, Env* env) {
+  Status s;
+  if (::fsync(fd.get()) != 0) s = Internal("fsync " + tmp + ": " + ErrnoText(errno));
   if (::close(fd.release()) != 0 && s.ok()) s = Internal("close " + tmp + ": " + ErrnoText(errno));
   if (s.ok()) s = env->Rename(tmp, path);
   if (!s.ok()) ::unlink(tmp.c_str());
   return s;
+}
+
+}  // namespace
+
+Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std::string, TensorRef>>& tensors,
+                        const std::map<std::string, std::string>& metadata, Env* env) {
+  // Header first (also validates).
+  std::set<std::string_view> names;
+  std::vector<TensorPlace> placed;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    RETURN_IF_ERROR(CheckTensorRef(path, name, t));
+    if (!names.insert(name).second) return InvalidArgument("safetensors " + path + ": duplicate tensor " + name);
+    placed.push_back({name, t.dtype, t.shape, offset, t.bytes});
+    offset += t.bytes;
+  }
+  const std::string header = HeaderBytes(placed, metadata, 0);
+  const std::string tmp = TempPathFor(path);
+  ASSIGN_OR_RETURN(int raw_fd, CreateTemp(tmp));
+  Fd fd(raw_fd);
+  Status s = PwriteAll(fd.get(), header.data(), header.size(), 0, tmp);
+  for (size_t i = 0; i < tensors.size() && s.ok(); ++i) {
+    s = WriteTensorAt(fd.get(), tensors[i].second, header.size() + placed[i].begin, tmp);
+  }
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  return SyncAndRename(fd, tmp, path, env);
+}
+
+// ---- SafetensorsAppender -----------------------------------------------------------------
+
+SafetensorsAppender::SafetensorsAppender(std::string path, std::string tmp, uint64_t header_bytes, int fd, Env* env)
+    : path_(std::move(path)), tmp_(std::move(tmp)), header_bytes_(header_bytes), fd_(fd), env_(env) {}
+
+SafetensorsAppender::~SafetensorsAppender() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!finished_) ::unlink(tmp_.c_str());
+}
+
+StatusOr<std::unique_ptr<SafetensorsAppender>> SafetensorsAppender::Create(const std::string& path,
+                                                                           uint64_t header_reserve, Env* env) {
+  if (header_reserve > kMaxHeaderBytes) {
+    return InvalidArgument("safetensors " + path + ": header reserve " + std::to_string(header_reserve) +
+                           " over the format's limit");
+  }
+  // The space of the length prefix and the padded header, as HeaderBytes pads it.
+  const uint64_t header_bytes = 8 + (header_reserve + 7) / 8 * 8;
+  std::string tmp = TempPathFor(path);
+  ASSIGN_OR_RETURN(int fd, CreateTemp(tmp));
+  return std::unique_ptr<SafetensorsAppender>(
+      new SafetensorsAppender(path, std::move(tmp), header_bytes, fd, env));
+}
+
+Status SafetensorsAppender::Add(const std::string& name, const TensorRef& t) {
+  RETURN_IF_ERROR(CheckTensorRef(path_, name, t));
+  uint64_t begin;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return FailedPrecondition("safetensors " + path_ + " is already written");
+    if (!names_.insert(name).second) return InvalidArgument("safetensors " + path_ + ": duplicate tensor " + name);
+    begin = data_bytes_;
+    data_bytes_ += t.bytes;
+  }
+  const uint64_t at = header_bytes_ + begin;
+  Status s = WriteTensorAt(fd_, t, at, tmp_);
+  // Starts writing the pages back now, so that Finish's fsync finds little left to do.
+  if (s.ok() && t.bytes > 0) {
+    ::sync_file_range(fd_, static_cast<off_t>(at), static_cast<off_t>(t.bytes), SYNC_FILE_RANGE_WRITE);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!s.ok()) {
+    failed_ = true;  // a hole in the data area: the file can never be finished
+    return s;
+  }
+  placed_.push_back({name, t.dtype, t.shape, begin, t.bytes});
+  return Status::Ok();
+}
+
+uint64_t SafetensorsAppender::data_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return data_bytes_;
+}
+
+Status SafetensorsAppender::Finish(const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorPlace> placed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return FailedPrecondition("safetensors " + path_ + " is already written");
+    if (failed_) return FailedPrecondition("safetensors " + path_ + ": a tensor's write failed");
+    uint64_t written = 0;
+    for (const TensorPlace& p : placed_) written += p.bytes;
+    if (written != data_bytes_) return FailedPrecondition("safetensors " + path_ + ": a tensor is still being written");
+    placed = placed_;
+    finished_ = true;  // from here the temporary file is renamed or removed below
+  }
+  std::sort(placed.begin(), placed.end(), [](const TensorPlace& a, const TensorPlace& b) { return a.begin < b.begin; });
+  std::string header = HeaderBytes(placed, metadata, header_bytes_ - 8);
+  Status s;
+  if (header.size() != header_bytes_) {
+    s = Internal("safetensors " + path_ + ": header of " + std::to_string(header.size() - 8) +
+                 " bytes exceeds the " + std::to_string(header_bytes_ - 8) + " reserved");
+  }
+  if (s.ok()) s = PwriteAll(fd_, header.data(), header.size(), 0, tmp_);
+  if (!s.ok()) {
+    ::unlink(tmp_.c_str());
+    return s;
+  }
+  Fd fd(std::exchange(fd_, -1));
+  return SyncAndRename(fd, tmp_, path_, env_);
 }
 
 StatusOr<SafetensorsIndex> ReadSafetensorsIndex(const std::string& path) {

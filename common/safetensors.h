@@ -21,6 +21,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -48,6 +51,15 @@ struct TensorRef {
   const void* data = nullptr;
   size_t bytes = 0;  // must equal numel * DTypeSize(dtype)
   std::function<Status(uint64_t offset, void* dst, size_t n)> read;
+};
+
+// Where a written tensor lies in the data area (offsets relative to its start).
+struct TensorPlace {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;
+  uint64_t bytes = 0;
 };
 
 // A tensor read back, owning its bytes.
@@ -86,6 +98,46 @@ struct SafetensorsFile {
 // reserved name "__metadata__", negative dims or a byte count that does not match the shape.
 Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std::string, TensorRef>>& tensors,
                         const std::map<std::string, std::string>& metadata, Env* env = Env::Default());
+
+// Writes a safetensors file whose tensors come one at a time, from several threads and in
+// any order (a shard writes a pushed update's frames as they arrive): Create reserves room
+// for the header, each Add writes its tensor at the next free offset of the data area and
+// starts writing its pages back to the disk, and Finish writes the header (padded with
+// spaces to the reserve), fsyncs the file and renames it over `path`. Until then the bytes
+// are in a temporary file beside `path`; destroying an unfinished appender removes it.
+// Thread-safe; the tensors' bytes are written before Add returns.
+class SafetensorsAppender {
+ public:
+  // `header_reserve`: the most bytes the header's JSON will take (Finish fails beyond it).
+  static StatusOr<std::unique_ptr<SafetensorsAppender>> Create(const std::string& path, uint64_t header_reserve,
+                                                               Env* env = Env::Default());
+  ~SafetensorsAppender();
+  SafetensorsAppender(const SafetensorsAppender&) = delete;
+  SafetensorsAppender& operator=(const SafetensorsAppender&) = delete;
+
+  // InvalidArgument for a bad or duplicate name or a size that does not match the shape;
+  // Internal when the write fails (then Finish always fails: the data area has a hole).
+  Status Add(const std::string& name, const TensorRef& t);
+  // Once, after every Add has returned (FailedPrecondition otherwise). The temporary file
+  // is renamed over `path` or removed.
+  Status Finish(const std::map<std::string, std::string>& metadata);
+  // Bytes of tensor data placed so far.
+  uint64_t data_bytes() const;
+
+ private:
+  SafetensorsAppender(std::string path, std::string tmp, uint64_t header_bytes, int fd, Env* env);
+
+  const std::string path_, tmp_;
+  const uint64_t header_bytes_;  // length prefix + padded header: where the data starts
+  int fd_;                       // -1 once Finish took it
+  Env* const env_;
+  mutable std::mutex mu_;        // guards all below
+  std::set<std::string> names_;
+  std::vector<TensorPlace> placed_;
+  uint64_t data_bytes_ = 0;
+  bool finished_ = false;
+  bool failed_ = false;
+};
 
 // Parses and validates the header (reads only the header).
 StatusOr<SafetensorsIndex> ReadSafetensorsIndex(const std::string& path);

@@ -381,7 +381,7 @@ Status Codec::DecodeFrame(std::string_view frame, std::span<float> out) {
   return DecodeFrameWith(*ws, frame, out);
 }
 
-Status Codec::DecodeFrameWith(Workspace& ws, std::string_view frame, std::span<float> out) {
+StatusOr<FrameHeader> Codec::UnpackFrame(Workspace& ws, std::string_view frame, uint64_t slice_length) {
   ASSIGN_OR_RETURN(const FrameHeader h, PeekHeader(frame));
   if (frame.size() - kFrameHeaderBytes != h.payload_bytes) {
     return DataLoss("frame has " + std::to_string(frame.size() - kFrameHeaderBytes) +
@@ -392,13 +392,13 @@ Status Codec::DecodeFrameWith(Workspace& ws, std::string_view frame, std::span<f
     return DataLoss("frame checksum mismatch (corrupt frame for elements " +
                     Range(h.offset, h.offset + h.count) + ")");
   }
-  if (h.slice_length != out.size()) {
+  if (h.slice_length != slice_length) {
     return InvalidArgument("frame belongs to a slice of " + std::to_string(h.slice_length) +
-                           " values; the destination holds " + std::to_string(out.size()));
+                           " values; the destination holds " + std::to_string(slice_length));
   }
-  if (h.offset + h.count > out.size()) {  // implied by the two checks above; kept as a guard
+  if (h.offset + h.count > slice_length) {  // implied by the two checks above; kept as a guard
     return InvalidArgument("frame elements " + Range(h.offset, h.offset + h.count) +
-                           " exceed the destination of " + std::to_string(out.size()));
+                           " exceed the destination of " + std::to_string(slice_length));
   }
 
   const std::string_view payload = frame.substr(kFrameHeaderBytes);
@@ -428,7 +428,38 @@ Status Codec::DecodeFrameWith(Workspace& ws, std::string_view frame, std::span<f
     return DataLoss("zstd frame decoded to " + std::to_string(got) + " bytes; expected " +
                     std::to_string(h.raw_bytes));
   }
+  return h;
+}
 
+Status Codec::CheckFrame(std::string_view frame, uint64_t slice_length) {
+  WorkspacePool::Lease lease = workspaces_->Acquire();
+  Workspace& ws = *lease;
+  ASSIGN_OR_RETURN(const FrameHeader h, UnpackFrame(ws, frame, slice_length));
+  const size_t count = static_cast<size_t>(h.count);
+  const uint8_t* raw = ws.raw.data();
+  size_t bad = count;
+  switch (h.kind) {
+    case CodecKind::kFp32:
+    case CodecKind::kBf16:
+      bad = FirstNonFinite(raw, raw + count, count);  // planes 0 and 1: sign, exponent, next bit
+      break;
+    case CodecKind::kInt8: {
+      const size_t blocks = static_cast<size_t>(Int8Blocks(h.count, h.block));
+      const size_t scale = FirstBadInt8Scale(raw, blocks);
+      if (scale != blocks) {
+        return DataLoss("int8 scale of block " + std::to_string(scale) + " is negative, not finite or too large");
+      }
+      break;  // sound scales decode to finite values only
+    }
+  }
+  if (bad != count) {
+    return InvalidArgument("value " + std::to_string(h.offset + bad) + " of the slice is NaN or infinite");
+  }
+  return Status::Ok();
+}
+
+Status Codec::DecodeFrameWith(Workspace& ws, std::string_view frame, std::span<float> out) {
+  ASSIGN_OR_RETURN(const FrameHeader h, UnpackFrame(ws, frame, out.size()));
   float* dst = out.data() + h.offset;
   const size_t count = static_cast<size_t>(h.count);
   switch (h.kind) {

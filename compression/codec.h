@@ -151,6 +151,12 @@ class Codec {
   // nothing to `out` unless every check passes.
   Status DecodeFrame(std::string_view frame, std::span<float> out);
 
+  // Checks one frame of a slice of `slice_length` values as DecodeFrame does (header,
+  // checksum, payload) and that every value it holds is finite, without decoding it
+  // anywhere: what a receiver does before it keeps a frame. DataLoss for damaged bytes,
+  // InvalidArgument for another slice's frame or a NaN / infinite value.
+  Status CheckFrame(std::string_view frame, uint64_t slice_length);
+
   // Checks that `frames` cover [0, out.size()) exactly once and decodes them in
   // parallel. On error, `out` may be partly written.
   Status DecodeAll(const std::vector<std::string>& frames, std::span<float> out);
@@ -176,6 +182,8 @@ class Codec {
   Status PackFrame(Workspace& ws, uint32_t block, uint64_t offset, uint64_t count,
                    uint64_t slice_length, std::string* frame);
   Status DecodeFrameWith(Workspace& ws, std::string_view frame, std::span<float> out);
+  // DecodeFrame's checks, then the payload decompressed into ws.raw.
+  StatusOr<FrameHeader> UnpackFrame(Workspace& ws, std::string_view frame, uint64_t slice_length);
   static Status CheckCoverage(const std::vector<std::string>& frames, uint64_t n);
   static Status CheckCoverageOfHeaders(const std::vector<std::string>& frames, uint64_t n);
 

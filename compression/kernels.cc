@@ -147,13 +147,30 @@ size_t EncodeInt8(const float* v, float* r, size_t n, size_t block, uint8_t* raw
   return n;
 }
 
-size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out) {
-  const size_t blocks = static_cast<size_t>(Int8Blocks(n, block));
+size_t FirstBadInt8Scale(const uint8_t* raw, size_t blocks) {
   for (size_t b = 0; b < blocks; ++b) {
     uint32_t bits;
     std::memcpy(&bits, raw + 4 * b, sizeof(bits));
     if (bits > kMaxInt8ScaleBits) return b;  // too large, Inf, NaN or negative (sign bit)
   }
+  return blocks;
+}
+
+size_t FirstNonFinite(const uint8_t* hi, const uint8_t* lo, size_t n) {
+  // Counted without an early exit so that the loop vectorises; searched only when found.
+  size_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += static_cast<size_t>(((hi[i] & 0x7F) == 0x7F) & (lo[i] >> 7));
+  if (bad == 0) return n;
+  for (size_t i = 0; i < n; ++i) {
+    if ((hi[i] & 0x7F) == 0x7F && (lo[i] & 0x80)) return i;
+  }
+  return n;
+}
+
+size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out) {
+  const size_t blocks = static_cast<size_t>(Int8Blocks(n, block));
+  const size_t bad = FirstBadInt8Scale(raw, blocks);
+  if (bad != blocks) return bad;
   const auto* q = reinterpret_cast<const int8_t*>(raw + 4 * blocks);
   for (size_t b = 0; b < blocks; ++b) {
     float scale;

@@ -47,4 +47,12 @@ size_t EncodeInt8(const float* v, float* r, size_t n, size_t block, uint8_t* raw
 // Int8Blocks(n, block) when all scales are sound; `out` is written only if sound.
 size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out);
 
+// The first value among n whose two most significant byte planes (`hi`: bits 31..24 of
+// fp32 or 15..8 of bf16, sign and 7 exponent bits; `lo`: the next 8 bits, whose top one
+// is the last exponent bit) make it NaN or infinite (exponent all ones); n when all are
+// finite.
+size_t FirstNonFinite(const uint8_t* hi, const uint8_t* lo, size_t n);
+// The first of `blocks` int8 scales at `raw` that DecodeInt8 would refuse, or `blocks`.
+size_t FirstBadInt8Scale(const uint8_t* raw, size_t blocks);
+
 }  // namespace fedps::codec_internal

@@ -117,6 +117,12 @@ StatusOr<std::unique_ptr<ShardCore>> ShardCore::Create(ShardCoreOptions options)
   sn.max_pinned_snapshots = o.max_pinned_snapshots;
   core->snapshots_ = std::make_unique<SnapshotStore>(sn, std::move(encoders), core->env_->clock());
   ASSIGN_OR_RETURN(core->decoder_, UpdateDecoder::Create(o.slice_elements, o.ps.frame_elements, o.decode_threads));
+  {
+    CodecOptions co;  // checks frames in the calling RPC thread: no pool of its own
+    co.threads = 1;
+    co.chunk_elements = o.ps.frame_elements;
+    ASSIGN_OR_RETURN(core->frame_checker_, Codec::Create(co));
+  }
   core->staged_store_ = std::make_unique<StagedStore>(
       JoinPath(o.dir, "staged"), StagedStore::Slice{o.shard_index, o.slice_begin, o.slice_elements}, core->env_);
   CheckpointIdentity id;
@@ -481,37 +487,15 @@ CoreError ShardCore::MarkStagedAndAnswer(const std::string& update_id, PushResul
 }
 
 CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, PushResult* out) {
-  // Every frame is here and final (`staging` keeps other threads off): decode the update
-  // once, so that nothing undecodable or non-finite is staged; a commit of it would halt
-  // every shard at apply.
+  // Every frame is here, checked (finite values included) and written (`staging` keeps
+  // other threads off): make the file durable under its name.
   const int64_t start = NowUs();
-  {
-    auto decoded = decoder_->Decode(r->frames);
-    std::string bad;
-    if (!decoded.ok()) {
-      bad = "update " + r->update_id + " does not decode (" + decoded.status().message() + "): dropped";
-    } else {
-      for (float v : decoded->values()) {
-        if (!std::isfinite(v)) {
-          bad = "update " + r->update_id + " holds NaN or infinite values: dropped";
-          break;
-        }
-      }
-    }
-    if (!bad.empty()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      receiving_.Erase(r->update_id);
-      return CoreError::Make(ShardErrorCode::kBadRequest, bad);
-    }
-  }
-  const int64_t decoded_us = NowUs();
-  Status w = staged_store_->Write(r->update_id, r->client_id, StageRecord(r->base_version, r->tokens, r->local_steps),
-                                  r->frames, r->checksum);
+  Status w = r->file->Finish(r->checksum);
   if (!w.ok()) {
     LOG(ERROR) << "staging " << r->update_id << ": " << w.ToString();
-    std::lock_guard<std::mutex> rl(r->mu);
-    r->staging = false;
-    return CoreError::Make(ShardErrorCode::kInternal, "cannot store update " + r->update_id + ": " + w.ToString());
+    std::lock_guard<std::mutex> lock(mu_);
+    receiving_.Erase(r->update_id);  // its file is gone with it: the client pushes it again
+    return UnavailableLocked("cannot store update " + r->update_id + " (" + w.ToString() + "): push it again");
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -532,8 +516,7 @@ CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, Pu
                    {"base_version", r->base_version},
                    {"tokens", r->tokens},
                    {"bytes", r->bytes},
-                   {"check_ms", (decoded_us - start) / 1000.0},
-                   {"write_ms", (NowUs() - decoded_us) / 1000.0}});
+                   {"write_ms", (NowUs() - start) / 1000.0}});
   return MarkStagedAndAnswer(r->update_id, out);
 }
 
@@ -650,7 +633,8 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
   // The frame is checked before anything is looked up or kept for it: a new update gets an
   // entry only for a frame that belongs exactly where it claims and whose checksum holds,
   // and a resend is compared by that checksum with what was received or staged before.
-  auto header = ReceiveTable::CheckFrame(a.frame, a.frame_index, options_.ps.frame_elements, options_.slice_elements);
+  auto header = ReceiveTable::CheckFrame(*frame_checker_, a.frame, a.frame_index, options_.ps.frame_elements,
+                                         options_.slice_elements);
   if (!header.ok()) {
     ShardErrorCode code =
         header.status().code() == StatusCode::kDataLoss ? ShardErrorCode::kDataLoss : ShardErrorCode::kBadRequest;
@@ -727,6 +711,10 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
     }
     CoreError member = CheckMember(a);
     if (!member.ok()) return member;
+    // Its staged file, opened before the lock (unused, and removed, if another connection
+    // created the entry meanwhile).
+    auto file = staged_store_->Begin(a.update_id, a.client_id, StageRecord(a.base_version, a.tokens, a.local_steps),
+                                     total_frames_);
     std::lock_guard<std::mutex> lock(mu_);
     if (AnswerKnownLocked(a.update_id, out)) return {};
     if (staged_.count(a.update_id)) return UnavailableLocked("update " + a.update_id + " changed state: resend");
@@ -734,8 +722,12 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
     if (!r) {
       CoreError full = AdmitLocked(a.client_id);
       if (!full.ok()) return full;
+      if (!file.ok()) {
+        LOG(ERROR) << "receiving " << a.update_id << ": " << file.status().ToString();
+        return UnavailableLocked("cannot store update " + a.update_id + ": " + file.status().ToString());
+      }
       r = receiving_.Create(a.update_id, a.client_id, a.client_epoch, a.base_version, a.tokens, a.local_steps,
-                            total_frames_, NowUs());
+                            total_frames_, std::move(*file), NowUs());
     }
     if (!same_sender(*r)) return bad(differ);
   }
@@ -748,9 +740,17 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
     }
   }
 
-  FrameOutcome added = ReceiveTable::AcceptFrame(*r, a.frame_index, a.frame, checksum, NowUs());
+  Status write_error;
+  FrameOutcome added = ReceiveTable::AcceptFrame(*r, a.frame_index, a.frame, checksum, NowUs(), &write_error);
   if (added == FrameOutcome::kConflict) {
     return bad("frame " + Str(a.frame_index) + " of " + a.update_id + " was received before with other bytes");
+  }
+  if (added == FrameOutcome::kFailed) {
+    LOG(ERROR) << "receiving " << a.update_id << ": " << write_error.ToString();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (receiving_.Find(a.update_id) == r) receiving_.Erase(a.update_id);  // its file has a hole
+    return UnavailableLocked("cannot store frame " + Str(a.frame_index) + " of " + a.update_id + " (" +
+                             write_error.ToString() + "): push the update again");
   }
   bool stage = false;
   {

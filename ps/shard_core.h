@@ -430,6 +430,7 @@ class ShardCore {
   std::unique_ptr<StalenessPolicy> staleness_;
   std::unique_ptr<SnapshotStore> snapshots_;   // thread-safe; its write side is [apply]
   std::unique_ptr<UpdateDecoder> decoder_;     // thread-safe
+  std::unique_ptr<Codec> frame_checker_;       // thread-safe: checks each pushed frame
   std::unique_ptr<FolderLock> folder_lock_;     // <dir>/LOCK, from Start() on
   std::unique_ptr<StagedStore> staged_store_;  // thread-safe (files)
   std::unique_ptr<CheckpointStore> checkpoints_;  // [apply]

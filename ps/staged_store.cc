@@ -67,34 +67,58 @@ std::string StagedStore::Path(const std::string& update_id) const {
   return JoinPath(dir_, Sha256Hex(update_id).substr(0, 32) + kSuffix);
 }
 
-Status StagedStore::Write(const std::string& update_id, const std::string& client_id, const nlohmann::json& record,
-                          const std::vector<std::string>& frames, const std::vector<uint64_t>& checksums) {
-  if (checksums.size() != frames.size()) {
-    return InvalidArgument("staging " + update_id + ": " + std::to_string(checksums.size()) + " checksums for " +
-                           std::to_string(frames.size()) + " frames");
-  }
-  std::vector<std::pair<std::string, TensorRef>> tensors;
-  tensors.reserve(frames.size());
-  for (size_t i = 0; i < frames.size(); ++i) {
-    TensorRef t;
-    t.dtype = DType::kU8;
-    t.shape = {static_cast<int64_t>(frames[i].size())};
-    t.data = frames[i].data();
-    t.bytes = frames[i].size();
-    tensors.emplace_back(FrameName(i), t);
-  }
+StatusOr<std::unique_ptr<StagedWriter>> StagedStore::Begin(const std::string& update_id, const std::string& client_id,
+                                                           const nlohmann::json& record, int64_t frames) const {
   std::map<std::string, std::string> meta = {
       {"format", kStagedFormat},
       {"update_id", update_id},
       {"client", client_id},
       {"record", record.dump()},
-      {"checksums", JoinChecksums(checksums)},
-      {"frames", std::to_string(frames.size())},
+      {"frames", std::to_string(frames)},
       {"shard_index", std::to_string(slice_.shard_index)},
       {"slice_begin", std::to_string(slice_.slice_begin)},
       {"slice_elements", std::to_string(slice_.slice_elements)},
   };
-  return WriteSafetensors(Path(update_id), tensors, meta, env_);
+  // The header's most bytes: each metadata string escaped at worst 6 bytes per byte, the
+  // checksums (17 bytes each), and per frame its entry
+  // "frame.<i>":{"dtype":"U8","shape":[n],"data_offsets":[begin,end]}, with 20-digit numbers.
+  uint64_t reserve = 256;
+  for (const auto& [k, v] : meta) reserve += k.size() + 6 * v.size() + 8;
+  reserve += 16 + static_cast<uint64_t>(frames) * (17 + 128);
+  ASSIGN_OR_RETURN(auto file, SafetensorsAppender::Create(Path(update_id), reserve, env_));
+  return std::unique_ptr<StagedWriter>(new StagedWriter(std::move(file), std::move(meta), frames));
+}
+
+StagedWriter::StagedWriter(std::unique_ptr<SafetensorsAppender> file, std::map<std::string, std::string> metadata,
+                           int64_t frames)
+    : file_(std::move(file)), metadata_(std::move(metadata)), frames_(frames) {}
+
+StagedWriter::~StagedWriter() = default;
+
+Status StagedWriter::AddFrame(int64_t index, std::string_view frame) {
+  if (index < 0 || index >= frames_) {
+    return InvalidArgument("frame " + std::to_string(index) + " of a " + std::to_string(frames_) + "-frame update");
+  }
+  TensorRef t;
+  t.dtype = DType::kU8;
+  t.shape = {static_cast<int64_t>(frame.size())};
+  t.data = frame.data();
+  t.bytes = frame.size();
+  RETURN_IF_ERROR(file_->Add(FrameName(static_cast<size_t>(index)), t));
+  ++added_;
+  return Status::Ok();
+}
+
+Status StagedWriter::Finish(const std::vector<uint64_t>& checksums) {
+  if (static_cast<int64_t>(checksums.size()) != frames_) {
+    return InvalidArgument(std::to_string(checksums.size()) + " checksums for " + std::to_string(frames_) + " frames");
+  }
+  if (added_ != frames_) {
+    return FailedPrecondition(std::to_string(added_.load()) + " of " + std::to_string(frames_) + " frames written");
+  }
+  std::map<std::string, std::string> meta = metadata_;
+  meta["checksums"] = JoinChecksums(checksums);
+  return file_->Finish(meta);
 }
 
 StatusOr<StagedUpdate> StagedStore::Read(const std::string& update_id) const {

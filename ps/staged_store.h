@@ -10,16 +10,22 @@
 // every codec frame carries a 64-bit checksum over its header and payload
 // (compression/codec.h), checked when the frames are decoded at apply, so a flipped bit
 // anywhere in the data is caught there; a damaged header is caught when parsing.
-// Files are written atomically (temporary file, fsync, rename; WriteSafetensors) BEFORE
-// the stage record goes to Redis, and double as the log of applied updates (ShardCore
+// A file is written while its update is received: Begin opens a temporary file beside its
+// final name, each frame is written to it as it arrives (StagedWriter::AddFrame, from the
+// receiving threads, in any order), and Finish writes the metadata, fsyncs and renames it
+// (SafetensorsAppender), BEFORE the stage record goes to Redis; an update dropped before
+// its last frame takes its temporary file with it (and a restart removes any left over), and double as the log of applied updates (ShardCore
 // deletes one when the oldest kept checkpoint covers it, or when its stage expired).
 //
-// Threads: stateless besides the folder's name; any thread. RPC threads write (a completed
-// push), the apply thread reads, lists and removes. One update's file is written by one
-// thread at a time (ShardCore's receiving entry has a single stager).
+// Threads: stateless besides the folder's name; any thread. RPC threads write (a push's
+// frames, then its stager Finishes), the apply thread reads, lists and removes.
 #pragma once
 
+#include <atomic>
+#include <map>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -39,6 +45,28 @@ struct StagedUpdate {
   int64_t bytes = 0;                 // the frames' total size
 };
 
+class SafetensorsAppender;
+
+// One update's staged file being written (StagedStore::Begin). Thread-safe.
+class StagedWriter {
+ public:
+  ~StagedWriter();
+  // Writes frame `index` (each index once, any order, from any thread).
+  Status AddFrame(int64_t index, std::string_view frame);
+  // Every frame added: the metadata (with each frame's checksum, in frame order), fsync,
+  // rename. The file is then durable and what StagedStore::Read returns.
+  Status Finish(const std::vector<uint64_t>& checksums);
+
+ private:
+  friend class StagedStore;
+  StagedWriter(std::unique_ptr<SafetensorsAppender> file, std::map<std::string, std::string> metadata, int64_t frames);
+
+  std::unique_ptr<SafetensorsAppender> file_;
+  std::map<std::string, std::string> metadata_;  // all but the checksums
+  const int64_t frames_;
+  std::atomic<int64_t> added_{0};
+};
+
 class StagedStore {
  public:
   struct Slice {
@@ -51,10 +79,10 @@ class StagedStore {
   // Creates the folder.
   Status Init();
   std::string Path(const std::string& update_id) const;
-  // Durable and atomic; `frames` are written as given, `checksums[i]` is frame i's header
-  // checksum (kept in the metadata).
-  Status Write(const std::string& update_id, const std::string& client_id, const nlohmann::json& record,
-               const std::vector<std::string>& frames, const std::vector<uint64_t>& checksums);
+  // Starts the file of an update of `frames` frames (see the file comment); nothing is
+  // visible under Path(update_id) until the writer's Finish.
+  StatusOr<std::unique_ptr<StagedWriter>> Begin(const std::string& update_id, const std::string& client_id,
+                                                const nlohmann::json& record, int64_t frames) const;
   // DataLoss when the file is missing, unreadable, of another update or another slice.
   // The frames' own checksums are checked by whoever decodes them.
   StatusOr<StagedUpdate> Read(const std::string& update_id) const;

@@ -261,6 +261,50 @@ TEST(Int8Test, RefusesNonFiniteInput) {
   EXPECT_THAT(frames.status().message(), HasSubstr("element 7"));
 }
 
+// The receiver's check: every bit pattern of the two top planes classified as std::isfinite
+// does, for fp32 and bf16 frames; int8 frames (finite by construction) pass.
+TEST(CheckFrameTest, FindsEveryNonFinitePatternAndNothingElse) {
+  using codec_internal::FirstNonFinite;
+  std::vector<uint8_t> hi(65536), lo(65536);
+  for (uint32_t b = 0; b < 65536; ++b) {
+    hi[b] = static_cast<uint8_t>(b >> 8);
+    lo[b] = static_cast<uint8_t>(b);
+  }
+  for (uint32_t b = 0; b < 65536; ++b) {
+    const bool finite = std::isfinite(FromBits(b << 16));
+    EXPECT_EQ(FirstNonFinite(&hi[b], &lo[b], 1), finite ? 1u : 0u) << std::hex << b;
+  }
+  for (CodecKind kind : {CodecKind::kFp32, CodecKind::kBf16}) {
+    auto codec = MakeCodec(kind, 300);
+    std::vector<float> v = Gaussian(1000, 1.0f, 5);
+    v[0] = 3.0e38f;  // near the top of both ranges (FLT_MAX itself rounds to bf16 Inf)
+    v[1] = -std::numeric_limits<float>::denorm_min();
+    auto frames = codec->Encode(v);
+    ASSERT_TRUE(frames.ok());
+    for (const std::string& f : *frames) EXPECT_TRUE(codec->CheckFrame(f, v.size()).ok());
+    v[0] = -std::numeric_limits<float>::infinity();
+    v[777] = std::nanf("");
+    frames = codec->Encode(v);
+    ASSERT_TRUE(frames.ok());
+    Status first = codec->CheckFrame((*frames)[0], v.size());
+    EXPECT_EQ(first.code(), StatusCode::kInvalidArgument) << CodecKindName(kind);
+    EXPECT_THAT(first.message(), HasSubstr("value 0 of the slice is NaN or infinite"));
+    EXPECT_TRUE(codec->CheckFrame((*frames)[1], v.size()).ok());
+    Status third = codec->CheckFrame((*frames)[2], v.size());
+    EXPECT_THAT(third.message(), HasSubstr("value 777 "));
+    // The other checks of DecodeFrame: another slice, damaged bytes.
+    EXPECT_EQ(codec->CheckFrame((*frames)[1], v.size() + 1).code(), StatusCode::kInvalidArgument);
+    std::string damaged = (*frames)[1];
+    damaged[kFrameHeaderBytes + 3] ^= 0x01;
+    EXPECT_EQ(codec->CheckFrame(damaged, v.size()).code(), StatusCode::kDataLoss);
+  }
+  auto int8 = MakeCodec(CodecKind::kInt8, 300);
+  std::vector<float> v = Gaussian(1000, 1.0f, 6);
+  auto frames = int8->Encode(v);
+  ASSERT_TRUE(frames.ok());
+  for (const std::string& f : *frames) EXPECT_TRUE(int8->CheckFrame(f, v.size()).ok());
+}
+
 TEST(CodecTest, OddSizesRoundTrip) {
   const int64_t chunk = 1024;
   for (CodecKind kind : {CodecKind::kFp32, CodecKind::kBf16, CodecKind::kInt8}) {

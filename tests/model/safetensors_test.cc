@@ -3,10 +3,12 @@
 #include "common/safetensors.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <thread>
 
 #include <sys/wait.h>
 
@@ -205,6 +207,94 @@ TEST(SafetensorsTest, DamagedFilesAreDataLoss) {
       EXPECT_LE(f->tensors.size(), 2u);
     }
   }
+}
+
+// The appender: tensors written from several threads in any order come back whole with
+// the metadata; nothing is visible under the name before Finish; an unfinished or failed
+// appender leaves no file behind.
+TEST(SafetensorsAppenderTest, TensorsFromSeveralThreadsInAnyOrderRoundTrip) {
+  testing::ScopedTempDir dir;
+  const std::string path = dir.File("a.safetensors");
+  auto app = SafetensorsAppender::Create(path, 4096);
+  ASSERT_TRUE(app.ok()) << app.status().ToString();
+  constexpr int kTensors = 24;
+  std::vector<std::string> data(kTensors);
+  for (int i = 0; i < kTensors; ++i) data[static_cast<size_t>(i)] = Bytes(1000 + 37 * static_cast<size_t>(i), i);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = kTensors - 1 - t; i >= 0; i -= 4) {  // backwards, interleaved
+        TensorRef r;
+        r.dtype = DType::kU8;
+        r.shape = {static_cast<int64_t>(data[static_cast<size_t>(i)].size())};
+        r.data = data[static_cast<size_t>(i)].data();
+        r.bytes = data[static_cast<size_t>(i)].size();
+        if (!(*app)->Add("t." + std::to_string(i), r).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_FALSE(Env::Default()->Exists(path));
+  TensorRef dup;
+  dup.dtype = DType::kU8;
+  dup.shape = {1};
+  dup.data = "x";
+  dup.bytes = 1;
+  EXPECT_EQ((*app)->Add("t.3", dup).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*app)->Finish({{"k", "v"}}).ok());
+  EXPECT_EQ((*app)->Finish({}).code(), StatusCode::kFailedPrecondition);
+  auto f = ReadSafetensors(path);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(f->metadata.at("k"), "v");
+  ASSERT_EQ(f->tensors.size(), static_cast<size_t>(kTensors));
+  for (int i = 0; i < kTensors; ++i) {
+    const TensorBytes* t = f->Find("t." + std::to_string(i));
+    ASSERT_NE(t, nullptr) << i;
+    EXPECT_EQ(t->data, data[static_cast<size_t>(i)]) << i;
+  }
+  auto names = Env::Default()->ListDir(dir.path());
+  ASSERT_TRUE(names.ok());
+  EXPECT_EQ(*names, std::vector<std::string>{"a.safetensors"});  // the temporary file is gone
+}
+
+TEST(SafetensorsAppenderTest, UnfinishedOrOverfullLeavesNoFile) {
+  testing::ScopedTempDir dir;
+  const std::string path = dir.File("b.safetensors");
+  const std::string bytes = Bytes(64, 1);
+  TensorRef r;
+  r.dtype = DType::kU8;
+  r.shape = {64};
+  r.data = bytes.data();
+  r.bytes = bytes.size();
+  {
+    auto app = SafetensorsAppender::Create(path, 1024);
+    ASSERT_TRUE(app.ok());
+    ASSERT_TRUE((*app)->Add("x", r).ok());
+    EXPECT_EQ((*app)->data_bytes(), 64u);
+    auto names = Env::Default()->ListDir(dir.path());
+    ASSERT_TRUE(names.ok());
+    EXPECT_EQ(names->size(), 1u);  // the temporary file
+  }  // dropped unfinished
+  auto names = Env::Default()->ListDir(dir.path());
+  ASSERT_TRUE(names.ok());
+  EXPECT_TRUE(names->empty());
+  // A header larger than the reserve: refused, nothing left.
+  auto small = SafetensorsAppender::Create(path, 16);
+  ASSERT_TRUE(small.ok());
+  ASSERT_TRUE((*small)->Add("x", r).ok());
+  Status s = (*small)->Finish({{"long", std::string(100, 'm')}});
+  EXPECT_EQ(s.code(), StatusCode::kInternal);
+  EXPECT_NE(s.message().find("reserved"), std::string::npos) << s.ToString();
+  names = Env::Default()->ListDir(dir.path());
+  ASSERT_TRUE(names.ok());
+  EXPECT_TRUE(names->empty());
+  // A size that does not match the shape.
+  auto third = SafetensorsAppender::Create(path, 1024);
+  ASSERT_TRUE(third.ok());
+  r.shape = {63};
+  EXPECT_EQ((*third)->Add("x", r).code(), StatusCode::kInvalidArgument);
 }
 
 TEST(SafetensorsTest, TorchGlueRoundTrip) {

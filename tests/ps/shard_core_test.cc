@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <span>
 
 #include "common/metrics_log.h"
@@ -164,6 +165,22 @@ class ShardCoreTest : public ::testing::Test {
     return {};
   }
 
+  // The staged files still being written (frames of updates being received), and their bytes.
+  std::vector<std::string> FilesBeingWritten(ShardCore& core, int64_t* bytes = nullptr) {
+    const std::string dir = JoinPath(core.options().dir, "staged");
+    auto names = Env::Default()->ListDir(dir);
+    EXPECT_TRUE(names.ok()) << names.status().ToString();
+    std::vector<std::string> out;
+    if (bytes) *bytes = 0;
+    for (const std::string& n : names.ok() ? *names : std::vector<std::string>{}) {
+      if (n.find(".tmp.") == std::string::npos) continue;
+      out.push_back(n);
+      auto size = Env::Default()->FileSize(JoinPath(dir, n));
+      if (bytes && size.ok()) *bytes += *size;
+    }
+    return out;
+  }
+
   StatusOr<int64_t> Commit(const std::string& id, int64_t base) {
     nlohmann::json meta = {{"base_version", base}, {"tokens", 1000}, {"local_steps", 10}};
     return registry_->CommitUpdate(id, "alice", client_epoch_, meta, kShards);
@@ -239,8 +256,12 @@ TEST_F(ShardCoreTest, PushIsIdempotentAndStagesDurablyBeforeTheStageRecord) {
   ASSERT_TRUE(r.missing_frames.has_value());
   EXPECT_THAT(*r.missing_frames, ::testing::ElementsAre(0, 1));
   ASSERT_CORE_OK(core->Push(Push(0, id, 0, 0, frames[0]), &r));
-  // Nothing is staged, in Redis or on disk, before the last frame.
+  // Nothing is staged, in Redis or under its name, before the last frame; the frames
+  // received are on disk already (one temporary file), not held in memory.
   EXPECT_FALSE(Env::Default()->Exists(core->StagedPath(id)));
+  int64_t written = 0;
+  EXPECT_EQ(FilesBeingWritten(*core, &written).size(), 1u);
+  EXPECT_GE(written, static_cast<int64_t>(frames[0].size() + frames[2].size() + frames[3].size()));
   auto marks = registry_->StagedShards(id);
   ASSERT_OK(marks.status());
   EXPECT_TRUE(marks->empty());
@@ -249,6 +270,7 @@ TEST_F(ShardCoreTest, PushIsIdempotentAndStagesDurablyBeforeTheStageRecord) {
   EXPECT_EQ(r.frames_received, 4);
   EXPECT_TRUE(r.stage_ttl_ms.has_value());
   EXPECT_TRUE(Env::Default()->Exists(core->StagedPath(id)));
+  EXPECT_TRUE(FilesBeingWritten(*core).empty());
   marks = registry_->StagedShards(id);
   ASSERT_OK(marks.status());
   EXPECT_THAT(*marks, ::testing::ElementsAre(0));
@@ -270,11 +292,25 @@ TEST_F(ShardCoreTest, PushIsIdempotentAndStagesDurablyBeforeTheStageRecord) {
   std::string corrupt = frames[1];
   corrupt[100] ^= 0x40;
   EXPECT_EQ(core->Push(Push(0, "alice/1/9", 0, 1, corrupt), &r).code, ShardErrorCode::kDataLoss);
-  // NaN: the update is dropped.
-  std::vector<float> nan = Delta(3, 0);
-  nan[5] = std::nanf("");
-  EXPECT_EQ(PushAll(*core, 0, "alice/1/10", 0, nan, &r).code, ShardErrorCode::kBadRequest);
-  EXPECT_FALSE(Env::Default()->Exists(core->StagedPath("alice/1/10")));
+  // NaN or infinity: the frame that holds it is refused on arrival, and with it the update
+  // (its other frames are kept until the receive timeout, never staged).
+  for (size_t at : {size_t{5}, size_t{kN - 1}}) {
+    std::vector<float> nan = Delta(3, 0);
+    nan[at] = at == 5 ? std::nanf("") : -std::numeric_limits<float>::infinity();
+    const std::string bad_id = "alice/1/1" + std::to_string(at);
+    auto nan_frames = Frames(nan);
+    const int64_t holder = static_cast<int64_t>(at) / kFrame;
+    for (int64_t i = 0; i < static_cast<int64_t>(nan_frames.size()); ++i) {
+      CoreError ne = core->Push(Push(0, bad_id, 0, i, nan_frames[static_cast<size_t>(i)]), &r);
+      if (i == holder) {
+        EXPECT_EQ(ne.code, ShardErrorCode::kBadRequest);
+        EXPECT_THAT(ne.message, HasSubstr("NaN or infinite"));
+      } else {
+        EXPECT_TRUE(ne.ok()) << ne.message;
+      }
+    }
+    EXPECT_FALSE(Env::Default()->Exists(core->StagedPath(bad_id)));
+  }
   // Identity.
   PushArgs foreign = Push(0, id, 0, 0, frames[0]);
   foreign.header.run_id = "other";
@@ -1011,8 +1047,10 @@ TEST_F(ShardCoreTest, IdlePartialUpdateIsDroppedWithItsFrames) {
   EXPECT_EQ(r.frames_received, 2);
   EXPECT_EQ(c0->GetStatus().receiving_updates, 1);
 
+  EXPECT_EQ(FilesBeingWritten(*c0).size(), 1u);
   ASSERT_TRUE(testing::WaitFor([&] { return c0->GetStatus().receiving_updates == 0; },
                                std::chrono::seconds(10)));
+  EXPECT_TRUE(FilesBeingWritten(*c0).empty());  // its frames' file went with it
 
   // The remaining frames do not complete it: frames 0 and 1 are gone.
   r = PushResult();
