@@ -31,6 +31,8 @@
 #                (as scripts/gpu_train.sh does), then run unless SECONDS_RUN=0;
 #                without PRESET/SECONDS_RUN set, BUILD=1 only builds
 #   BUILD_DIR    [/tmp/build-gpu];  BIN: the binaries [$BUILD_DIR/bin]
+#   GPU_TESTS    1 (with BUILD=1): also build the gpu-labelled tests (gpu_test) and run
+#                `ctest -L gpu` before the federation; results in $OUT/gpu_tests.log
 #   DATA         prepared corpus [build-gpu-deps/data/corpus-v32k]
 #   REDIS        redis-server binary [build-gpu-deps/redis/redis-server, run with
 #                LD_LIBRARY_PATH=its folder]; REDIS_PORT [a free port]; REDIS_FSYNC [always]
@@ -78,19 +80,26 @@ if [[ "${BUILD:-0}" == 1 ]]; then
   TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)') || die "no PyTorch for LibTorch"
   (
     set -e
+    targets=(fedps-shard fedps-client fedps-ctl)
+    [[ "${GPU_TESTS:-0}" == 1 ]] && targets+=(gpu_test)
     cmake -S . -B "$BUILD_DIR" -G Ninja -Wno-dev \
-      -DFEDPS_BUILD_TESTS=OFF -DFEDPS_BUILD_BENCH=OFF \
+      -DFEDPS_BUILD_TESTS=$([[ "${GPU_TESTS:-0}" == 1 ]] && echo ON || echo OFF) -DFEDPS_BUILD_BENCH=OFF \
       -DCMAKE_PREFIX_PATH="$DEPS;$TORCH_PREFIX" \
       -DOPENSSL_ROOT_DIR="$DEPS" \
       -DPKG_CONFIG_EXECUTABLE="$DEPS/bin/pkg-config" \
       -DTHRIFT_EXECUTABLE="$DEPS/bin/thrift" \
       -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
-    time timeout "${BUILD_TIMEOUT_S:-540}" cmake --build "$BUILD_DIR" --target fedps-shard fedps-client fedps-ctl -j "$JOBS"
+    time timeout "${BUILD_TIMEOUT_S:-540}" cmake --build "$BUILD_DIR" --target "${targets[@]}" -j "$JOBS"
   ) >"$OUT/build.log" 2>&1
   rc=$?
   grep -E "error|FAILED" "$OUT/build.log" | head -20; tail -4 "$OUT/build.log"
   stamp "build rc=$rc ($(( $(date +%s) - T0 )) s)"
   [[ $rc -eq 0 ]] || exit $rc
+  if [[ "${GPU_TESTS:-0}" == 1 ]]; then
+    LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu ctest --test-dir "$BUILD_DIR" -L gpu --output-on-failure \
+      >"$OUT/gpu_tests.log" 2>&1
+    stamp "ctest -L gpu rc=$? ($(grep -E 'tests passed|tests failed' "$OUT/gpu_tests.log" | tail -1))"
+  fi
   (( ONLY_BUILD )) && exit 0
 fi
 (( RUN_S > 0 )) || exit 0

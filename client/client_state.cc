@@ -32,20 +32,27 @@ bool GetU64(std::string_view in, size_t* at, uint64_t* v) {
 }
 
 // "FPSP", u64 frame count, then per frame: u64 shard, u64 frame index, u64 length, bytes.
-std::string SerializeFrames(const PendingUpdate& p) {
-  std::string out(kPendingMagic, 4);
+// As pieces to write one after another: the small headers live in `*headers` (sized up
+// front, so the views into it stay valid), the frames are viewed where they are.
+std::vector<std::string_view> FramePieces(const PendingUpdate& p, std::string* headers) {
   uint64_t count = 0;
   for (const auto& s : p.shards) count += s.frames.size();
-  PutU64(&out, count);
+  headers->clear();
+  headers->reserve(12 + 24 * count);
+  headers->append(kPendingMagic, 4);
+  PutU64(headers, count);
+  std::vector<std::string_view> pieces = {std::string_view(*headers)};
   for (const auto& s : p.shards) {
     for (size_t i = 0; i < s.frames.size(); ++i) {
-      PutU64(&out, static_cast<uint64_t>(s.shard));
-      PutU64(&out, i);
-      PutU64(&out, s.frames[i].size());
-      out += s.frames[i];
+      const size_t at = headers->size();
+      PutU64(headers, static_cast<uint64_t>(s.shard));
+      PutU64(headers, i);
+      PutU64(headers, s.frames[i].size());
+      pieces.push_back(std::string_view(*headers).substr(at, 24));
+      pieces.push_back(s.frames[i]);
     }
   }
-  return out;
+  return pieces;
 }
 
 Status ParseFrames(std::string_view in, PendingUpdate* p, const std::string& path) {
@@ -114,6 +121,15 @@ StatusOr<PendingUpdate> PendingFromJson(const nlohmann::json& j) {
 
 }  // namespace
 
+ClientState CopyWithoutPending(const ClientState& s) {
+  ClientState out;
+  out.next_counter = s.next_counter;
+  out.trainer_step = s.trainer_step;
+  out.loader = s.loader;
+  out.totals = s.totals;
+  return out;
+}
+
 StatusOr<std::unique_ptr<ClientStateStore>> ClientStateStore::Open(const std::string& dir, Env* env) {
   ASSIGN_OR_RETURN(std::unique_ptr<FolderLock> lock, FolderLock::Acquire(dir, "fedps-client state"));
   return std::unique_ptr<ClientStateStore>(new ClientStateStore(dir, env, std::move(lock)));
@@ -168,10 +184,12 @@ Status ClientStateStore::Save(const ClientState& state) {
       return FailedPrecondition("client state: update " + state.pending->update_id + " while " + pending_update_id_ +
                                 " is still pending");
     }
-    // state.json names no pending update now, so pending.bin may be replaced.
-    std::string bytes = SerializeFrames(*state.pending);
-    RETURN_IF_ERROR(env_->WriteFileAtomic(Path(kPendingFile), bytes));
-    pending_sha256_ = Sha256Hex(bytes);
+    // state.json names no pending update now, so pending.bin may be replaced. Written from
+    // the frames where they are: no second copy of the update in memory.
+    std::string headers;
+    const std::vector<std::string_view> pieces = FramePieces(*state.pending, &headers);
+    RETURN_IF_ERROR(env_->WriteFileAtomic(Path(kPendingFile), pieces));
+    pending_sha256_ = Sha256Hex(pieces);
   }
   nlohmann::json j = {{"format", kStateFormat},
                       {"next_counter", state.next_counter},
@@ -196,9 +214,9 @@ Status ClientStateStore::SaveOptimizer(const std::vector<std::pair<std::string, 
   return SaveTensors(Path(kOptimizerFile), tensors);
 }
 
-StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ClientStateStore::LoadOptimizer() {
+StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> ClientStateStore::LoadOptimizer(torch::Device device) {
   if (!env_->Exists(Path(kOptimizerFile))) return NotFound("no optimizer state in " + dir_);
-  return LoadTensors(Path(kOptimizerFile));
+  return LoadTensors(Path(kOptimizerFile), nullptr, device);
 }
 
 StatusOr<int64_t> ClientStateStore::FreeBytes() const {

@@ -75,7 +75,12 @@ struct ClientState {
   std::optional<LoaderState> loader;
   nlohmann::json totals = nlohmann::json::object();  // committed, dropped, tokens, ...
   std::optional<PendingUpdate> pending;
+  // (A new field is copied by CopyWithoutPending too.)
 };
+
+// `s` without its pending update, which is not copied (its frames are a whole encoded
+// update): the next state once the pending update is committed or dropped.
+ClientState CopyWithoutPending(const ClientState& s);
 
 class ClientStateStore {
  public:
@@ -95,7 +100,8 @@ class ClientStateStore {
 
   // The optimizer file (see the file comment). LoadOptimizer: kNotFound when there is none.
   Status SaveOptimizer(const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
-  StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> LoadOptimizer();
+  // Read onto `device` without a host copy of the file (model/safetensors.h).
+  StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> LoadOptimizer(torch::Device device);
 
   // Free bytes on the folder's file system (for the check before a cycle).
   StatusOr<int64_t> FreeBytes() const;

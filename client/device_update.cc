@@ -1,17 +1,14 @@
 #include "client/device_update.h"
 
+#include "client/host_buffer.h"
+
 #include <string>
 
 namespace fedps {
 
 DeviceUpdate::DeviceUpdate(int64_t total, torch::Device device, CodecKind kind, bool error_feedback)
     : total_(total), device_(device), kind_(kind), error_feedback_(error_feedback) {
-  pull_host_ = torch::zeros({total_}, HostOptions(torch::kFloat32));
-}
-
-torch::TensorOptions DeviceUpdate::HostOptions(c10::ScalarType dtype) const {
-  // Pinned host memory lets the copies to and from a GPU run at full speed.
-  return torch::TensorOptions().dtype(dtype).device(torch::kCPU).pinned_memory(device_.is_cuda());
+  pull_host_ = HostTensor(total_, torch::kFloat32, device_);
 }
 
 std::span<float> DeviceUpdate::PullBuffer() {
@@ -37,7 +34,7 @@ Status DeviceUpdate::Quantize(const torch::Tensor& trained) {
   torch::NoGradGuard guard;
   const bool bf16 = kind_ == CodecKind::kBf16;
   if (!quant_host_.defined()) {
-    quant_host_ = torch::empty({total_}, HostOptions(bf16 ? torch::kInt16 : torch::kFloat32));
+    quant_host_ = HostTensor(total_, bf16 ? torch::kInt16 : torch::kFloat32, device_);
   }
   const bool device_ef = bf16 && error_feedback_;
   if (device_ef && !residual_.defined()) residual_ = torch::zeros({total_}, base_.options());

@@ -1,7 +1,7 @@
 // DeviceUpdate: a client's per-update data path on its training device (docs/client.md,
 // "Data path"). One set of buffers, allocated on first use and reused for every update:
 //
-//   pull buffer (host, pinned on CUDA)  --H2D-->  model parameters  --D2D-->  base
+//   pull buffer (host, pinned on CUDA: client/host_buffer.h)  --H2D-->  model parameters  --D2D-->  base
 //   after H local steps, chunk by chunk on the device:
 //     x = (base - trained) + r          pseudo-gradient plus the error-feedback residual
 //     q = bf16(x),  r = x - q           rounding and error feedback on the device (bf16)
@@ -71,8 +71,6 @@ class DeviceUpdate {
   bool device_rounding() const { return kind_ == CodecKind::kBf16; }
 
  private:
-  torch::TensorOptions HostOptions(c10::ScalarType dtype) const;
-
   int64_t total_;
   torch::Device device_;
   CodecKind kind_;

@@ -176,7 +176,7 @@ Status FederatedClient::Init() {
   if (loaded.ok()) {
     state_ = std::move(loaded).value();
     if (state_.loader) RETURN_IF_ERROR(loader_->Restore(*state_.loader).WithContext("state " + state_dir_));
-    auto saved = store_->LoadOptimizer();
+    auto saved = store_->LoadOptimizer(model_->device());
     Status restored = saved.status();
     if (saved.ok()) {
       std::map<std::string, torch::Tensor> opt(saved->begin(), saved->end());
@@ -1064,8 +1064,7 @@ Status FederatedClient::DropPending(const std::string& reason) {
                                                      {"reason", reason}}));
   std::fprintf(stderr, "[client %s] update %s dropped: %s\n", options_.name.c_str(), u.update_id.c_str(),
                reason.c_str());
-  ClientState next = state_;
-  next.pending.reset();
+  ClientState next = CopyWithoutPending(state_);
   next.totals["dropped"] = next.totals.value("dropped", int64_t{0}) + 1;
   RETURN_IF_ERROR(store_->Save(next));
   state_ = std::move(next);
@@ -1144,8 +1143,7 @@ Status FederatedClient::ClearPendingCommitted(int64_t seq, double push_s, double
                Rate(info.value("tokens_per_s", 0.0)).c_str(), Bytes(double(bytes_sent)).c_str(),
                encoded > 0 ? raw / encoded : 0.0, long(staleness), info.value("pull_s", 0.0),
                info.value("train_s", 0.0), push_s);
-  ClientState next = state_;
-  next.pending.reset();
+  ClientState next = CopyWithoutPending(state_);
   next.totals["committed"] = committed;
   next.totals["staleness_sum"] = next.totals.value("staleness_sum", int64_t{0}) + staleness;
   next.totals["tokens"] = next.totals.value("tokens", int64_t{0}) + u.tokens;

@@ -151,8 +151,9 @@ struct ClientOptions {
   // Refuse to start a cycle unless the state folder's file system has this much free space
   // beyond what the cycle will write (docs/client.md gives the bound).
   int64_t min_free_disk_mb = 256;
-  // Connections per shard that push frames of one update at once (interleaved), so that a
-  // link's round-trip time is paid once per `streams` frames.
+  // Connections per shard that push frames of one update, and pull frames of a snapshot,
+  // at once (interleaved), so that a link's round-trip time is paid once per `streams`
+  // frames.
   int64_t streams_per_shard = 2;
 };
 

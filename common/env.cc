@@ -129,11 +129,16 @@ StatusOr<std::string> Env::ReadFile(const std::string& path) {
 }
 
 Status Env::WriteFileAtomic(const std::string& path, std::string_view contents) {
+  return WriteFileAtomic(path, std::span<const std::string_view>(&contents, 1));
+}
+
+Status Env::WriteFileAtomic(const std::string& path, std::span<const std::string_view> pieces) {
   static thread_local std::mt19937_64 rng(std::random_device{}());
   std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rng() % 1000000);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("cannot create", tmp, errno);
-  Status s = WriteAll(fd, contents, tmp);
+  Status s;
+  for (size_t i = 0; i < pieces.size() && s.ok(); ++i) s = WriteAll(fd, pieces[i], tmp);
   if (s.ok() && ::fsync(fd) != 0) s = ErrnoStatus("fsync", tmp, errno);
   if (::close(fd) != 0 && s.ok()) s = ErrnoStatus("close", tmp, errno);
   if (!s.ok()) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,6 +51,9 @@ class Env {
   virtual StatusOr<std::string> ReadFile(const std::string& path);
   // Durable, atomic replacement of `path` by `contents` (see file comment).
   virtual Status WriteFileAtomic(const std::string& path, std::string_view contents);
+  // The same with the concatenation of `pieces`, written one after another (a large file
+  // made of parts is never joined in memory).
+  virtual Status WriteFileAtomic(const std::string& path, std::span<const std::string_view> pieces);
   // Appends and flushes (no fsync); for logs such as metrics.jsonl.
   virtual Status AppendToFile(const std::string& path, std::string_view contents);
   virtual bool Exists(const std::string& path);

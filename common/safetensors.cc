@@ -425,26 +425,42 @@ Status SafetensorsAppender::Finish(const std::map<std::string, std::string>& met
   return SyncAndRename(fd, tmp_, path_, env_);
 }
 
-StatusOr<SafetensorsIndex> ReadSafetensorsIndex(const std::string& path) {
-  std::unique_ptr<Fd> holder;
-  ASSIGN_OR_RETURN(Fd * fd, OpenForRead(path, &holder));
-  return ParseIndex(fd->get(), path);
+SafetensorsReader::~SafetensorsReader() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
-StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path, Env* /*env*/) {
+StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(const std::string& path) {
   std::unique_ptr<Fd> holder;
   ASSIGN_OR_RETURN(Fd * fd, OpenForRead(path, &holder));
   ASSIGN_OR_RETURN(SafetensorsIndex index, ParseIndex(fd->get(), path));
+  return std::unique_ptr<SafetensorsReader>(new SafetensorsReader(path, holder->release(), std::move(index)));
+}
+
+Status SafetensorsReader::Read(const SafetensorsEntry& e, uint64_t offset, void* dst, size_t n) const {
+  if (offset > e.bytes || n > e.bytes - offset) {
+    return InvalidArgument("safetensors " + path_ + ": bytes [" + std::to_string(offset) + ", +" + std::to_string(n) +
+                           ") outside tensor " + e.name + " of " + std::to_string(e.bytes));
+  }
+  return PreadAll(fd_, static_cast<char*>(dst), n, e.file_offset + offset, path_);
+}
+
+StatusOr<SafetensorsIndex> ReadSafetensorsIndex(const std::string& path) {
+  ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
+  return reader->index();
+}
+
+StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path, Env* /*env*/) {
+  ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
   SafetensorsFile out;
-  out.metadata = std::move(index.metadata);
-  out.tensors.reserve(index.entries.size());
-  for (auto& e : index.entries) {
+  out.metadata = reader->index().metadata;
+  out.tensors.reserve(reader->index().entries.size());
+  for (const SafetensorsEntry& e : reader->index().entries) {
     TensorBytes t;
     t.dtype = e.dtype;
-    t.shape = std::move(e.shape);
+    t.shape = e.shape;
     t.data.resize(static_cast<size_t>(e.bytes));
-    RETURN_IF_ERROR(PreadAll(fd->get(), t.data.data(), e.bytes, e.file_offset, path));
-    out.tensors.emplace_back(std::move(e.name), std::move(t));
+    RETURN_IF_ERROR(reader->Read(e, 0, t.data.data(), e.bytes));
+    out.tensors.emplace_back(e.name, std::move(t));
   }
   return out;
 }

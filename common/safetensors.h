@@ -139,6 +139,29 @@ class SafetensorsAppender {
   bool failed_ = false;
 };
 
+// A file opened for reading its tensors piece by piece, into memory the caller chooses (a
+// tensor's own buffer, or a bounded buffer on the way to a GPU): the header is parsed and
+// validated at Open, as ReadSafetensorsIndex does.
+class SafetensorsReader {
+ public:
+  static StatusOr<std::unique_ptr<SafetensorsReader>> Open(const std::string& path);
+  ~SafetensorsReader();
+  SafetensorsReader(const SafetensorsReader&) = delete;
+  SafetensorsReader& operator=(const SafetensorsReader&) = delete;
+
+  const SafetensorsIndex& index() const { return index_; }
+  // Bytes [offset, offset + n) of tensor `e` (an entry of index()); DataLoss when the file
+  // ends early, InvalidArgument for a range outside the tensor. Thread-safe (pread).
+  Status Read(const SafetensorsEntry& e, uint64_t offset, void* dst, size_t n) const;
+
+ private:
+  SafetensorsReader(std::string path, int fd, SafetensorsIndex index)
+      : path_(std::move(path)), fd_(fd), index_(std::move(index)) {}
+  const std::string path_;
+  const int fd_;
+  const SafetensorsIndex index_;
+};
+
 // Parses and validates the header (reads only the header).
 StatusOr<SafetensorsIndex> ReadSafetensorsIndex(const std::string& path);
 // Reads and validates the whole file. `env` is accepted for symmetry with the write

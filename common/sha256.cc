@@ -26,12 +26,14 @@ std::string ToHex(const unsigned char* d, unsigned n) {
 
 }  // namespace
 
-std::string Sha256Hex(std::string_view bytes) {
+std::string Sha256Hex(std::string_view bytes) { return Sha256Hex(std::span<const std::string_view>(&bytes, 1)); }
+
+std::string Sha256Hex(std::span<const std::string_view> pieces) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned n = 0;
   MdCtx ctx(EVP_MD_CTX_new());
   CHECK(ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1);
-  CHECK(EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size()) == 1);
+  for (std::string_view p : pieces) CHECK(EVP_DigestUpdate(ctx.get(), p.data(), p.size()) == 1);
   CHECK(EVP_DigestFinal_ex(ctx.get(), md, &n) == 1);
   return ToHex(md, n);
 }

@@ -1,6 +1,7 @@
 // LibTorch <-> safetensors glue: see safetensors.h.
 #include "model/safetensors.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace fedps {
@@ -48,20 +49,6 @@ StatusOr<TensorRef> TensorRefFromTorch(const torch::Tensor& t) {
   return r;
 }
 
-StatusOr<torch::Tensor> TensorFromBytes(const TensorBytes& b) {
-  ASSIGN_OR_RETURN(c10::ScalarType st, TorchFromDType(b.dtype));
-  const int64_t numel = b.numel();
-  if (numel < 0 || static_cast<uint64_t>(numel) * DTypeSize(b.dtype) != b.data.size())
-    return InvalidArgument("safetensors: byte count does not match the shape");
-  try {
-    torch::Tensor t = torch::empty(b.shape, torch::TensorOptions().dtype(st));
-    if (!b.data.empty()) std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
-    return t;
-  } catch (const std::exception& e) {
-    return Internal(std::string("safetensors: cannot allocate tensor: ") + e.what());
-  }
-}
-
 Status SaveTensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                    const std::map<std::string, std::string>& metadata) {
   std::vector<torch::Tensor> keep;  // owns the contiguous copies during the write
@@ -107,18 +94,32 @@ Status SaveTensors(const std::string& path, const std::vector<std::pair<std::str
 }
 
 StatusOr<std::vector<std::pair<std::string, torch::Tensor>>> LoadTensors(
-    const std::string& path, std::map<std::string, std::string>* metadata) {
-  ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensors(path));
+    const std::string& path, std::map<std::string, std::string>* metadata, torch::Device device) {
+  ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  out.reserve(file.tensors.size());
-  for (auto& [name, bytes] : file.tensors) {
-    auto t = TensorFromBytes(bytes);
-    if (!t.ok()) return t.status().WithContext(path + ": " + name);
-    out.emplace_back(name, std::move(t).value());
-    bytes.data.clear();
-    bytes.data.shrink_to_fit();  // keeps peak memory near one copy of the file
+  out.reserve(reader->index().entries.size());
+  constexpr size_t kPiece = size_t{64} << 20;
+  torch::Tensor piece;  // the one host buffer every tensor passes through
+  try {
+    for (const SafetensorsEntry& e : reader->index().entries) {
+      ASSIGN_OR_RETURN(c10::ScalarType st, TorchFromDType(e.dtype));
+      torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(st).device(device));
+      const size_t elem = DTypeSize(e.dtype);
+      const size_t per_piece = std::max<size_t>(1, kPiece / elem);
+      if (!piece.defined() && t.numel() > 0) piece = torch::empty({static_cast<int64_t>(kPiece)}, torch::kUInt8);
+      torch::Tensor flat = t.view({-1});
+      for (size_t at = 0; at < static_cast<size_t>(t.numel()); at += per_piece) {
+        const size_t count = std::min(per_piece, static_cast<size_t>(t.numel()) - at);
+        RETURN_IF_ERROR(reader->Read(e, at * elem, piece.data_ptr(), count * elem).WithContext(path + ": " + e.name));
+        torch::Tensor host = torch::from_blob(piece.data_ptr(), {static_cast<int64_t>(count)}, torch::dtype(st));
+        flat.narrow(0, static_cast<int64_t>(at), static_cast<int64_t>(count)).copy_(host);
+      }
+      out.emplace_back(e.name, std::move(t));
+    }
+  } catch (const std::exception& e) {
+    return Internal("safetensors " + path + ": cannot load onto " + device.str() + ": " + e.what());
   }
-  if (metadata) *metadata = std::move(file.metadata);
+  if (metadata) *metadata = reader->index().metadata;
   return out;
 }
 

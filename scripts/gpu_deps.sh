@@ -40,7 +40,8 @@ PKGS=(libthrift-dev libthrift-0.17.0 thrift-compiler
       libcli11-dev libtomlplusplus-dev libtomlplusplus3 nlohmann-json3-dev
       libsentencepiece-dev libsentencepiece0
       libssl-dev libssl3
-      pkgconf-bin libpkgconf3)
+      pkgconf-bin libpkgconf3
+      libgtest-dev libgmock-dev)
 
 # ---- 1. download and unpack ------------------------------------------------------------
 mkdir -p "$STAGE/debs" "$STAGE/root"
@@ -80,7 +81,8 @@ if [[ ! -f "$DEPS/.complete" ]]; then
   [[ -d "$R/share/cmake" ]] && cp -a "$R/share/cmake/." "$DEPS/share/cmake/"
   [[ -d "$R/lib/cmake" ]] && { mkdir -p "$DEPS/lib/cmake"; cp -a "$R/lib/cmake/." "$DEPS/lib/cmake/"; }
   # Static archives only where a CMake target file names them (its import check wants
-  # every file it lists to exist): zstd's and gflags's.
+  # every file it lists to exist): zstd's, gflags's, and GoogleTest's (for the gpu-labelled
+  # tests, bench/gpu_federation.sh GPU_TESTS=1).
   grep -rhoE '_IMPORT_PREFIX\}/lib/'"$ARCH"'/[A-Za-z0-9_.+-]+\.a' "$DEPS/lib/$ARCH/cmake" | sort -u |
     sed 's|.*/||' | while read -r a; do cp -a "$R/lib/$ARCH/$a" "$DEPS/lib/$ARCH/"; done
   # Keep only the Boost CMake configs that header-only use needs.

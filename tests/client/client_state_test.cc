@@ -34,6 +34,17 @@ ClientState SampleState() {
   return s;
 }
 
+TEST(ClientStateStore, CopyWithoutPendingKeepsEverythingElse) {
+  const ClientState s = SampleState();
+  const ClientState c = CopyWithoutPending(s);
+  EXPECT_FALSE(c.pending.has_value());
+  EXPECT_EQ(c.next_counter, s.next_counter);
+  EXPECT_EQ(c.trainer_step, s.trainer_step);
+  ASSERT_TRUE(c.loader.has_value());
+  EXPECT_EQ(*c.loader, *s.loader);
+  EXPECT_EQ(c.totals, s.totals);
+}
+
 TEST(ClientStateStore, EmptyFolderHasNoState) {
   testing::ScopedTempDir dir;
   auto store = ClientStateStore::Open(dir.File("state"));
@@ -111,7 +122,7 @@ TEST(ClientStateStore, ManyCyclesKeepOneCopyOfEachFile) {
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   EXPECT_EQ(out->pending->update_id, "org-a/gpu0/12/119");
   EXPECT_EQ(out->pending->shards[0].frames[0], std::string(1019, 'x'));
-  auto opt = (*reopened)->LoadOptimizer();
+  auto opt = (*reopened)->LoadOptimizer(torch::kCPU);
   ASSERT_TRUE(opt.ok()) << opt.status().ToString();
   ASSERT_EQ(opt->size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal((*opt)[i].second, SampleOptimizer()[i].second));
@@ -130,7 +141,7 @@ TEST(ClientStateStore, ANewPendingUpdateWaitsForTheOldOne) {
   ASSERT_TRUE((*store)->Save(s).ok());  // the same pending update again: fine
   s.pending->update_id = "org-a/gpu0/12/8";
   EXPECT_EQ((*store)->Save(s).code(), StatusCode::kFailedPrecondition);
-  EXPECT_EQ((*store)->LoadOptimizer().status().code(), StatusCode::kNotFound);
+  EXPECT_EQ((*store)->LoadOptimizer(torch::kCPU).status().code(), StatusCode::kNotFound);
 }
 
 TEST(ClientStateStore, FreeBytesIsPositive) {

@@ -1,4 +1,5 @@
-// DeviceUpdate on the CPU (the same LibTorch ops run on CUDA; tests/gpu covers the device):
+// DeviceUpdate on the CPU (the same LibTorch ops run on CUDA; tests/gpu covers the device,
+// label gpu):
 // pseudo-gradient sign, bf16 rounding with error feedback, fp32 and int8 paths, refusals.
 #include "client/device_update.h"
 
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "client/host_buffer.h"
 #include "compression/kernels.h"
 
 namespace fedps {
@@ -33,6 +35,14 @@ std::unique_ptr<Codec> MakeCodec(CodecKind kind, int64_t chunk) {
   auto c = Codec::Create(o);
   EXPECT_TRUE(c.ok());
   return std::move(c).value();
+}
+
+TEST(HostTensorTest, OnTheCpuIsOrdinaryZeroedMemoryOfTheExactSize) {
+  torch::Tensor t = HostTensor(1001, torch::kInt16, torch::kCPU);
+  ASSERT_EQ(t.numel(), 1001);
+  EXPECT_EQ(t.scalar_type(), torch::kInt16);
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_EQ(t.abs().max().item<int>(), 0);
 }
 
 TEST(DeviceUpdate, Bf16ErrorFeedbackTracksTheSumOfPseudoGradients) {

@@ -22,6 +22,17 @@ TEST(EnvTest, AtomicWriteReplacesWholeFileAndLeavesNoTemporaries) {
   auto names = env->ListDir(dir.path());
   ASSERT_TRUE(names.ok());
   EXPECT_EQ(*names, std::vector<std::string>{"a.txt"});
+  // From pieces: their concatenation, empty pieces included.
+  const std::string big(3 << 20, 'x');
+  const std::vector<std::string_view> pieces = {"head:", "", big, ":tail"};
+  ASSERT_TRUE(env->WriteFileAtomic(path, pieces).ok());
+  text = env->ReadFile(path);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "head:" + big + ":tail");
+  EXPECT_EQ(Sha256Hex(pieces), Sha256Hex(*text));
+  names = env->ListDir(dir.path());
+  ASSERT_TRUE(names.ok());
+  EXPECT_EQ(*names, std::vector<std::string>{"a.txt"});
 }
 
 TEST(EnvTest, MissingFileIsNotFound) {
