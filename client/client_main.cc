@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "client/federated_client.h"
+#include "ps/tls_flags.h"
 #include "common/config.h"
 #include "common/logging.h"
 
@@ -64,6 +65,8 @@ int main(int argc, char** argv) {
   app.add_option("--throttle", throttle, "Slow every step down by this factor (>= 1; simulated slow client)");
   app.add_option("--device", device, "auto, cpu, cuda, cuda:N (train.device)");
   app.add_option("--pull-codec", pull_codec, "Codec of pulled model frames: fp32 (default, lossless), bf16, int8");
+  fedps::TlsOptions tls;
+  fedps::AddTlsFlags(app, &tls, /*with_crl=*/false);
   app.add_flag("-v,--verbose", verbose, "Verbose logs");
   CLI11_PARSE(app, argc, argv);
   fedps::InitLogging(argv[0], verbose);
@@ -91,6 +94,7 @@ int main(int argc, char** argv) {
   o.state_dir = state_dir;
   o.evaluator = evaluate;
   o.pull_codec = pull_codec;
+  o.tls = tls;
   o.stop = &g_stop;
   auto client = fedps::FederatedClient::Create(std::move(o));
   if (!client.ok()) return fail(client.status());

@@ -91,6 +91,26 @@ FederatedClient::~FederatedClient() {
 
 const std::string& FederatedClient::metrics_path() const { return metrics_->path(); }
 
+Status FederatedClient::InitTls() {
+  const TlsOptions& tls = options_.tls;
+  if (!tls.mutual()) return CheckTls(tls, "127.0.0.1", "");  // addresses are checked at connect
+  RETURN_IF_ERROR(CheckTls(tls, "", ""));
+  ASSIGN_OR_RETURN(std::string pem, Env::Default()->ReadFile(tls.cert));
+  ASSIGN_OR_RETURN(CertificateSubject subject, SubjectOfPem(pem));
+  // Shards accept pushes only from the certificate's own name: say so now, not at the push.
+  if (!options_.evaluator && (subject.role != kRoleClient || subject.name != options_.name)) {
+    return InvalidArgument("--tls-cert " + tls.cert + " is " + subject.name + " (role '" + subject.role +
+                           "'); this client is --name " + options_.name + ": issue it a certificate with "
+                           "fedps-ctl tls issue --name " + options_.name + " --role client");
+  }
+  if (options_.evaluator && subject.role != kRoleClient && subject.role != kRoleOperator) {
+    return InvalidArgument("--tls-cert " + tls.cert + " has role '" + subject.role + "': an evaluator pulls with a "
+                           "client's or the operator's certificate");
+  }
+  ASSIGN_OR_RETURN(tls_, TlsSocketFactory::Create(tls, /*server=*/false));
+  return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<FederatedClient>> FederatedClient::Create(FederatedClientOptions options) {
   std::unique_ptr<FederatedClient> c(new FederatedClient(std::move(options)));
   try {
@@ -102,6 +122,7 @@ StatusOr<std::unique_ptr<FederatedClient>> FederatedClient::Create(FederatedClie
 }
 
 Status FederatedClient::Init() {
+  RETURN_IF_ERROR(InitTls());
   const ClientOptions& co = cfg_.client;
   if (!ValidName(options_.name)) {
     return InvalidArgument("client name \"" + options_.name + "\" must be 1-200 printable ASCII characters without spaces");
@@ -328,6 +349,7 @@ Status FederatedClient::RefreshDirectory(bool wait_for_all) {
               o.host = dir[i].host;
               o.port = dir[i].port;
               o.call_timeout = options_.shard_call_timeout;
+              o.tls = tls_;
               channels_[i].push_back(std::make_unique<ShardChannel>(o));
             }
           }

@@ -102,6 +102,7 @@
 #include "model/trainer.h"
 #include "client/registry_link.h"
 #include "ps/shard_channel.h"
+#include "ps/shard_tls.h"
 
 namespace fedps {
 
@@ -112,6 +113,9 @@ struct FederatedClientOptions {
   std::string state_dir;       // "" = <run.dir>/clients/<name>
   bool evaluator = false;      // evaluate instead of training (see the file comment)
   std::string pull_codec = "fp32";  // codec of pulled frames (lossless by default)
+  // Shard connections: plaintext to loopback addresses, or mutual TLS with a certificate
+  // whose subject is `name` (role client; ps/shard_tls.h).
+  TlsOptions tls;
   // Per-call timeout of shard RPCs (a pull with wait_ms waits on the shard). Default 60 s.
   std::chrono::milliseconds shard_call_timeout{60000};
   // Unavailable answers from one shard before the worker gives up its attempt and the
@@ -178,6 +182,7 @@ class FederatedClient {
   enum class Outcome { kCommitted, kDropped, kStopped };
 
   explicit FederatedClient(FederatedClientOptions options);
+  Status InitTls();
   Status Init();
   bool Stopping() const;
   // Sleeps up to `ms`, waking early on stop; false when stopping.
@@ -284,6 +289,7 @@ class FederatedClient {
 
   std::vector<ShardAddress> directory_;
   std::vector<std::vector<std::unique_ptr<ShardChannel>>> channels_;  // [shard][stream]
+  std::shared_ptr<TlsSocketFactory> tls_;  // mutual TLS of every channel; null: plaintext
   std::unique_ptr<DeviceUpdate> update_path_;  // pull buffer, base, residual, quantised buffer
   ClientState state_;           // the update loop's view of the state folder
 

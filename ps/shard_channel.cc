@@ -15,6 +15,7 @@
 #include <mutex>
 
 #include "ps/rpc/Shard.h"
+#include "ps/shard_tls.h"
 
 namespace fedps {
 
@@ -105,16 +106,25 @@ Status ShardChannel::Connect() {
   if (options_.port <= 0 || options_.port > 65535) {
     return InvalidArgument("shard channel: bad port " + std::to_string(options_.port));
   }
+  if (!options_.tls) RETURN_IF_ERROR(CheckTls(TlsOptions{}, options_.host, "shard " + address()));
   const int limit = static_cast<int>(std::min<int64_t>(options_.max_message_bytes, INT_MAX));
   auto config = std::make_shared<TConfiguration>(limit, limit);
   try {
-    auto socket = std::make_shared<TSocket>(options_.host, options_.port, config);
+    std::shared_ptr<TlsSocket> tls;
+    std::shared_ptr<TSocket> socket;
+    if (options_.tls) {
+      tls = options_.tls->Connect(options_.host, options_.port, config);
+      socket = tls;
+    } else {
+      socket = std::make_shared<TSocket>(options_.host, options_.port, config);
+    }
     socket->setConnTimeout(static_cast<int>(options_.connect_timeout.count()));
     socket->setSendTimeout(static_cast<int>(options_.call_timeout.count()));
     socket->setRecvTimeout(static_cast<int>(options_.call_timeout.count()));
     socket->setNoDelay(true);
     auto framed = std::make_shared<TFramedTransport>(socket, config);
     framed->open();
+    if (tls) tls->Handshake();  // a refused certificate shows here, not in the first call
     socket_ = socket;
     transport_ = framed;
     client_ = std::make_unique<rpc::ShardClient>(std::make_shared<TCompactProtocol>(framed));

@@ -47,6 +47,8 @@ class ShardClient;
 
 namespace fedps {
 
+class TlsSocketFactory;  // ps/shard_tls.h
+
 struct ShardChannelOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // required
@@ -57,6 +59,9 @@ struct ShardChannelOptions {
   std::chrono::milliseconds call_timeout{60000};
   // Largest frame / message accepted either way. Default 512 MiB.
   int64_t max_message_bytes = int64_t{512} << 20;
+  // Mutual TLS (ps/shard_tls.h), shared by a process's channels; null: plaintext, refused
+  // unless `host` is a loopback address.
+  std::shared_ptr<TlsSocketFactory> tls = nullptr;
 };
 
 // The details of the last failed call (for retry_after_ms, version, epoch).

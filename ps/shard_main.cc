@@ -31,6 +31,7 @@
 #include "ps/registry.h"
 #include "ps/shard_core.h"
 #include "ps/shard_server.h"
+#include "ps/tls_flags.h"
 
 namespace fedps {
 namespace {
@@ -41,6 +42,7 @@ struct Args {
   int port = -1;
   std::string dir;
   std::string init;
+  TlsOptions tls;
 };
 
 // A stop signal is pending (main blocks SIGTERM / SIGINT; they stay pending until sigwait).
@@ -168,6 +170,7 @@ Status Run(const Args& args, const sigset_t& signals) {
   so.limits.read_timeout_ms = lim.read_timeout_ms;
   so.limits.max_message_bytes = lim.max_message_bytes;
   so.registry = ropts;
+  so.tls = args.tls;
   ShardServer server(core.get(), so);
   RETURN_IF_ERROR(server.Start());
   // One line on stdout for scripts and tests: where to reach this shard.
@@ -236,6 +239,7 @@ int main(int argc, char** argv) {
   app.add_option("--init", args.init,
                  "Baseline checkpoint folder (model.safetensors by layout names) to start from instead of the "
                  "seed's initial model; used only when the shard has no checkpoint yet");
+  fedps::AddTlsFlags(app, &args.tls, /*with_crl=*/true);
   app.add_flag("-v,--verbose", verbose, "Verbose logs");
   try {
     app.parse(argc, argv);

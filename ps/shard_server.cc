@@ -77,13 +77,46 @@ CoreHeader FromRpc(const rpc::RequestHeader& h) {
   return CoreHeader{h.run_id, h.layout_hash, h.shard_index, h.shard_epoch, h.caller};
 }
 
+// Tells the handler which connection a request came on (its TLS peer), before each call.
+class TlsPeerTracker : public apache::thrift::server::TServerEventHandler {
+ public:
+  void processContext(void*, std::shared_ptr<apache::thrift::transport::TTransport> transport) override {
+    SetCurrentTlsSocket(dynamic_cast<const TlsSocket*>(transport.get()));
+  }
+};
+
+// With mutual TLS, who may call what (docs/security.md, "Roles"): the caller's certificate
+// role must be one of `roles`, and for a push its name must be the update's client_id.
+// IDENTITY_MISMATCH otherwise (a wrong credential: retrying cannot help). Plaintext
+// connections (loopback only) are not checked.
+void RequireRole(bool tls, std::initializer_list<const char*> roles, const std::string& what,
+                 const std::string* client_id = nullptr) {
+  if (!tls) return;
+  const std::optional<CertificateSubject> peer = CurrentTlsPeer();
+  auto refuse = [&](const std::string& why) {
+    throw ToRpcError(CoreError::Make(ShardErrorCode::kIdentityMismatch, what + ": " + why));
+  };
+  if (!peer) refuse("no TLS peer certificate on this connection");
+  bool allowed = false;
+  std::string names;
+  for (const char* r : roles) {
+    allowed = allowed || peer->role == r;
+    names += std::string(names.empty() ? "" : " or ") + r;
+  }
+  if (!allowed) refuse("the caller's certificate is " + peer->name + " (role '" + peer->role + "'); needs " + names);
+  if (client_id && peer->name != *client_id) {
+    refuse("the caller's certificate names " + peer->name + ", not client " + *client_id);
+  }
+}
+
 // The handler: request -> ShardCore call -> response or ShardError. Anything else thrown
 // inside (std::bad_alloc, a bug) becomes INTERNAL rather than a dropped connection.
 class Handler : public rpc::ShardIf {
  public:
-  explicit Handler(ShardCore* core) : core_(core) {}
+  Handler(ShardCore* core, bool tls) : core_(core), tls_(tls) {}
 
   void status(rpc::ShardStatus& out) override {
+    RequireRole(tls_, {kRoleClient, kRoleOperator, kRoleShard}, "status");
     Guard([&] {
       CoreStatus s = core_->GetStatus();
       const ShardCoreOptions& o = core_->options();
@@ -110,6 +143,7 @@ class Handler : public rpc::ShardIf {
   }
 
   void pull(rpc::PullResponse& out, const rpc::PullRequest& req) override {
+    RequireRole(tls_, {kRoleClient, kRoleOperator}, "pull");
     Guard([&] {
       PullArgs a;
       a.header = FromRpc(req.header);
@@ -132,6 +166,7 @@ class Handler : public rpc::ShardIf {
   }
 
   void push(rpc::PushResponse& out, const rpc::PushRequest& req) override {
+    RequireRole(tls_, {kRoleClient}, "push", &req.client_id);
     Guard([&] {
       PushArgs a;
       a.header = FromRpc(req.header);
@@ -159,10 +194,12 @@ class Handler : public rpc::ShardIf {
   }
 
   void commit_notify(const rpc::CommitNotice& n) override {
+    RequireRole(tls_, {kRoleClient, kRoleOperator}, "commit_notify");
     Guard([&] { ThrowIfError(core_->CommitNotify(FromRpc(n.header), n.update_id, n.seq)); });
   }
 
   void checkpoint(rpc::CheckpointResponse& out, const rpc::CheckpointRequest& req) override {
+    RequireRole(tls_, {kRoleOperator}, "checkpoint");
     Guard([&] {
       CheckpointResult r;
       ThrowIfError(core_->Checkpoint(FromRpc(req.header), req.reason, &r));
@@ -187,6 +224,7 @@ class Handler : public rpc::ShardIf {
   }
 
   ShardCore* const core_;
+  const bool tls_;
 };
 
 }  // namespace
@@ -201,7 +239,12 @@ Status ShardServer::Start() {
   const ConnectionLimits& limits = options_.limits;
   const int limit = static_cast<int>(std::min<int64_t>(limits.max_message_bytes, INT_MAX));
   auto config = std::make_shared<TConfiguration>(limit, limit);
-  auto socket = std::make_shared<ShardServerSocket>(options_.host, options_.port, limits, config, counters_);
+  RETURN_IF_ERROR(CheckTls(options_.tls, options_.host, "ps.host"));
+  std::shared_ptr<TlsSocketFactory> tls;
+  if (options_.tls.mutual()) {
+    ASSIGN_OR_RETURN(tls, TlsSocketFactory::Create(options_.tls, /*server=*/true));
+  }
+  auto socket = std::make_shared<ShardServerSocket>(options_.host, options_.port, limits, config, counters_, tls);
   try {
     socket->Listen();
     port_ = socket->getPort();
@@ -219,7 +262,7 @@ Status ShardServer::Start() {
   membership_ = std::make_unique<ShardMembership>(core_, info, ShardMembershipOptions{options_.lease_ms, options_.registry});
   RETURN_IF_ERROR(membership_->Start());
 
-  auto handler = std::make_shared<Handler>(core_);
+  auto handler = std::make_shared<Handler>(core_, options_.tls.mutual());
   auto oversized = [max = limits.max_message_bytes](std::string_view head, int64_t bytes) {
     return OversizedRequestReply(head, bytes, max);
   };
@@ -227,6 +270,7 @@ Status ShardServer::Start() {
       std::make_shared<rpc::ShardProcessor>(handler), socket,
       std::make_shared<ShardTransportFactory>(limits, config, oversized, counters_),
       std::make_shared<TCompactProtocolFactory>());
+  if (tls) server_->setServerEventHandler(std::make_shared<TlsPeerTracker>());
   serve_thread_ = std::thread([this] {
     try {
       server_->serve();

@@ -30,6 +30,7 @@
 #include "ps/registry.h"
 #include "ps/shard_core.h"
 #include "ps/shard_membership.h"
+#include "ps/shard_tls.h"
 #include "ps/shard_transport.h"
 
 namespace apache::thrift::server {
@@ -44,6 +45,7 @@ struct ShardServerOptions {
   int64_t lease_ms = 5000;         // the shard's directory lease
   ConnectionLimits limits;         // [limits]: connections, timeouts, message size
   RegistryOptions registry;        // the heartbeat's own connection
+  TlsOptions tls;                  // plaintext on loopback, or mutual TLS (ps/shard_tls.h)
 };
 
 class ShardServer {

@@ -1,6 +1,8 @@
 // ShardTransport: see the header.
 #include "ps/shard_transport.h"
 
+#include "ps/shard_tls.h"
+
 #include <arpa/inet.h>
 #include <glog/logging.h>
 #include <thrift/transport/TTransportException.h>
@@ -54,8 +56,12 @@ class CountedSocket : public TSocket {
 
 ShardServerSocket::ShardServerSocket(const std::string& host, int port, ConnectionLimits limits,
                                      std::shared_ptr<TConfiguration> config,
-                                     std::shared_ptr<TransportCounters> counters)
-    : TServerSocket(host, port), limits_(limits), config_(std::move(config)), counters_(std::move(counters)) {
+                                     std::shared_ptr<TransportCounters> counters, std::shared_ptr<TlsSocketFactory> tls)
+    : TServerSocket(host, port),
+      limits_(limits),
+      config_(std::move(config)),
+      counters_(std::move(counters)),
+      tls_(std::move(tls)) {
   setInterruptableChildren(true);
   setSendTimeout(Millis(limits_.read_timeout_ms));
 }
@@ -72,6 +78,7 @@ void ShardServerSocket::close() {
 }
 
 std::shared_ptr<TSocket> ShardServerSocket::createSocket(THRIFT_SOCKET client) {
+  if (tls_) return tls_->Accepted(client, pChildInterruptSockReader_, config_, counters_);
   return std::make_shared<CountedSocket>(client, pChildInterruptSockReader_, config_, counters_);
 }
 

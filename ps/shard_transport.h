@@ -57,11 +57,14 @@ struct TransportCounters {
   std::atomic<int64_t> oversized_requests{0};
 };
 
+class TlsSocketFactory;  // ps/shard_tls.h
+
 class ShardServerSocket : public apache::thrift::transport::TServerSocket {
  public:
+  // `tls`: mutual TLS on every accepted connection (ps/shard_tls.h); null: plaintext.
   ShardServerSocket(const std::string& host, int port, ConnectionLimits limits,
                     std::shared_ptr<apache::thrift::TConfiguration> config,
-                    std::shared_ptr<TransportCounters> counters);
+                    std::shared_ptr<TransportCounters> counters, std::shared_ptr<TlsSocketFactory> tls = nullptr);
   // Binds and listens now; later calls (serve()'s) do nothing.
   void Listen();
   void listen() override { Listen(); }
@@ -75,6 +78,7 @@ class ShardServerSocket : public apache::thrift::transport::TServerSocket {
   const ConnectionLimits limits_;
   const std::shared_ptr<apache::thrift::TConfiguration> config_;
   const std::shared_ptr<TransportCounters> counters_;
+  const std::shared_ptr<TlsSocketFactory> tls_;
   bool listening_ = false;
 };
 

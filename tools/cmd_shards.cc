@@ -37,6 +37,7 @@
 #include "model/presets.h"
 #include "ps/registry.h"
 #include "ps/shard_channel.h"
+#include "ps/tls_flags.h"
 #include "tools/commands.h"
 #include "tools/run_target.h"
 
@@ -136,9 +137,20 @@ Status ShardsFailed(const std::string& what, const std::vector<std::string>& fai
 
 struct CheckpointArgs {
   RunTarget target;
+  TlsOptions tls;  // the operator's certificate: only it may checkpoint under mutual TLS
   bool json = false;
   double timeout_s = 600;
 };
+
+// The channels' TLS: null for plaintext (loopback addresses only, checked at connect).
+StatusOr<std::shared_ptr<TlsSocketFactory>> ChannelTls(const TlsOptions& tls) {
+  if (!tls.mutual()) {
+    RETURN_IF_ERROR(CheckTls(tls, "127.0.0.1", ""));
+    return std::shared_ptr<TlsSocketFactory>();
+  }
+  RETURN_IF_ERROR(CheckTls(tls, "", ""));
+  return TlsSocketFactory::Create(tls, /*server=*/false);
+}
 
 struct CheckpointRow {
   int index = 0;
@@ -156,6 +168,7 @@ Status RunCheckpoint(const CheckpointArgs& a) {
   ASSIGN_OR_RETURN(ConnectedRun c, ConnectRun(a.target));
   ASSIGN_OR_RETURN(RunIdentity run, RunOf(*c.registry, c.run_id));
   ASSIGN_OR_RETURN(std::vector<ShardStatus> dir, Directory(*c.registry, run.num_shards));
+  ASSIGN_OR_RETURN(std::shared_ptr<TlsSocketFactory> tls, ChannelTls(a.tls));
   std::vector<CheckpointRow> rows(dir.size());
   auto results = ForEachShard(static_cast<int>(dir.size()), [&](int i) -> Status {
     const ShardStatus& s = dir[i];
@@ -168,6 +181,7 @@ Status RunCheckpoint(const CheckpointArgs& a) {
     o.host = hp.first;
     o.port = hp.second;
     o.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+    o.tls = tls;
     ShardChannel ch(o);
     rpc::CheckpointRequest req;
     req.header = MakeHeader(c.run_id, run.layout_hash, i, s.epoch, kCaller);
@@ -230,6 +244,7 @@ Status RunCheckpoint(const CheckpointArgs& a) {
 
 struct PullModelArgs {
   RunTarget target;
+  TlsOptions tls;
   std::string out;
   std::string hf;
   std::string tokenizer;
@@ -255,11 +270,12 @@ struct PulledShard {
 Status PullOneShard(int i, const ShardStatus& entry, const RunIdentity& run,
                     const std::string& run_id, const SliceRange& expected, int64_t version_min,
                     std::chrono::steady_clock::time_point deadline, std::vector<float>& flat,
-                    PulledShard* out) {
+                    std::shared_ptr<TlsSocketFactory> tls, PulledShard* out) {
   ASSIGN_OR_RETURN(auto hp, SplitAddress(entry.info.address, i));
   ShardChannelOptions o;
   o.host = hp.first;
   o.port = hp.second;
+  o.tls = std::move(tls);
   o.connect_timeout = std::chrono::milliseconds(2000);
   ShardChannel ch(o);
   CodecOptions co;
@@ -471,8 +487,9 @@ Status RunPullModel(const PullModelArgs& a) {
   std::vector<PulledShard> pulled(static_cast<size_t>(run.num_shards));
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + std::chrono::milliseconds(static_cast<int64_t>(a.wait_s * 1000));
+  ASSIGN_OR_RETURN(std::shared_ptr<TlsSocketFactory> tls, ChannelTls(a.tls));
   auto results = ForEachShard(run.num_shards, [&](int i) {
-    return PullOneShard(i, dir[i], run, c.run_id, partition[i], a.version_min, deadline, flat,
+    return PullOneShard(i, dir[i], run, c.run_id, partition[i], a.version_min, deadline, flat, tls,
                         &pulled[i]);
   });
   StatusCode code = StatusCode::kUnavailable;
@@ -585,6 +602,7 @@ void AddShardCommands(CLI::App& root, CommandList& commands) {
     auto* cmd = root.add_subcommand("checkpoint",
                                     "Ask every shard of a running federation to checkpoint now");
     AddRunTargetOptions(cmd, a->target);
+    AddTlsFlags(*cmd, &a->tls, /*with_crl=*/false);
     cmd->add_flag("--json", a->json, "Print JSON");
     cmd->add_option("--timeout", a->timeout_s, "Seconds to wait for one shard's checkpoint")
         ->capture_default_str();
@@ -596,6 +614,7 @@ void AddShardCommands(CLI::App& root, CommandList& commands) {
                                     "Assemble the global model from a running federation's shards "
                                     "into a checkpoint folder (and a Hugging Face one)");
     AddRunTargetOptions(cmd, a->target);
+    AddTlsFlags(*cmd, &a->tls, /*with_crl=*/false);
     cmd->add_option(
            "-o,--out", a->out,
            "Checkpoints root to write step-<version>/ under (eval/export/generate take it)")

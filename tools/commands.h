@@ -32,6 +32,9 @@ void AddReportCommands(CLI::App& root, CommandList& commands);
 // tools/cmd_shards.cc: checkpoint, pull-model (talk to a running federation's shards).
 void AddShardCommands(CLI::App& root, CommandList& commands);
 
+// tools/cmd_tls.cc: tls init, tls issue, tls revoke (certificates for mutual TLS).
+void AddTlsCommands(CLI::App& root, CommandList& commands);
+
 // tools/cmd_demo.cc: demo (runs scripts/demo.sh against this build).
 void AddDemoCommands(CLI::App& root, CommandList& commands);
 

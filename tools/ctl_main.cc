@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   fedps::tools::AddShardCommands(app, commands);
   fedps::tools::AddCorpusCommands(app, commands);
   fedps::tools::AddReportCommands(app, commands);
+  fedps::tools::AddTlsCommands(app, commands);
   CLI11_PARSE(app, argc, argv);
   fedps::InitLogging(argv[0], verbose);
   for (auto& command : commands) {

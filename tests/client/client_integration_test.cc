@@ -17,10 +17,12 @@
 #include <tuple>
 
 #include "common/env.h"
+#include "common/tls_certs.h"
 #include "common/metrics_log.h"
 #include "ps/registry.h"
 #include "ps/rounds.h"
 #include "ps/shard_channel.h"
+#include "ps/shard_tls.h"
 #include "tests/testing/process.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/temp_dir.h"
@@ -125,6 +127,11 @@ class ClientIntegration : public ::testing::Test {
       ProcessOptions o;
       o.argv = {Bin("fedps-shard"), "--config", config, "--shard", std::to_string(i), "--port",
                 std::to_string(*port), "--dir", dir_.File("shard-" + std::to_string(i))};
+      if (!ca_.empty()) {
+        const std::vector<std::string> tls = TlsFlags("shard-" + std::to_string(i));
+        o.argv.insert(o.argv.end(), tls.begin(), tls.end());
+        o.argv.insert(o.argv.end(), {"--tls-crl", JoinPath(ca_, "crl.pem")});
+      }
       o.log_path = dir_.File("shard-" + std::to_string(i) + ".log");
       auto p = ScopedProcess::Start(o);
       ASSERT_TRUE(p.ok()) << p.status().ToString();
@@ -135,6 +142,7 @@ class ClientIntegration : public ::testing::Test {
           [&] {
             ShardChannelOptions o;
             o.port = shard_ports_[i];
+            o.tls = probe_tls_;
             ShardChannel ch(o);
             auto st = ch.GetStatus();
             return st.ok() && st->state == rpc::ShardState::SERVING;
@@ -147,9 +155,38 @@ class ClientIntegration : public ::testing::Test {
   int64_t ShardVersion(int i) {
     ShardChannelOptions o;
     o.port = shard_ports_[i];
+    o.tls = probe_tls_;
     ShardChannel ch(o);
     auto st = ch.GetStatus();
     return st.ok() ? st->version : -1;
+  }
+
+  // Mutual TLS from here on: a CA in <dir>/tls with certificates for both shards, `clients`
+  // and the operator (whose certificate the fixture's own probes use).
+  void UseTls(const std::vector<std::string>& clients) {
+    ca_ = dir_.File("tls");
+    ASSERT_TRUE(InitCertificateAuthority(ca_, "test CA", 30).ok());
+    std::vector<std::pair<std::string, std::string>> holders = {
+        {"shard-0", kRoleShard}, {"shard-1", kRoleShard}, {"ops", kRoleOperator}};
+    for (const std::string& c : clients) holders.emplace_back(c, kRoleClient);
+    for (const auto& [name, role] : holders) {
+      auto issued = IssueCertificate(ca_, CertificateRequest{name, role, {}, 30}, ca_);
+      ASSERT_TRUE(issued.ok()) << issued.status().ToString();
+    }
+    TlsOptions ops;
+    ops.mode = "mutual";
+    ops.ca = JoinPath(ca_, "ca.pem");
+    ops.cert = JoinPath(ca_, "ops.pem");
+    ops.key = JoinPath(ca_, "ops.key");
+    auto f = TlsSocketFactory::Create(ops, /*server=*/false);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    probe_tls_ = *f;
+  }
+
+  // The TLS flags of `holder`'s certificate (UseTls).
+  std::vector<std::string> TlsFlags(const std::string& holder) {
+    return {"--tls-mode", "mutual", "--tls-ca", JoinPath(ca_, "ca.pem"), "--tls-cert", JoinPath(ca_, holder + ".pem"),
+            "--tls-key", JoinPath(ca_, holder + ".key")};
   }
 
   ScopedProcess StartClient(const std::string& config, const std::string& name, const std::vector<std::string>& extra) {
@@ -187,6 +224,8 @@ class ClientIntegration : public ::testing::Test {
   testing::ScopedRedisServer redis_;
   ScopedProcess shards_[2];
   int shard_ports_[2] = {0, 0};
+  std::string ca_;                               // UseTls's CA folder ("": plaintext)
+  std::shared_ptr<TlsSocketFactory> probe_tls_;  // the operator's, for the fixture's probes
 };
 
 TEST_F(ClientIntegration, ThreeClientsCommitUpdatesOnceAndValidationLossFalls) {
@@ -541,6 +580,30 @@ TEST_F(ClientIntegration, ManyPipelinedCyclesKeepMemoryAndStateFlat) {
   }
   EXPECT_EQ(seqs.size(), size_t(kUpdates));
   EXPECT_EQ(*seqs.rbegin(), kUpdates);
+}
+
+TEST_F(ClientIntegration, WithMutualTlsAClientCommitsOnlyUnderItsCertificatesName) {
+  ASSERT_NO_FATAL_FAILURE(UseTls({"tls-a"}));
+  std::string config = WriteConfig();
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  // Another name with tls-a's certificate: refused at start, before joining.
+  std::vector<std::string> args = {"--data", dir_.File("clients/client-0"), "--max-updates", "1"};
+  std::vector<std::string> tls = TlsFlags("tls-a");
+  args.insert(args.end(), tls.begin(), tls.end());
+  ScopedProcess impostor = StartClient(config, "tls-b", args);
+  auto refused = impostor.Wait(120s);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_FALSE(refused->success());
+  EXPECT_NE(testing::ReadLogTail(impostor.log_path()).find("this client is --name tls-b"), std::string::npos)
+      << testing::ReadLogTail(impostor.log_path());
+  // Its own name: pulls, pushes and commits over TLS.
+  ScopedProcess a = StartClient(config, "tls-a", args);
+  auto st = a.Wait(600s);
+  ASSERT_TRUE(st.ok()) << testing::ReadLogTail(a.log_path());
+  EXPECT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(a.log_path());
+  EXPECT_EQ(Records(dir_.File("run/clients/tls-a/metrics.jsonl"), "update").size(), 1u);
+  EXPECT_TRUE(testing::WaitFor([&] { return ShardVersion(0) == 1 && ShardVersion(1) == 1; }, 60s, 50ms));
 }
 
 TEST_F(ClientIntegration, SigtermEndsTheLoopCleanlyAndLeaves) {
