@@ -187,9 +187,31 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || die "redis-server did not start: $(tail -3 "$RUN/logs/redis.log")"
 event redis_started port "$REDIS_PORT"
 
+# Mutual TLS on every shard connection (docs/security.md), with certificates the demo makes
+# for itself: a CA in $RUN/tls, one certificate per shard, per client, for the evaluator and
+# for the operator's pull-model.
+TLS=$RUN_ABS/tls
+"$BIN"/fedps-ctl tls init --ca-dir "$TLS" --ca-name "fedps demo CA" --days 30 > "$RUN/logs/tls.log" 2>&1 \
+  || die "fedps-ctl tls init failed: $(tail -3 "$RUN/logs/tls.log")"
+issue() {  # issue NAME ROLE
+  "$BIN"/fedps-ctl tls issue --ca-dir "$TLS" --name "$1" --role "$2" --days 30 >> "$RUN/logs/tls.log" 2>&1 \
+    || die "fedps-ctl tls issue $1 failed: $(tail -3 "$RUN/logs/tls.log")"
+}
+tls_flags() {  # tls_flags NAME: the flags of NAME's certificate
+  local f=${1//\//_}
+  echo --tls-mode mutual --tls-ca "$TLS/ca.pem" --tls-cert "$TLS/$f.pem" --tls-key "$TLS/$f.key"
+}
+for i in 0 1; do issue "shard-$i" shard; done
+for name in "${CLIENT_NAMES[@]}"; do issue "$name" client; done
+issue evaluator operator
+issue ops operator
+echo "certificates: $TLS (CA, 2 shards, ${#CLIENT_NAMES[@]} clients, evaluator, operator)"
+
 SHARD_PIDS=()
 for i in 0 1; do
-  start_bg "$RUN/logs/shard-$i.log" "$BIN"/fedps-shard --config "$CFG" --shard "$i" --port 0
+  # shellcheck disable=SC2046
+  start_bg "$RUN/logs/shard-$i.log" "$BIN"/fedps-shard --config "$CFG" --shard "$i" --port 0 \
+    $(tls_flags "shard-$i") --tls-crl "$TLS/crl.pem"
   SHARD_PIDS+=("$BG_PID")
 done
 for i in 0 1; do
@@ -199,14 +221,18 @@ for i in 0 1; do
 done
 echo "$(grep -h 'listening on' "$RUN"/logs/shard-*.log)"
 
-start_bg "$RUN/logs/evaluator.log" "$BIN"/fedps-client --config "$CFG" --evaluate --data "$DATA/all" --name evaluator
+# shellcheck disable=SC2046
+start_bg "$RUN/logs/evaluator.log" "$BIN"/fedps-client --config "$CFG" --evaluate --data "$DATA/all" --name evaluator \
+  $(tls_flags evaluator)
 EVAL_PID=$BG_PID
 
 declare -A CPID
 start_client() {  # start_client INDEX
   local k=$1 name=${CLIENT_NAMES[$1]} extra=()
   [[ "$name" == "$SLOW" ]] && extra+=(--throttle "$THROTTLE")
-  start_bg "$RUN/logs/$name.log" "$BIN"/fedps-client --config "$CFG" --data "${CLIENT_DATA[k]}" --name "$name" "${extra[@]}"
+  # shellcheck disable=SC2046
+  start_bg "$RUN/logs/$name.log" "$BIN"/fedps-client --config "$CFG" --data "${CLIENT_DATA[k]}" --name "$name" \
+    "${extra[@]}" $(tls_flags "$name")
   CPID[$name]=$BG_PID
 }
 for ((k = 0; k < NCLIENTS; k++)); do start_client "$k"; done
@@ -255,7 +281,8 @@ FED_S=$(since "$T_FED")
 FINAL=$(seq_now "$RUN/status/status-final.json")
 echo "federation stopped at global version $FINAL after $FED_S s"
 # One last evaluation at the final version, so the curves end where the model ends.
-"$BIN"/fedps-client --config "$CFG" --evaluate --data "$DATA/all" --name evaluator --max-updates 1 \
+# shellcheck disable=SC2046
+"$BIN"/fedps-client --config "$CFG" --evaluate --data "$DATA/all" --name evaluator --max-updates 1 $(tls_flags evaluator) \
   >> "$RUN/logs/evaluator.log" 2>&1 || die "final evaluator run failed: $(tail -5 "$RUN/logs/evaluator.log")"
 FED_TOKENS=$(python3 - "$RUN/federated/clients" <<'EOF'
 import json, os, sys
@@ -279,7 +306,8 @@ EVAL_ARGS=(--data "$DATA/all" --batches "$FINAL_BATCHES" --json
 PROMPTS=(--prompt "def " --prompt "The " --prompt "Chapter 1" --prompt "NAME")
 FED_MODEL=""
 if "$BIN"/fedps-ctl pull-model --help >/dev/null 2>&1; then
-  if "$BIN"/fedps-ctl pull-model --config "$CFG" --out "$RUN/federated/model" --version-min "$FINAL" \
+  # shellcheck disable=SC2046
+  if "$BIN"/fedps-ctl pull-model --config "$CFG" --out "$RUN/federated/model" --version-min "$FINAL" $(tls_flags ops) \
        > "$RUN/logs/pull-model.log" 2>&1; then
     FED_MODEL=$RUN/federated/model
   else
