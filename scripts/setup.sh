@@ -13,7 +13,8 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       libgoogle-glog-dev libgflags-dev libgtest-dev libgmock-dev
       libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
       libsentencepiece-dev sentencepiece
-      python3-venv python3-dev clang-format gnuplot-nox)
+      python3-venv python3-dev clang-format gnuplot-nox
+      clang-14 libfuzzer-14-dev libclang-rt-14-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do
