@@ -12,7 +12,7 @@
 // ratio = fp32 bytes / encoded bytes (frame headers included).
 //
 //   codec_bench [--n 67108864] [--reps 5] [--threads 0] [--levels 1] [--hash-log 6]
-//               [--codecs fp32,bf16,int8] [--chunk 1048576] [--json FILE]
+//               [--codecs fp32,bf16,int8,topk] [--chunk 1048576] [--json FILE]
 #include <time.h>
 
 #include <CLI/CLI.hpp>
@@ -98,7 +98,7 @@ int Run(int argc, char** argv) {
   int64_t chunk = int64_t{1} << 20;
   std::string levels_flag = "1";
   int hash_log = CodecOptions{}.zstd_hash_log;
-  std::string codecs_flag = "fp32,bf16,int8";
+  std::string codecs_flag = "fp32,bf16,int8,topk";
   std::string json_path;
   app.add_option("--n", n, "values in the slice")->check(CLI::PositiveNumber);
   app.add_option("--reps", reps, "timed repetitions (median)")->check(CLI::PositiveNumber);

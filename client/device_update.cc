@@ -38,7 +38,7 @@ Status DeviceUpdate::Quantize(const torch::Tensor& trained) {
   }
   const bool device_ef = bf16 && error_feedback_;
   if (device_ef && !residual_.defined()) residual_ = torch::zeros({total_}, base_.options());
-  if (kind_ == CodecKind::kInt8 && error_feedback_ && host_residual_.empty()) {
+  if ((kind_ == CodecKind::kInt8 || kind_ == CodecKind::kTopK) && error_feedback_ && host_residual_.empty()) {
     host_residual_.assign(static_cast<size_t>(total_), 0.0f);
   }
   for (int64_t begin = 0; begin < total_; begin += kChunk) {

@@ -8,14 +8,14 @@
 //     q  --D2H-->  quantised buffer (host, pinned on CUDA): 2 bytes per value
 //   the update pipeline then zstd-codes the quantised buffer per shard slice on the codec's
 //   threads (Codec::EncodeBf16Bits): only the rounded 16-bit values cross to the host.
-//   fp32 (lossless) sends x = base - trained as is; int8 sends x in fp32 and the codec's
+//   fp32 (lossless) sends x = base - trained as is; int8 and topk send x in fp32 and the codec's
 //   host kernel does the blockwise scaling with a host residual (HostResidual()).
 //
 // Memory, with P = the model's parameter count:
 //   device: base (4P bytes) + residual (4P, bf16 with error feedback) + one chunk of
 //           temporaries (kChunk values);
 //   host:   pull buffer (4P) + quantised buffer (2P for bf16, 4P for fp32 / int8)
-//           (+ 4P host residual for int8 with error feedback).
+//           (+ 4P host residual for int8 and topk with error feedback).
 // On a CPU device "device" and "host" are the same memory; the figures add up the same.
 //
 // The residual is not persisted: a restarted client starts error feedback from zero, which
@@ -61,9 +61,9 @@ class DeviceUpdate {
 
   // The quantised buffer's values for [begin, begin + n): bf16 bit patterns (kind bf16) ...
   std::span<const uint16_t> Bf16Bits(int64_t begin, int64_t n) const;
-  // ... or fp32 values (kinds fp32 and int8).
+  // ... or fp32 values (kinds fp32, int8 and topk).
   std::span<const float> Values(int64_t begin, int64_t n) const;
-  // int8 with error feedback: the host residual of [begin, begin + n) the codec updates;
+  // int8 and topk with error feedback: the host residual of [begin, begin + n) the codec updates;
   // empty otherwise.
   std::span<float> HostResidual(int64_t begin, int64_t n);
 
@@ -79,7 +79,7 @@ class DeviceUpdate {
   torch::Tensor base_;           // [total] fp32, device
   torch::Tensor residual_;       // [total] fp32, device (bf16 with error feedback)
   torch::Tensor quant_host_;     // [total] int16 (bf16 bits) or fp32, host
-  std::vector<float> host_residual_;  // int8 with error feedback
+  std::vector<float> host_residual_;  // int8 and topk with error feedback
 };
 
 }  // namespace fedps

@@ -665,6 +665,7 @@ StatusOr<Codec*> FederatedClient::PushCodec(int64_t frame_elements) {
   o.zstd_level = static_cast<int>(cfg_.compression.zstd_level);
   o.threads = static_cast<int>(cfg_.compression.threads);
   o.int8_block = static_cast<int>(cfg_.compression.int8_block);
+  o.topk_density = cfg_.compression.topk_density;
   o.chunk_elements = frame_elements;
   ASSIGN_OR_RETURN(auto codec, Codec::Create(o));
   push_codecs_.push_back(std::move(codec));

@@ -114,6 +114,7 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                       {"zstd_level", Bind(&z.zstd_level)},
                       {"threads", Bind(&z.threads)},
                       {"int8_block", Bind(&z.int8_block)},
+                      {"topk_density", Bind(&z.topk_density)},
                       {"error_feedback", Bind(&z.error_feedback)}};
   auto& p = c.ps;
   s["ps"] = {{"num_shards", Bind(&p.num_shards)},
@@ -228,8 +229,9 @@ Status Validate(const RunConfig& c, const std::string& origin) {
   if (t.device != "auto" && t.device != "cpu" && t.device.rfind("cuda", 0) != 0)
     return bad("train.device", "must be auto, cpu, cuda or cuda:N (got \"" + t.device + "\")");
   const auto& z = c.compression;
-  if (z.codec != "fp32" && z.codec != "bf16" && z.codec != "int8")
-    return bad("compression.codec", "must be one of fp32, bf16, int8 (got \"" + z.codec + "\")");
+  if (z.codec != "fp32" && z.codec != "bf16" && z.codec != "int8" && z.codec != "topk")
+    return bad("compression.codec", "must be one of fp32, bf16, int8, topk (got \"" + z.codec + "\")");
+  if (!(z.topk_density > 0 && z.topk_density <= 1)) return bad("compression.topk_density", "must be in (0, 1]");
   if (z.zstd_level < 1 || z.zstd_level > 19) return bad("compression.zstd_level", "must be in [1, 19]");
   if (z.threads < 0) return bad("compression.threads", "must be >= 0");
   if (z.int8_block < 1 || z.int8_block > 65536) return bad("compression.int8_block", "must be in [1, 65536]");

@@ -84,10 +84,11 @@ struct TrainOptions {
 
 // [compression]: how updates and model slices travel (compression/codec.h).
 struct CompressionOptions {
-  std::string codec = "bf16";   // fp32 (lossless), bf16, int8 (blockwise absmax)
+  std::string codec = "bf16";   // fp32 (lossless), bf16, int8 (blockwise absmax), topk (sparse, push only)
   int64_t zstd_level = 1;       // 1 measured best for pseudo-gradients (docs/compression.md)
   int64_t threads = 0;          // encode/decode threads (0: cores, at most 4)
   int64_t int8_block = 256;     // values per int8 scale
+  double topk_density = 0.01;   // topk: the fraction of each frame's values sent
   bool error_feedback = true;   // clients carry the coding error into their next update
 };
 

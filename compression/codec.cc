@@ -3,6 +3,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -55,6 +56,8 @@ uint64_t RawBytes(CodecKind kind, uint64_t count, uint64_t block) {
       return 2 * count;
     case CodecKind::kInt8:
       return 4 * Int8Blocks(count, block) + count;
+    case CodecKind::kTopK:
+      return TopKRawBytes(count, block);
   }
   return 0;
 }
@@ -81,7 +84,8 @@ StatusOr<CodecKind> ParseCodecKind(std::string_view name) {
   if (name == "fp32") return CodecKind::kFp32;
   if (name == "bf16") return CodecKind::kBf16;
   if (name == "int8") return CodecKind::kInt8;
-  return InvalidArgument("unknown codec '" + std::string(name) + "' (expected fp32, bf16 or int8)");
+  if (name == "topk") return CodecKind::kTopK;
+  return InvalidArgument("unknown codec '" + std::string(name) + "' (expected fp32, bf16, int8 or topk)");
 }
 
 std::string_view CodecKindName(CodecKind kind) {
@@ -92,6 +96,8 @@ std::string_view CodecKindName(CodecKind kind) {
       return "bf16";
     case CodecKind::kInt8:
       return "int8";
+    case CodecKind::kTopK:
+      return "topk";
   }
   return "unknown";
 }
@@ -102,6 +108,7 @@ struct Codec::Workspace {
   std::unique_ptr<ZSTD_CCtx, CCtxDeleter> cctx;
   std::unique_ptr<ZSTD_DCtx, DCtxDeleter> dctx;
   std::vector<uint8_t> raw;     // planes / quantised values before zstd
+  std::vector<uint32_t> order;  // topk: indexes, partly sorted by magnitude
   std::vector<uint8_t> packed;  // zstd output before it is copied into the frame
 };
 
@@ -150,9 +157,12 @@ Codec::~Codec() = default;
 int Codec::parallelism() const { return pool_->parallelism(); }
 
 StatusOr<std::unique_ptr<Codec>> Codec::Create(const CodecOptions& options) {
-  if (static_cast<uint8_t>(options.kind) > static_cast<uint8_t>(CodecKind::kInt8)) {
+  if (static_cast<uint8_t>(options.kind) > static_cast<uint8_t>(CodecKind::kTopK)) {
     return InvalidArgument("codec kind " + std::to_string(static_cast<int>(options.kind)) +
-                           " is not fp32, bf16 or int8");
+                           " is not fp32, bf16, int8 or topk");
+  }
+  if (!(options.topk_density > 0 && options.topk_density <= 1)) {
+    return InvalidArgument("topk_density " + std::to_string(options.topk_density) + " is outside (0, 1]");
   }
   if (options.zstd_level < ZSTD_minCLevel() || options.zstd_level > ZSTD_maxCLevel()) {
     return InvalidArgument("zstd_level " + std::to_string(options.zstd_level) + " is outside [" +
@@ -239,7 +249,12 @@ Status Codec::EncodeFrame(Workspace& ws, std::span<const float> values, std::spa
                           uint64_t offset, uint64_t slice_length, std::string* frame) {
   const CodecKind kind = options_.kind;
   const uint64_t count = values.size();
-  const uint32_t block = kind == CodecKind::kInt8 ? static_cast<uint32_t>(options_.int8_block) : 0;
+  uint32_t block = 0;
+  if (kind == CodecKind::kInt8) block = static_cast<uint32_t>(options_.int8_block);
+  if (kind == CodecKind::kTopK && count > 0) {
+    const double k = std::ceil(options_.topk_density * static_cast<double>(count));
+    block = static_cast<uint32_t>(std::clamp<double>(k, 1, static_cast<double>(count)));
+  }
   const uint64_t raw_bytes = RawBytes(kind, count, block);
   ws.raw.resize(raw_bytes);
   float* r = residual.empty() ? nullptr : residual.data();
@@ -254,6 +269,15 @@ Status Codec::EncodeFrame(Workspace& ws, std::span<const float> values, std::spa
       const size_t bad = EncodeInt8(values.data(), r, count, block, ws.raw.data());
       if (bad != count) {
         return InvalidArgument("int8 codec: value at element " + std::to_string(offset + bad) +
+                               " (with its residual) is not finite");
+      }
+      break;
+    }
+    case CodecKind::kTopK: {
+      ws.order.resize(count);
+      const size_t bad = EncodeTopK(values.data(), r, count, block, ws.raw.data(), ws.order.data());
+      if (bad != count) {
+        return InvalidArgument("topk codec: value at element " + std::to_string(offset + bad) +
                                " (with its residual) is not finite");
       }
       break;
@@ -321,7 +345,7 @@ StatusOr<FrameHeader> Codec::PeekHeader(std::string_view frame) {
                     " (this build reads " + std::to_string(kFrameFormatVersion) + ")");
   }
   const auto kind_byte = Get<uint8_t>(frame, kOffKind);
-  if (kind_byte > static_cast<uint8_t>(CodecKind::kInt8)) {
+  if (kind_byte > static_cast<uint8_t>(CodecKind::kTopK)) {
     return DataLoss("unknown codec kind " + std::to_string(kind_byte));
   }
   if (Get<uint8_t>(frame, kOffFlags) != 0 || Get<uint32_t>(frame, kOffReserved) != 0) {
@@ -341,6 +365,10 @@ StatusOr<FrameHeader> Codec::PeekHeader(std::string_view frame) {
     if (h.block < 1 || h.block > static_cast<uint32_t>(kMaxInt8Block)) {
       return DataLoss("int8 block size " + std::to_string(h.block) + " is outside [1, " +
                       std::to_string(kMaxInt8Block) + "]");
+    }
+  } else if (h.kind == CodecKind::kTopK) {
+    if (h.block > h.count || (h.count > 0 && h.block == 0)) {
+      return DataLoss("topk frame keeps " + std::to_string(h.block) + " of " + std::to_string(h.count) + " values");
     }
   } else if (h.block != 0) {
     return DataLoss("block size " + std::to_string(h.block) + " set on a " +
@@ -451,6 +479,11 @@ Status Codec::CheckFrame(std::string_view frame, uint64_t slice_length) {
       }
       break;  // sound scales decode to finite values only
     }
+    case CodecKind::kTopK:
+      if (!CheckTopK(raw, count, h.block)) {
+        return DataLoss("topk payload is unsound (kept-value count, stray bits, scale or a -128 value)");
+      }
+      break;  // finite like int8's
   }
   if (bad != count) {
     return InvalidArgument("value " + std::to_string(h.offset + bad) + " of the slice is NaN or infinite");
@@ -478,6 +511,11 @@ Status Codec::DecodeFrameWith(Workspace& ws, std::string_view frame, std::span<f
       }
       break;
     }
+    case CodecKind::kTopK:
+      if (!DecodeTopK(ws.raw.data(), count, h.block, dst)) {
+        return DataLoss("topk payload is unsound (kept-value count, stray bits, scale or a -128 value)");
+      }
+      break;
   }
   return Status::Ok();
 }

@@ -22,14 +22,21 @@
 //         [-127, 127]; decoded x' = q * scale, so |x - x'| <= scale / 2 (plus a
 //         few ulps). Payload: ceil(count / block) scales, then `count` int8 values.
 //         Non-finite input is refused (InvalidArgument): it has no int8 code.
+//   topk  sparsification: per frame the k = ceil(topk_density x count) values of largest
+//         magnitude (at least 1), sent as int8 with one scale (absmax of those / 127); the
+//         others decode as 0. Payload: the fp32 scale, a bitmap of count bits (which values
+//         are kept, LSB first) and the k int8 values in index order; the header's block
+//         field holds k. With error feedback everything not sent stays in the residual, so
+//         it is sent once it has grown large enough. Push only (a pull is never sparse).
+//         Non-finite input is refused like int8's.
 //
 // Frame layout (all integers little-endian; 64-byte header, then the payload):
 //   offset size field
 //        0    4 magic "FPSZ"
 //        4    2 format version (1)
-//        6    1 codec kind (0 fp32, 1 bf16, 2 int8)
+//        6    1 codec kind (0 fp32, 1 bf16, 2 int8, 3 topk)
 //        7    1 flags (0; reserved)
-//        8    4 block: int8 block size in values; 0 for fp32 and bf16
+//        8    4 block: int8 block size in values; topk: values kept (k); 0 for fp32, bf16
 //       12    4 reserved (0)
 //       16    8 element offset of this frame within the slice
 //       24    8 element count of this frame
@@ -81,9 +88,9 @@ namespace fedps {
 
 class ThreadPool;
 
-enum class CodecKind : uint8_t { kFp32 = 0, kBf16 = 1, kInt8 = 2 };
+enum class CodecKind : uint8_t { kFp32 = 0, kBf16 = 1, kInt8 = 2, kTopK = 3 };
 
-// "fp32", "bf16", "int8".
+// "fp32", "bf16", "int8", "topk".
 StatusOr<CodecKind> ParseCodecKind(std::string_view name);
 std::string_view CodecKindName(CodecKind kind);
 
@@ -102,6 +109,8 @@ struct CodecOptions {
   int64_t chunk_elements = int64_t{1} << 20;
   // int8 only: values per scale block, 1 .. kMaxInt8Block.
   int int8_block = 256;
+  // topk only: the fraction of each frame's values sent, in (0, 1].
+  double topk_density = 0.01;
 };
 
 inline constexpr size_t kFrameHeaderBytes = 64;

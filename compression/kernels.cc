@@ -1,7 +1,9 @@
 #include "compression/kernels.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace fedps::codec_internal {
@@ -180,6 +182,71 @@ size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out) {
     for (size_t i = 0; i < len; ++i) out[begin + i] = static_cast<float>(q[begin + i]) * scale;
   }
   return blocks;
+}
+
+size_t EncodeTopK(const float* v, float* r, size_t n, size_t k, uint8_t* raw, uint32_t* order) {
+  // x = v + r is formed in place in r when there is one (r then ends as x - decoded).
+  float* x = r;
+  for (size_t i = 0; i < n; ++i) {
+    const float xi = r ? v[i] + r[i] : v[i];
+    if (!std::isfinite(xi)) return i;
+    if (r) r[i] = xi;
+  }
+  const float* xs = r ? r : v;
+  for (size_t i = 0; i < n; ++i) order[i] = static_cast<uint32_t>(i);
+  k = std::min(k, n);
+  if (k < n) {
+    std::nth_element(order, order + k, order + n,
+                     [xs](uint32_t a, uint32_t b) { return std::fabs(xs[a]) > std::fabs(xs[b]); });
+  }
+  std::sort(order, order + k);  // the kept values in index order
+  float absmax = 0;
+  for (size_t j = 0; j < k; ++j) absmax = std::max(absmax, std::fabs(xs[order[j]]));
+  const float scale = absmax < kInt8MinAbsmax ? 0.0f : absmax / 127.0f;
+  std::memcpy(raw, &scale, 4);
+  uint8_t* bitmap = raw + 4;
+  std::memset(bitmap, 0, (n + 7) / 8);
+  auto* q = reinterpret_cast<int8_t*>(bitmap + (n + 7) / 8);
+  for (size_t j = 0; j < k; ++j) {
+    const uint32_t i = order[j];
+    bitmap[i / 8] = static_cast<uint8_t>(bitmap[i / 8] | (1u << (i % 8)));
+    const float qf = scale > 0 ? std::nearbyint(xs[i] / scale) : 0.0f;
+    q[j] = static_cast<int8_t>(std::clamp(qf, -127.0f, 127.0f));
+  }
+  if (x) {  // error feedback: what was sent leaves the residual
+    for (size_t j = 0; j < k; ++j) x[order[j]] -= static_cast<float>(q[j]) * scale;
+  }
+  return n;
+}
+
+bool CheckTopK(const uint8_t* raw, size_t n, size_t k) {
+  if (k > n || FirstBadInt8Scale(raw, 1) != 1) return false;
+  const uint8_t* bitmap = raw + 4;
+  const size_t bytes = (n + 7) / 8;
+  size_t set = 0;
+  for (size_t b = 0; b < bytes; ++b) set += static_cast<size_t>(std::popcount(bitmap[b]));
+  if (n % 8 != 0 && (bitmap[bytes - 1] >> (n % 8)) != 0) return false;  // bits past the end
+  if (set != k) return false;
+  const auto* q = reinterpret_cast<const int8_t*>(bitmap + bytes);
+  for (size_t j = 0; j < k; ++j) {
+    if (q[j] == -128) return false;
+  }
+  return true;
+}
+
+bool DecodeTopK(const uint8_t* raw, size_t n, size_t k, float* out) {
+  if (!CheckTopK(raw, n, k)) return false;
+  float scale;
+  std::memcpy(&scale, raw, 4);
+  const uint8_t* bitmap = raw + 4;
+  const auto* q = reinterpret_cast<const int8_t*>(bitmap + (n + 7) / 8);
+  size_t j = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const bool kept = (bitmap[i / 8] >> (i % 8)) & 1u;
+    out[i] = kept ? static_cast<float>(q[j]) * scale : 0.0f;
+    j += kept;
+  }
+  return true;
 }
 
 }  // namespace fedps::codec_internal

@@ -47,6 +47,19 @@ size_t EncodeInt8(const float* v, float* r, size_t n, size_t block, uint8_t* raw
 // Int8Blocks(n, block) when all scales are sound; `out` is written only if sound.
 size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out);
 
+// top-k: raw = fp32 scale, ceil(n/8) bitmap bytes (bit j % 8 of byte j / 8 set: value j is
+// kept), then the k kept values as int8 in index order; a kept value decodes to q * scale,
+// the others to 0, scale = absmax of the kept values / 127 (0 below kInt8MinAbsmax).
+inline uint64_t TopKRawBytes(uint64_t n, uint64_t k) { return 4 + (n + 7) / 8 + k; }
+// Codes the k largest |v + r| of n values (ties: any), with `order` scratch of n entries.
+// With r (error feedback): r = (v + r) - decoded, so what was not sent stays in r. Returns
+// the index of the first non-finite input or n (then nothing is coded).
+size_t EncodeTopK(const float* v, float* r, size_t n, size_t k, uint8_t* raw, uint32_t* order);
+// Whether a top-k payload is sound: exactly k bits set within n, a sound scale (as int8's),
+// no -128 value. DecodeTopK writes `out` (all n values) only when it is.
+bool CheckTopK(const uint8_t* raw, size_t n, size_t k);
+bool DecodeTopK(const uint8_t* raw, size_t n, size_t k, float* out);
+
 // The first value among n whose two most significant byte planes (`hi`: bits 31..24 of
 // fp32 or 15..8 of bf16, sign and 7 exponent bits; `lo`: the next 8 bits, whose top one
 // is the last exponent bit) make it NaN or infinite (exponent all ones); n when all are

@@ -8,6 +8,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
 
@@ -72,7 +73,7 @@ std::vector<float> SpecialValues() {
 }
 
 TEST(CodecKindTest, ParseAndName) {
-  for (CodecKind k : {CodecKind::kFp32, CodecKind::kBf16, CodecKind::kInt8}) {
+  for (CodecKind k : {CodecKind::kFp32, CodecKind::kBf16, CodecKind::kInt8, CodecKind::kTopK}) {
     StatusOr<CodecKind> parsed = ParseCodecKind(CodecKindName(k));
     ASSERT_TRUE(parsed.ok());
     EXPECT_EQ(*parsed, k);
@@ -111,6 +112,11 @@ TEST(CodecTest, CreateRejectsBadOptions) {
   o = {};
   o.kind = static_cast<CodecKind>(9);
   rejects(o, "codec kind");
+  for (double d : {0.0, -0.1, 1.5}) {
+    o = {};
+    o.topk_density = d;
+    rejects(o, "topk_density");
+  }
 
   o = {};
   o.threads = 0;
@@ -303,6 +309,110 @@ TEST(CheckFrameTest, FindsEveryNonFinitePatternAndNothingElse) {
   auto frames = int8->Encode(v);
   ASSERT_TRUE(frames.ok());
   for (const std::string& f : *frames) EXPECT_TRUE(int8->CheckFrame(f, v.size()).ok());
+}
+
+// topk keeps exactly ceil(density x count) values per frame, the largest in magnitude, each
+// within half a scale step; the rest decode as zeros.
+TEST(TopKTest, KeepsTheLargestValuesOfEachFrameAndZerosTheRest) {
+  CodecOptions o;
+  o.kind = CodecKind::kTopK;
+  o.chunk_elements = 1000;
+  o.topk_density = 0.05;
+  auto codec = Codec::Create(o);
+  ASSERT_TRUE(codec.ok()) << codec.status().ToString();
+  std::vector<float> v = Gaussian(2500, 1.0f, 21);  // frames of 1000, 1000, 500
+  auto frames = (*codec)->Encode(v);
+  ASSERT_TRUE(frames.ok());
+  ASSERT_EQ(frames->size(), 3u);
+  std::vector<float> out(v.size(), -7.0f);
+  ASSERT_TRUE((*codec)->DecodeAll(*frames, out).ok());
+  for (size_t f = 0; f < 3; ++f) {
+    const size_t begin = f * 1000, n = f < 2 ? 1000 : 500, k = f < 2 ? 50 : 25;
+    EXPECT_EQ(Codec::PeekHeader((*frames)[f])->block, k);
+    std::vector<float> mags;
+    for (size_t i = begin; i < begin + n; ++i) mags.push_back(std::fabs(v[i]));
+    std::nth_element(mags.begin(), mags.begin() + static_cast<long>(k) - 1, mags.end(), std::greater<float>());
+    const float threshold = mags[k - 1];  // the k-th largest magnitude
+    float absmax = 0;
+    for (size_t i = begin; i < begin + n; ++i) absmax = std::max(absmax, std::fabs(v[i]));
+    size_t kept = 0;
+    for (size_t i = begin; i < begin + n; ++i) {
+      if (out[i] == 0.0f) {
+        EXPECT_LE(std::fabs(v[i]), threshold) << i;
+        continue;
+      }
+      ++kept;
+      EXPECT_GE(std::fabs(v[i]), threshold) << i;
+      EXPECT_LE(std::fabs(out[i] - v[i]), absmax / 254.0f * 1.001f) << i;
+    }
+    EXPECT_EQ(kept, k) << "frame " << f;
+    EXPECT_TRUE((*codec)->CheckFrame((*frames)[f], v.size()).ok());
+  }
+  // About 1 + 1/8 + density bytes per value before zstd: far below fp32's 4.
+  EXPECT_LT(Codec::TotalBytes(*frames), v.size() * 4 / 10);
+}
+
+// With error feedback what is not sent stays in the residual: over rounds the decoded sum
+// tracks the input sum up to what the residual holds, and every value is sent eventually.
+TEST(TopKTest, ErrorFeedbackKeepsWhatWasNotSent) {
+  CodecOptions o;
+  o.kind = CodecKind::kTopK;
+  o.chunk_elements = 512;
+  o.topk_density = 0.1;
+  auto codec = Codec::Create(o);
+  ASSERT_TRUE(codec.ok());
+  const size_t n = 1024;
+  std::vector<float> residual(n, 0.0f);
+  std::vector<double> sum_in(n, 0.0), sum_out(n, 0.0);
+  for (int round = 0; round < 30; ++round) {
+    std::vector<float> v = Gaussian(n, 1e-3f, 100 + static_cast<uint64_t>(round));
+    auto frames = (*codec)->Encode(v, residual);
+    ASSERT_TRUE(frames.ok());
+    std::vector<float> out(n);
+    ASSERT_TRUE((*codec)->DecodeAll(*frames, out).ok());
+    for (size_t i = 0; i < n; ++i) {
+      sum_in[i] += v[i];
+      sum_out[i] += out[i];
+      // Exactly: what went in = what was sent + what is left, up to float rounding.
+      ASSERT_NEAR(sum_in[i], sum_out[i] + residual[i], 1e-6) << "round " << round << " value " << i;
+    }
+  }
+  size_t never_sent = 0;
+  for (size_t i = 0; i < n; ++i) never_sent += sum_out[i] == 0.0;
+  EXPECT_LT(never_sent, n / 20);
+  std::vector<float> bad(n, 0.0f);
+  bad[3] = std::numeric_limits<float>::infinity();
+  EXPECT_EQ((*codec)->Encode(bad).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Payloads a forger could seal with a valid checksum are still refused: a kept-value count
+// that disagrees with the bitmap, bits past the frame's end, a -128 value.
+TEST(TopKTest, UnsoundPayloadsAreRefused) {
+  using codec_internal::CheckTopK;
+  const size_t n = 20, k = 2;
+  std::vector<uint8_t> raw(codec_internal::TopKRawBytes(n, k), 0);
+  const float scale = 0.5f;
+  std::memcpy(raw.data(), &scale, 4);
+  raw[4] = 0b00000101;  // values 0 and 2 kept
+  raw[4 + 3] = 7;
+  raw[4 + 3 + 1] = static_cast<uint8_t>(-7);
+  EXPECT_TRUE(CheckTopK(raw.data(), n, k));
+  std::vector<float> out(n, 1.0f);
+  ASSERT_TRUE(codec_internal::DecodeTopK(raw.data(), n, k, out.data()));
+  EXPECT_EQ(out[0], 3.5f);
+  EXPECT_EQ(out[1], 0.0f);
+  EXPECT_EQ(out[2], -3.5f);
+  EXPECT_FALSE(CheckTopK(raw.data(), n, 3));  // the bitmap keeps 2, not 3
+  auto stray = raw;
+  stray[4 + 2] = 0b00010000;  // value 20: past the end of 20 values
+  EXPECT_FALSE(CheckTopK(stray.data(), n, k));
+  auto minus128 = raw;
+  minus128[4 + 3] = 0x80;
+  EXPECT_FALSE(CheckTopK(minus128.data(), n, k));
+  auto nan_scale = raw;
+  const float nan = std::nanf("");
+  std::memcpy(nan_scale.data(), &nan, 4);
+  EXPECT_FALSE(CheckTopK(nan_scale.data(), n, k));
 }
 
 TEST(CodecTest, OddSizesRoundTrip) {
