@@ -113,6 +113,18 @@ local function commit_checks(update_key, lease_key, run_key, events)
   end
   return nil
 end
+-- The commit chain (docs/registry.md, "Commit chain"): the entry at `seq` gets
+-- sha1(chain of the entry at seq - 1, seq, id), so one entry's chain stands for the whole
+-- log up to it; a shard compares the entry at its version with the one it applied there.
+-- P: the key prefix. Called before the entry is added to the log.
+local function chain_for(P, seq, id)
+  local prev = ''
+  if tonumber(seq) > 1 then
+    local ids = redis.call('ZRANGEBYSCORE', P .. 'log', tonumber(seq) - 1, tonumber(seq) - 1)
+    if ids[1] then prev = redis.call('HGET', P .. 'update:' .. ids[1], 'chain') or '' end
+  end
+  return redis.sha1hex(prev .. '\n' .. num(seq) .. '\n' .. id)
+end
 -- refuse_commit for a staged_record refusal.
 local function refuse_unstaged(events, maxlen, id, client, epoch, why)
   if why[1] == 'missing' then
@@ -290,7 +302,7 @@ return {'released'}
 
 // KEYS: update:<id>, lease:<client>, staged:<id>, seq, log, run, events, refusals.
 // ARGV: maxlen, update_id, client, epoch, meta, num_shards, max_staleness (-1: none),
-//       base_version
+//       base_version, prefix
 // -> {'ok', seq} | {'dup', seq, client} | {'fenced', lease epoch or ''}
 //    | {'num_shards', run's} | {'stale', staleness} | {'future', seq}
 //    | {'missing', "i,j,..."} | {'mismatch', i, record i, j, record j}
@@ -321,7 +333,7 @@ end
 local seq = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[1], 'seq', seq, 'client', ARGV[3], 'epoch', ARGV[4],
            'num_shards', ARGV[6], 'meta', ARGV[5], 'stage_record', first,
-           'committed_ms', num(now_ms()))
+           'committed_ms', num(now_ms()), 'chain', chain_for(ARGV[9], seq, ARGV[2]))
 redis.call('ZADD', KEYS[5], seq, ARGV[2])
 redis.call('DEL', KEYS[3])
 emit(KEYS[7], ARGV[1], 'commit', {seq = seq, update_id = ARGV[2], client = ARGV[3],
@@ -335,6 +347,19 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT'
 local out = {}
 for _, id in ipairs(ids) do
   out[#out + 1] = {id, redis.call('HGETALL', ARGV[1] .. 'update:' .. id)}
+end
+return out
+)lua";
+
+// KEYS: log, seq. ARGV: prefix, seq, limit
+// -> {head, {update_id, score, HGETALL update}, ...}: the entry at seq (if any) and up to
+//    `limit` after it.
+constexpr const char* kReadLogLua = R"lua(
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0,
+                       tonumber(ARGV[3]) + 1)
+local out = {redis.call('GET', KEYS[2]) or '0'}
+for i = 1, #ids, 2 do
+  out[#out + 1] = {ids[i], ids[i + 1], redis.call('HGETALL', ARGV[1] .. 'update:' .. ids[i])}
 end
 return out
 )lua";
@@ -648,6 +673,7 @@ StatusOr<CommittedUpdate> ParseCommit(const std::string& update_id, const Hash& 
   ASSIGN_OR_RETURN(u.committed_ms, IntField(h, "committed_ms", where));
   ASSIGN_OR_RETURN(u.meta, ParseJson(Field(h, "meta"), where + ".meta"));
   ASSIGN_OR_RETURN(u.stage_record, ParseJson(Field(h, "stage_record"), where + ".stage_record"));
+  u.chain = Field(h, "chain");
   return u;
 }
 
@@ -1187,7 +1213,7 @@ StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std
            {std::to_string(options_.events_max_len), update_id, client, std::to_string(epoch),
             DumpJson(meta), std::to_string(num_shards),
             staleness ? std::to_string(staleness->max_staleness) : "-1",
-            staleness ? std::to_string(staleness->base_version) : "0"}));
+            staleness ? std::to_string(staleness->base_version) : "0", prefix_}));
   const redisReply* r = reply.get();
   const std::string tag = Tag(r);
   auto text = [&](size_t i) {
@@ -1263,6 +1289,44 @@ StatusOr<std::vector<CommittedUpdate>> Registry::CommittedAfter(int64_t seq, int
     }
     ++expected;
     out.push_back(std::move(u));
+  }
+  return out;
+}
+
+StatusOr<LogRead> Registry::ReadLog(int64_t seq, int64_t limit) {
+  if (seq < 0 || limit < 0) {
+    return InvalidArgument("ReadLog: need seq >= 0 and limit >= 0, got " + std::to_string(seq) + ", " +
+                           std::to_string(limit));
+  }
+  ASSIGN_OR_RETURN(Reply reply, Eval("read_log", kReadLogLua, {Key("log"), Key("seq")},
+                                     {prefix_, std::to_string(seq), std::to_string(limit)}));
+  const redisReply* r = reply.get();
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) return UnexpectedReply("ReadLog");
+  LogRead out;
+  ASSIGN_OR_RETURN(out.head, AsInt(Elem(r, 0), "ReadLog head"));
+  int64_t expected = seq + 1;
+  for (size_t i = 1; i < r->elements; ++i) {
+    const redisReply* e = r->element[i];
+    ASSIGN_OR_RETURN(std::string id, AsString(Elem(e, 0), "ReadLog id"));
+    ASSIGN_OR_RETURN(int64_t score, AsInt(Elem(e, 1), "ReadLog score of " + id));
+    ASSIGN_OR_RETURN(Hash h, AsHash(Elem(e, 2), "update " + id));
+    if (h.empty()) return DataLoss("registry: " + Key("log") + " lists " + id + " without a record");
+    ASSIGN_OR_RETURN(CommittedUpdate u, ParseCommit(id, h));
+    if (u.seq != score) {
+      return DataLoss("registry: " + Key("log") + " scores " + id + " " + std::to_string(score) +
+                      " but its record has seq " + std::to_string(u.seq));
+    }
+    if (u.seq == seq && seq > 0 && i == 1) {
+      out.at = std::move(u);
+      continue;
+    }
+    if (static_cast<int64_t>(out.after.size()) == limit) break;
+    if (u.seq != expected) {
+      return DataLoss("registry: committed log has seq " + std::to_string(u.seq) + " (" + id + ") where " +
+                      std::to_string(expected) + " was expected");
+    }
+    ++expected;
+    out.after.push_back(std::move(u));
   }
   return out;
 }

@@ -19,7 +19,7 @@
 //   P staged:<update>    hash    shard index -> its stage record (JSON), PX staged_ttl;
 //                                deleted by the commit
 //   P update:<update>    hash    seq, client, epoch, num_shards, meta, stage_record,
-//                                committed_ms; exists iff the update is committed
+//                                committed_ms, chain; exists iff the update is committed
 //   P log                zset    update ids scored by seq (the committed log)
 //   P refusals           hash    refusal reason -> count
 //   P events             stream  type, data (JSON); MAXLEN ~ events_max_len
@@ -170,6 +170,18 @@ struct CommittedUpdate {
   nlohmann::json meta;  // as given to CommitUpdate (base versions, tokens, steps, ...)
   // The stage record every shard staged (all equal; see MarkStaged); null if none given.
   nlohmann::json stage_record;
+  // The commit chain at this entry: sha1 over the previous entry's chain, seq and update
+  // id (docs/registry.md, "Commit chain"), so it stands for the whole log up to here. Empty
+  // for entries written before the chain existed.
+  std::string chain;
+};
+
+// One atomic read of the commit log for a shard at version `seq` (ReadLog): the entry at
+// `seq` itself, to compare with the one the shard applied there, and the entries after it.
+struct LogRead {
+  int64_t head = 0;                  // the last seq handed out (P seq)
+  std::optional<CommittedUpdate> at;  // the entry at `seq`; none for seq 0 or when absent
+  std::vector<CommittedUpdate> after;  // seq + 1, seq + 2, ... (contiguous), at most `limit`
 };
 
 // CommitUpdate's optional staleness check (docs/protocol.md, "Staleness"): the update
@@ -287,6 +299,10 @@ class Registry {
   // Committed updates with seq > `seq`, in sequence order, at most `limit`. kDataLoss if
   // the log has a gap (it never should).
   StatusOr<std::vector<CommittedUpdate>> CommittedAfter(int64_t seq, int64_t limit);
+  // The entry at `seq`, the entries after it (at most `limit`; 0: none) and the head, in
+  // one script, so that what a shard compares and what it applies next come from the same
+  // log. kDataLoss if the entries after `seq` have a gap.
+  StatusOr<LogRead> ReadLog(int64_t seq, int64_t limit);
   // The last sequence number handed out (0 before the first commit).
   StatusOr<int64_t> GlobalSeq();
   // Counts the refusal under its reason and emits a "refusal" event.

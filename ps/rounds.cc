@@ -88,7 +88,7 @@ local function close_round(P, reason, now, clients, events, maxlen)
              'meta', cjson.encode({round = base, base_version = base, tokens = tokens,
                                    updates = updates, expected = expected,
                                    closed_by = reason, missing = missing}),
-             'stage_record', 'null', 'committed_ms', num(now))
+             'stage_record', 'null', 'committed_ms', num(now), 'chain', chain_for(P, seq, entry))
   redis.call('ZADD', P .. 'log', seq, entry)
   emit(events, maxlen, 'round_closed', {round = base, seq = seq, updates = #ids,
        expected = expected, closed_by = reason, missing = table.concat(missing, ',')})

@@ -243,25 +243,44 @@ void ShardCore::Fence(const std::string& why) {
   version_cv_.notify_all();
 }
 
-Status ShardCore::Resume(int64_t epoch, int64_t registry_head) {
-  std::string behind;
+Status ShardCore::Resume(int64_t epoch, int64_t log_version, const LogRead& log) {
+  std::string diverged;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (state_ == ShardState::kHalted) return DataLoss("shard halted: " + halt_message_);
-    if (registry_head < version_) {
-      behind = RegistryBehindMessage(registry_head, version_);
-    } else {
+    diverged = DivergenceLocked(log_version, log);
+    if (diverged.empty()) {
       epoch_ = epoch;
       fenced_ = false;
       fence_message_.clear();
-      committed_seq_ = std::max(committed_seq_, registry_head);
+      committed_seq_ = std::max(committed_seq_, log.head);
       apply_cv_.notify_all();
       version_cv_.notify_all();
       return Status::Ok();
     }
   }
-  Halt(behind);
-  return DataLoss(behind);
+  Halt(diverged);
+  return DataLoss(diverged);
+}
+
+std::string ShardCore::DivergenceLocked(int64_t log_version, const LogRead& log) const {
+  if (log.head < version_) return RegistryBehindMessage(log.head, version_);
+  if (log_version != version_ || version_ == 0 || last_applied_id_.empty()) return "";
+  const std::string here = "seq " + Str(version_);
+  if (!log.at) {
+    return "the registry's commit log has no entry at " + here + ", which shard " + Str(options_.shard_index) +
+           " applied as update " + last_applied_id_ + " (head " + Str(log.head) +
+           "): Redis lost acknowledged commits; refusing to apply what the log says now";
+  }
+  const bool other_id = log.at->update_id != last_applied_id_;
+  const bool other_chain = !log.at->chain.empty() && !last_applied_chain_.empty() && log.at->chain != last_applied_chain_;
+  if (!other_id && !other_chain) return "";
+  return "the registry reused a seq: its commit record at " + here + " is update " + log.at->update_id +
+         (other_id ? "" : " (chain " + log.at->chain + ")") + " but shard " + Str(options_.shard_index) +
+         " applied update " + last_applied_id_ + (other_id ? "" : " (chain " + last_applied_chain_ + ")") +
+         " there" + (other_id ? "" : ", after another history") +
+         " (Redis lost acknowledged commits and handed their seqs to other updates); refusing to apply "
+         "other updates under those seqs";
 }
 
 std::string ShardCore::RegistryBehindMessage(int64_t head, int64_t version) const {

@@ -97,17 +97,18 @@ void ShardMembership::Reclaim(const Status& why) {
 }
 
 void ShardMembership::Resume() {
-  auto head = registry_->GlobalSeq();
-  if (!head.ok()) {
-    LOG_EVERY_N(WARNING, 20) << "shard " << info_.index << ": reading the commit-log head: "
-                             << head.status().ToString();
+  // Fenced, the core applies nothing: its version stays put while the log is compared.
+  const int64_t version = core_->GetStatus().version;
+  auto log = registry_->ReadLog(version, 0);
+  if (!log.ok()) {
+    LOG_EVERY_N(WARNING, 20) << "shard " << info_.index << ": reading the commit log: " << log.status().ToString();
     return;  // still fenced; tried again next beat
   }
   resumed_ = true;
-  Status s = core_->Resume(epoch_, *head);
+  Status s = core_->Resume(epoch_, version, *log);
   if (s.ok()) {
-    LOG(WARNING) << "shard " << info_.index << ": serving again as epoch " << epoch_ << " at version "
-                 << core_->GetStatus().version << " (commit-log head " << *head << ")";
+    LOG(WARNING) << "shard " << info_.index << ": serving again as epoch " << epoch_ << " at version " << version
+                 << " (commit-log head " << log->head << ")";
   }
 }
 

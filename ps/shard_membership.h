@@ -9,7 +9,7 @@
 //   * A beat answered kAborted (the lease lapsed: Redis was away longer than the lease, or
 //     restarted) fences the core and reclaims the index (Registry::ReclaimShard): when no
 //     other live process holds it, the shard registers again with a new, larger epoch,
-//     checks the registry's head against its version and un-fences (ShardCore::Resume; a
+//     checks the registry's log at its version (head, entry there) and un-fences (ShardCore::Resume; a
 //     registry that went back in time halts the shard with DATA_LOSS instead), logging
 //     one line; the registry emits "shard_reregistered". While Redis stays away the
 //     reclaim is retried every beat.
