@@ -606,10 +606,15 @@ void ShardCore::PruneAfterCheckpoint() {
   const int64_t oldest = checkpoints_->Prune();
   if (oldest < 0) return;
   // Staged updates are the log the kept checkpoints replay from: keep those above the
-  // oldest kept checkpoint's version.
+  // oldest kept checkpoint's version. The registry may trim its log below that version
+  // once every shard reported its own (ShardStats::oldest_checkpoint_version).
   std::vector<std::string> remove;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    oldest_checkpoint_version_ = std::max(oldest_checkpoint_version_, oldest);
+    for (auto it = done_.begin(); it != done_.end();) {
+      it = it->second.seq <= oldest ? done_.erase(it) : std::next(it);
+    }
     for (auto it = staged_.begin(); it != staged_.end();) {
       if (it->second->seq > 0 && it->second->seq <= oldest) {
         remove.push_back(it->first);

@@ -20,7 +20,9 @@
 //                                deleted by the commit
 //   P update:<update>    hash    seq, client, epoch, num_shards, meta, stage_record,
 //                                committed_ms, chain; exists iff the update is committed
-//   P log                zset    update ids scored by seq (the committed log)
+//   P log                zset    update ids scored by seq (the committed log, from P trimmed below)
+//   P trimmed            hash    below (oldest seq kept), entries, tokens: what TrimLog removed
+//   P trim_floor         hash    client -> "<epoch>/<counter>" of its newest trimmed update
 //   P refusals           hash    refusal reason -> count
 //   P events             stream  type, data (JSON); MAXLEN ~ events_max_len
 //   P round, P round:expected, P round:clients, P round:updates
@@ -124,6 +126,9 @@ struct ShardStats {
   int64_t bytes_out = 0;
   int64_t last_checkpoint_version = 0;
   int64_t last_checkpoint_ms = 0;
+  // The oldest checkpoint the shard keeps (it may restart from any kept one): the commit
+  // log below it is no longer needed by this shard (TrimLog). -1: not reported.
+  int64_t oldest_checkpoint_version = -1;
   int64_t updated_ms = 0;  // read-only: when the registry last stored these
 };
 
@@ -174,6 +179,19 @@ struct CommittedUpdate {
   // id (docs/registry.md, "Commit chain"), so it stands for the whole log up to here. Empty
   // for entries written before the chain existed.
   std::string chain;
+};
+
+// TrimLog's answer.
+struct TrimResult {
+  int64_t below = 1;    // the log holds seqs from here on (the ones below were trimmed)
+  int64_t trimmed = 0;  // entries removed by this call
+};
+
+// What the trimming removed so far (P trimmed).
+struct TrimmedLog {
+  int64_t below = 1;    // the oldest seq kept
+  int64_t entries = 0;  // log entries removed
+  int64_t tokens = 0;   // the sum of their meta.tokens
 };
 
 // One atomic read of the commit log for a shard at version `seq` (ReadLog): the entry at
@@ -294,11 +312,21 @@ class Registry {
   StatusOr<int64_t> CommitUpdate(const std::string& update_id, const std::string& client,
                                  int64_t epoch, const nlohmann::json& meta, int num_shards,
                                  const std::optional<StalenessLimit>& staleness = std::nullopt);
-  // The commit record of `update_id`; kNotFound when not committed.
+  // The commit record of `update_id`; kNotFound when not committed; kOutOfRange when its
+  // record may have been trimmed: the id is at or below its client's trim floor (committed
+  // before the kept log, or given up by its client; CommitUpdate refuses it too).
   StatusOr<CommittedUpdate> LookupCommit(const std::string& update_id);
-  // Committed updates with seq > `seq`, in sequence order, at most `limit`. kDataLoss if
-  // the log has a gap (it never should).
+  // Committed updates with seq > `seq`, in sequence order, at most `limit`; from the
+  // oldest kept seq on when `seq` is below the trimmed part. kDataLoss if the log has a
+  // gap (it never should).
   StatusOr<std::vector<CommittedUpdate>> CommittedAfter(int64_t seq, int64_t limit);
+  // Trims the commit log below the oldest checkpoint every shard of the run keeps
+  // (ShardStats::oldest_checkpoint_version; nothing until every shard reported one): at
+  // most `max_entries` entries and their records per call, raising each client's trim
+  // floor (docs/registry.md, "Trimming"). Idempotent; any process may call it (shards do,
+  // from their heartbeat thread).
+  StatusOr<TrimResult> TrimLog(int64_t max_entries);
+  StatusOr<TrimmedLog> Trimmed();
   // The entry at `seq`, the entries after it (at most `limit`; 0: none) and the head, in
   // one script, so that what a shard compares and what it applies next come from the same
   // log. kDataLoss if the entries after `seq` have a gap.

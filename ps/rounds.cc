@@ -285,6 +285,7 @@ StatusOr<int64_t> Registry::CommitToRound(const std::string& update_id, const st
     }
     return seq;  // a retry of a commit that went through
   }
+  if (tag == "trimmed") return TrimmedRefusal(what, update_id, text(1));
   if (tag == "fenced") {
     return Aborted(what + " refused: lease expired or fenced" +
                    (text(1).empty() ? std::string(" (no live lease)")

@@ -200,6 +200,7 @@ Status ShardCore::Start() {
     LOG(INFO) << "shard " << options_.shard_index << ": initialised version 0, checkpoint " << ck.path;
   }
   RETURN_IF_ERROR(IndexStagedFiles());
+  PruneAfterCheckpoint();  // the oldest kept checkpoint, for trimming; older staged files go
 
   auto head = apply_registry_->GlobalSeq();
   int64_t version;
@@ -728,6 +729,14 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
       out->version = version_;
       return {};
     }
+    if (c.status().code() == StatusCode::kOutOfRange) {
+      // Older than its client's newest trimmed commit: applied long ago or given up; the
+      // commit would be refused too (docs/registry.md, "Trimming").
+      std::lock_guard<std::mutex> lock(mu_);
+      CoreError x = CoreError::Make(ShardErrorCode::kStaleRefused, c.status().message());
+      x.version = version_;
+      return x;
+    }
     CoreError member = CheckMember(a);
     if (!member.ok()) return member;
     // Its staged file, opened before the lock (unused, and removed, if another connection
@@ -856,6 +865,10 @@ ShardStats ShardCore::Stats() {
   st.bytes_out = s.bytes_out;
   st.last_checkpoint_version = std::max<int64_t>(s.checkpoint_version, 0);
   st.last_checkpoint_ms = s.checkpoint_ms;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    st.oldest_checkpoint_version = oldest_checkpoint_version_;
+  }
   return st;
 }
 
@@ -887,7 +900,8 @@ Status ShardCore::IndexStagedFiles() {
     auto c = request_registry_->LookupCommit(f.update_id);
     if (c.ok()) {
       s->seq = c->seq;
-    } else if (c.status().code() != StatusCode::kNotFound) {
+    } else if (c.status().code() != StatusCode::kNotFound && c.status().code() != StatusCode::kOutOfRange) {
+      // kOutOfRange: below its client's trim floor, never committed again; it expires.
       return c.status().WithContext("looking up staged update " + f.update_id);
     }
     std::lock_guard<std::mutex> lock(mu_);

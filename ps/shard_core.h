@@ -12,7 +12,10 @@
 //
 // State kept here (beside the parts): version (the highest global seq processed), the
 // OuterOptimizer and the StalenessPolicy; staged_: update_id -> what the shard knows of a
-// staged update (scalars, seq once committed); done_: applied / skipped updates.
+// staged update (scalars, seq once committed); done_: applied / skipped updates. Both drop
+// the updates at or below the oldest kept checkpoint (PruneAfterCheckpoint), so they hold
+// the replay log of the kept checkpoints and nothing older; a resend of an older update is
+// answered from the registry (LookupCommit).
 //
 // Lifecycle: Start() loads the newest checkpoint that verifies (or initialises version 0
 // from init_slice and checkpoints it), indexes the staging store and starts the apply
@@ -489,6 +492,7 @@ class ShardCore {
   bool checkpoint_stop_ = false;
   std::condition_variable checkpoint_cv_;  // with mu_: a job queued or finished, or stop
   int64_t checkpoint_version_ = -1;
+  int64_t oldest_checkpoint_version_ = -1;  // the oldest kept (reported for trimming); -1: none
   int64_t checkpoint_ms_ = 0;
   int64_t optimizer_steps_ = 0;
   int32_t buffered_updates_ = 0;
