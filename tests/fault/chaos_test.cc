@@ -13,7 +13,7 @@
 //   * the model equals an offline replay of the commit log: each shard's final checkpoint
 //     (written by its drain on SIGTERM) equals, bit for bit, the slice of a fresh ShardCore
 //     that replays the whole log once from the shard's initial checkpoint and staged files;
-//   * no shard halted or exited on its own (no operator restart was needed), and commits
+//   * no shard or client halted or exited on its own (no operator restart was needed), and commits
 //     resumed after every round; the stall after each Redis restart is printed beside
 //     2 x the shard lease.
 //
@@ -77,11 +77,18 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
   }
   ASSERT_TRUE(testing::WaitFor([&] { return Seq(*reg) >= 5; }, 90s, 20ms)) << testing::ReadLogTail(ClientLog(names[0]));
 
-  // The shards must never stop by themselves (halted, fenced for good, exited).
+  // Nothing may stop by itself (a shard halted or fenced for good exits; a client that
+  // gives up exits): that would need an operator.
   auto shards_healthy = [&](std::string* why) {
     for (int i = 0; i < kShards; ++i) {
       if (!shards_[i].running()) {
         *why = "shard " + std::to_string(i) + " exited:\n" + testing::ReadLogTail(shards_[i].log_path());
+        return false;
+      }
+    }
+    for (int c = 0; c < kClients; ++c) {
+      if (!clients[c].running()) {
+        *why = "client " + names[c] + " exited:\n" + testing::ReadLogTail(clients[c].log_path());
         return false;
       }
     }
