@@ -13,7 +13,8 @@ constexpr const char* kStoppedWhileWaiting = "stopped while waiting for Redis at
 }  // namespace
 
 bool StoppedWhileWaiting(const Status& s) {
-  return s.code() == StatusCode::kAborted && s.message().find(kStoppedWhileWaiting) != std::string::npos;
+  return s.code() == StatusCode::kAborted &&
+         s.message().find(kStoppedWhileWaiting) != std::string::npos;
 }
 
 Status WaitForRedis(const std::string& endpoint, std::chrono::milliseconds max_wait,

@@ -730,7 +730,8 @@ StatusOr<ShardStats> ParseStats(const Hash& h, const std::string& where) {
   ASSIGN_OR_RETURN(s.bytes_out, IntField(h, "bytes_out", where));
   ASSIGN_OR_RETURN(s.last_checkpoint_version, IntField(h, "last_checkpoint_version", where));
   ASSIGN_OR_RETURN(s.last_checkpoint_ms, IntField(h, "last_checkpoint_ms", where));
-  ASSIGN_OR_RETURN(s.oldest_checkpoint_version, IntField(h, "oldest_checkpoint_version", where, -1));
+  ASSIGN_OR_RETURN(s.oldest_checkpoint_version,
+                   IntField(h, "oldest_checkpoint_version", where, -1));
   ASSIGN_OR_RETURN(s.updated_ms, IntField(h, "updated_ms", where));
   return s;
 }
@@ -1241,10 +1242,13 @@ StatusOr<std::vector<Member>> Registry::PastMembers(int64_t limit) {
 // ---- updates ------------------------------------------------------------------------------
 
 namespace registry_internal {
-Status TrimmedRefusal(const std::string& what, const std::string& update_id, const std::string& floor) {
-  return OutOfRange(what + ": " + update_id + " is at or below its client's newest trimmed commit (epoch/counter " +
-                    floor + "): it was committed before the kept part of the commit log, or given up; it is never "
-                    "committed again");
+Status TrimmedRefusal(const std::string& what, const std::string& update_id,
+                      const std::string& floor) {
+  return OutOfRange(
+      what + ": " + update_id +
+      " is at or below its client's newest trimmed commit (epoch/counter " + floor +
+      "): it was committed before the kept part of the commit log, or given up; it is never "
+      "committed again");
 }
 }  // namespace registry_internal
 
@@ -1370,8 +1374,10 @@ StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std
 
 StatusOr<CommittedUpdate> Registry::LookupCommit(const std::string& update_id) {
   RETURN_IF_ERROR(CheckName(update_id, "update id"));
-  ASSIGN_OR_RETURN(Reply reply, Eval("lookup_commit", kLookupCommitLua,
-                                     {Key("update:" + update_id), Key("trim_floor"), Key("trimmed")}, {update_id}));
+  ASSIGN_OR_RETURN(
+      Reply reply,
+      Eval("lookup_commit", kLookupCommitLua,
+           {Key("update:" + update_id), Key("trim_floor"), Key("trimmed")}, {update_id}));
   const redisReply* r = reply.get();
   const std::string tag = Tag(r);
   if (tag == "none") return NotFound("update " + update_id + " is not committed");
@@ -1386,9 +1392,10 @@ StatusOr<CommittedUpdate> Registry::LookupCommit(const std::string& update_id) {
 
 StatusOr<TrimResult> Registry::TrimLog(int64_t max_entries) {
   if (max_entries <= 0) return InvalidArgument("TrimLog: max_entries must be > 0");
-  ASSIGN_OR_RETURN(Reply reply, Eval("trim_log", kTrimLogLua,
-                                     {Key("shards"), Key("run"), Key("log"), Key("trimmed"), Key("trim_floor")},
-                                     {prefix_, std::to_string(max_entries)}));
+  ASSIGN_OR_RETURN(Reply reply,
+                   Eval("trim_log", kTrimLogLua,
+                        {Key("shards"), Key("run"), Key("log"), Key("trimmed"), Key("trim_floor")},
+                        {prefix_, std::to_string(max_entries)}));
   TrimResult out;
   ASSIGN_OR_RETURN(out.below, AsInt(Elem(reply.get(), 0), "TrimLog below"));
   ASSIGN_OR_RETURN(out.trimmed, AsInt(Elem(reply.get(), 1), "TrimLog count"));
@@ -1410,8 +1417,9 @@ StatusOr<std::vector<CommittedUpdate>> Registry::CommittedAfter(int64_t seq, int
     return InvalidArgument("CommittedAfter: need seq >= 0 and limit > 0, got " +
                            std::to_string(seq) + ", " + std::to_string(limit));
   }
-  ASSIGN_OR_RETURN(Reply reply, Eval("committed_after", kCommittedAfterLua, {Key("log"), Key("trimmed")},
-                                     {prefix_, std::to_string(seq), std::to_string(limit)}));
+  ASSIGN_OR_RETURN(Reply reply,
+                   Eval("committed_after", kCommittedAfterLua, {Key("log"), Key("trimmed")},
+                        {prefix_, std::to_string(seq), std::to_string(limit)}));
   const redisReply* r = reply.get();
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) return UnexpectedReply("CommittedAfter");
   std::vector<CommittedUpdate> out;
@@ -1436,8 +1444,8 @@ StatusOr<std::vector<CommittedUpdate>> Registry::CommittedAfter(int64_t seq, int
 
 StatusOr<LogRead> Registry::ReadLog(int64_t seq, int64_t limit) {
   if (seq < 0 || limit < 0) {
-    return InvalidArgument("ReadLog: need seq >= 0 and limit >= 0, got " + std::to_string(seq) + ", " +
-                           std::to_string(limit));
+    return InvalidArgument("ReadLog: need seq >= 0 and limit >= 0, got " + std::to_string(seq) +
+                           ", " + std::to_string(limit));
   }
   ASSIGN_OR_RETURN(Reply reply, Eval("read_log", kReadLogLua, {Key("log"), Key("seq")},
                                      {prefix_, std::to_string(seq), std::to_string(limit)}));
@@ -1451,7 +1459,8 @@ StatusOr<LogRead> Registry::ReadLog(int64_t seq, int64_t limit) {
     ASSIGN_OR_RETURN(std::string id, AsString(Elem(e, 0), "ReadLog id"));
     ASSIGN_OR_RETURN(int64_t score, AsInt(Elem(e, 1), "ReadLog score of " + id));
     ASSIGN_OR_RETURN(Hash h, AsHash(Elem(e, 2), "update " + id));
-    if (h.empty()) return DataLoss("registry: " + Key("log") + " lists " + id + " without a record");
+    if (h.empty())
+      return DataLoss("registry: " + Key("log") + " lists " + id + " without a record");
     ASSIGN_OR_RETURN(CommittedUpdate u, ParseCommit(id, h));
     if (u.seq != score) {
       return DataLoss("registry: " + Key("log") + " scores " + id + " " + std::to_string(score) +
@@ -1463,8 +1472,8 @@ StatusOr<LogRead> Registry::ReadLog(int64_t seq, int64_t limit) {
     }
     if (static_cast<int64_t>(out.after.size()) == limit) break;
     if (u.seq != expected) {
-      return DataLoss("registry: committed log has seq " + std::to_string(u.seq) + " (" + id + ") where " +
-                      std::to_string(expected) + " was expected");
+      return DataLoss("registry: committed log has seq " + std::to_string(u.seq) + " (" + id +
+                      ") where " + std::to_string(expected) + " was expected");
     }
     ++expected;
     out.after.push_back(std::move(u));

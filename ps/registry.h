@@ -42,6 +42,11 @@
 //     serialised by Redis: either the commit saw every mark and the shards keep their
 //     slices, or a mark was gone and the commit failed. A shard must call ReleaseStaged,
 //     and see it succeed, before it deletes a staged slice.
+//   * Every log entry carries a commit chain (sha1 over the previous entry's chain, its
+//     seq and update id), so a shard can tell a log that lost and re-issued seqs from the
+//     one it applied (ReadLog returns the entry at its version with the ones after it).
+//   * TrimLog cuts the log below the oldest checkpoint every shard keeps; a trimmed id
+//     raises its client's trim floor, and ids at or below it are never committed again.
 //   * Every timestamp (*_ms) is the Redis server's clock (TIME inside scripts), in ms
 //     since the Unix epoch, so hosts with skewed clocks still agree.
 //

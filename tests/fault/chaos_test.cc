@@ -75,14 +75,16 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
     names.push_back("chaos-" + std::to_string(c));
     clients.push_back(StartClient(config, names.back(), c));
   }
-  ASSERT_TRUE(testing::WaitFor([&] { return Seq(*reg) >= 5; }, 90s, 20ms)) << testing::ReadLogTail(ClientLog(names[0]));
+  ASSERT_TRUE(testing::WaitFor([&] { return Seq(*reg) >= 5; }, 90s, 20ms))
+      << testing::ReadLogTail(ClientLog(names[0]));
 
   // Nothing may stop by itself (a shard halted or fenced for good exits; a client that
   // gives up exits): that would need an operator.
   auto shards_healthy = [&](std::string* why) {
     for (int i = 0; i < kShards; ++i) {
       if (!shards_[i].running()) {
-        *why = "shard " + std::to_string(i) + " exited:\n" + testing::ReadLogTail(shards_[i].log_path());
+        *why = "shard " + std::to_string(i) + " exited:\n" +
+               testing::ReadLogTail(shards_[i].log_path());
         return false;
       }
     }
@@ -125,34 +127,40 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
       action = "kill -9 shard " + std::to_string(i);
     } else {  // redis-server, for a short while or longer than the shard lease
       const bool longer = what >= 75;
-      const int64_t down_ms = longer ? kChaosLeaseMs * 5 / 4 + static_cast<int64_t>(rng() % (kChaosLeaseMs / 2))
-                                     : 100 + static_cast<int64_t>(rng() % 900);
+      const int64_t down_ms =
+          longer ? kChaosLeaseMs * 5 / 4 + static_cast<int64_t>(rng() % (kChaosLeaseMs / 2))
+                 : 100 + static_cast<int64_t>(rng() % 900);
       ASSERT_TRUE(redis_->Stop().ok());
       const auto t_kill = Clock::now();
-      std::this_thread::sleep_until(t_kill + std::chrono::milliseconds(down_ms));  // the fault's length
+      std::this_thread::sleep_until(t_kill +
+                                    std::chrono::milliseconds(down_ms));  // the fault's length
       Status up = redis_->Start();
       ASSERT_TRUE(up.ok()) << up.ToString();
       const auto t_up = Clock::now();
-      longest_outage_s = std::max(longest_outage_s, std::chrono::duration<double>(t_up - t_kill).count());
+      longest_outage_s =
+          std::max(longest_outage_s, std::chrono::duration<double>(t_up - t_kill).count());
       // The stall: from Redis being back to the next commit (both shards serve again).
-      ASSERT_TRUE(progressed(before, 1, 90s)) << "round " << round << ": no commit after Redis came back\n"
-                                              << testing::ReadLogTail(shards_[0].log_path())
-                                              << testing::ReadLogTail(ClientLog(names[0]));
+      ASSERT_TRUE(progressed(before, 1, 90s))
+          << "round " << round << ": no commit after Redis came back\n"
+          << testing::ReadLogTail(shards_[0].log_path())
+          << testing::ReadLogTail(ClientLog(names[0]));
       const double stall = SecondsSince(t_up);
       longest_stall_s = std::max(longest_stall_s, stall);
       (longer ? long_outages : short_outages) += 1;
       char buf[128];
-      std::snprintf(buf, sizeof(buf), "redis down %.2f s (%s the %.1f s shard lease), next commit %.2f s after",
-                    std::chrono::duration<double>(t_up - t_kill).count(), longer ? "longer than" : "within",
-                    kChaosLeaseMs / 1000.0, stall);
+      std::snprintf(buf, sizeof(buf),
+                    "redis down %.2f s (%s the %.1f s shard lease), next commit %.2f s after",
+                    std::chrono::duration<double>(t_up - t_kill).count(),
+                    longer ? "longer than" : "within", kChaosLeaseMs / 1000.0, stall);
       action = buf;
     }
-    ASSERT_TRUE(progressed(before, 2, 90s)) << "round " << round << " (" << action << "): commits did not resume, seq "
-                                            << Seq(*reg) << " (was " << before << ")\n"
-                                            << testing::ReadLogTail(shards_[0].log_path())
-                                            << testing::ReadLogTail(shards_[1].log_path())
-                                            << testing::ReadLogTail(ClientLog(names[0]));
-    std::printf("[chaos] round %ld: %s; seq %ld -> %ld\n", long(round), action.c_str(), long(before), long(Seq(*reg)));
+    ASSERT_TRUE(progressed(before, 2, 90s))
+        << "round " << round << " (" << action << "): commits did not resume, seq " << Seq(*reg)
+        << " (was " << before << ")\n"
+        << testing::ReadLogTail(shards_[0].log_path())
+        << testing::ReadLogTail(shards_[1].log_path()) << testing::ReadLogTail(ClientLog(names[0]));
+    std::printf("[chaos] round %ld: %s; seq %ld -> %ld\n", long(round), action.c_str(),
+                long(before), long(Seq(*reg)));
   }
   const double chaos_s = SecondsSince(t_start);
   {
@@ -197,7 +205,8 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
   for (int i = 0; i < kShards; ++i) {
     auto st = shards_[i].Terminate(60s);
     ASSERT_TRUE(st.ok());
-    EXPECT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(shards_[i].log_path());
+    EXPECT_TRUE(st->success()) << st->ToString() << "\n"
+                               << testing::ReadLogTail(shards_[i].log_path());
   }
 
   // Life by life: each applied start+1, start+2, ... once, with the log's ids.
@@ -209,14 +218,17 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
     int64_t reached = 0;  // the highest version any earlier life applied
     for (size_t l = 0; l < lives.size(); ++l) {
       const ShardLife& life = lives[l];
-      EXPECT_LE(life.start_version, reached) << "shard " << i << " life " << l << " started above what was applied";
+      EXPECT_LE(life.start_version, reached)
+          << "shard " << i << " life " << l << " started above what was applied";
       int64_t expect = life.start_version + 1;
       for (const auto& a : life.applies) {
         const int64_t seq = a["seq"].get<int64_t>();
-        if (seq != expect || seq > head || log[seq - 1].update_id != a["update_id"].get<std::string>() ||
+        if (seq != expect || seq > head ||
+            log[seq - 1].update_id != a["update_id"].get<std::string>() ||
             a["skipped"].get<bool>()) {
           ++half_applied;
-          ADD_FAILURE() << "shard " << i << " life " << l << ": expected seq " << expect << ", got " << a.dump();
+          ADD_FAILURE() << "shard " << i << " life " << l << ": expected seq " << expect << ", got "
+                        << a.dump();
         }
         expect = seq + 1;
       }
@@ -267,22 +279,28 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
     const std::string replay = dir_.File("replay-" + std::to_string(i));
     fs::create_directories(replay + "/checkpoints");
     fs::copy(live + "/staged", replay + "/staged", fs::copy_options::recursive);
-    fs::copy(live + "/checkpoints/v-000000000000", replay + "/checkpoints/v-000000000000", fs::copy_options::recursive);
+    fs::copy(live + "/checkpoints/v-000000000000", replay + "/checkpoints/v-000000000000",
+             fs::copy_options::recursive);
     const std::vector<float> final_slice = slice_of(live, head);  // loads the drain's checkpoint
     const std::vector<float> replayed = slice_of(replay, head);
     ASSERT_EQ(final_slice.size(), static_cast<size_t>(o.slice_elements));
     if (final_slice != replayed) ++replay_mismatches;
-    EXPECT_EQ(final_slice, replayed) << "shard " << i << ": the model differs from an offline replay of the log";
+    EXPECT_EQ(final_slice, replayed)
+        << "shard " << i << ": the model differs from an offline replay of the log";
   }
 
-  std::printf("[chaos] seed %lu, %ld rounds in %.0f s: %d client kills, %d shard kills (%d shard lives), %d Redis "
-              "outages within the %.1f s shard lease, %d longer (longest %.2f s); %ld commits; gaps %ld, duplicated "
-              "%ld, lost %ld, half-applied %ld, replay mismatches %d; operator restarts 0; longest stall after Redis "
-              "was back %.2f s (2 x lease = %.1f s)\n",
-              static_cast<unsigned long>(seed), long(rounds), chaos_s, client_kills, shard_kills, lives_total,
-              short_outages, kChaosLeaseMs / 1000.0, long_outages, longest_outage_s, long(head), long(gaps),
-              long(duplicates), long(lost), long(half_applied), replay_mismatches, longest_stall_s,
-              2 * kChaosLeaseMs / 1000.0);
+  std::printf(
+      "[chaos] seed %lu, %ld rounds in %.0f s: %d client kills, %d shard kills (%d shard lives), "
+      "%d Redis "
+      "outages within the %.1f s shard lease, %d longer (longest %.2f s); %ld commits; gaps %ld, "
+      "duplicated "
+      "%ld, lost %ld, half-applied %ld, replay mismatches %d; operator restarts 0; longest stall "
+      "after Redis "
+      "was back %.2f s (2 x lease = %.1f s)\n",
+      static_cast<unsigned long>(seed), long(rounds), chaos_s, client_kills, shard_kills,
+      lives_total, short_outages, kChaosLeaseMs / 1000.0, long_outages, longest_outage_s,
+      long(head), long(gaps), long(duplicates), long(lost), long(half_applied), replay_mismatches,
+      longest_stall_s, 2 * kChaosLeaseMs / 1000.0);
   EXPECT_EQ(gaps + duplicates + lost + half_applied, 0);
 }
 

@@ -33,7 +33,8 @@ TEST_F(FaultTest, ShardsTrimTheCommitLogBelowTheirCheckpointsAndStillRecover) {
     return t.ok() ? t->below : -1;
   };
   ASSERT_TRUE(testing::WaitFor([&] { return Seq(*reg) >= 30 && below() > 10; }, 120s, 50ms))
-      << "seq " << Seq(*reg) << ", log kept from " << below() << "\n" << testing::ReadLogTail(shards_[0].log_path());
+      << "seq " << Seq(*reg) << ", log kept from " << below() << "\n"
+      << testing::ReadLogTail(shards_[0].log_path());
   const std::vector<CommittedUpdate> early = CommitLog(*reg);
   ASSERT_FALSE(early.empty());
   EXPECT_GT(early.front().seq, 1);
@@ -93,10 +94,12 @@ TEST_F(FaultTest, ShardsTrimTheCommitLogBelowTheirCheckpointsAndStillRecover) {
   ASSERT_LT(early.front().seq, trimmed->below);
   auto first = reg->LookupCommit(early.front().update_id);
   EXPECT_EQ(first.status().code(), StatusCode::kOutOfRange) << first.status().ToString();
-  std::printf("[fault] log trimmed below seq %ld (%ld entries, head %ld); restarted shard 1 replayed %zu from "
-              "checkpoint %ld (log kept from %ld then); lookup of an early id: %s\n",
-              long(trimmed->below), long(trimmed->entries), long(head), applies.size(), long(start),
-              long(below_at_restart), first.status().ToString().c_str());
+  std::printf(
+      "[fault] log trimmed below seq %ld (%ld entries, head %ld); restarted shard 1 replayed %zu "
+      "from "
+      "checkpoint %ld (log kept from %ld then); lookup of an early id: %s\n",
+      long(trimmed->below), long(trimmed->entries), long(head), applies.size(), long(start),
+      long(below_at_restart), first.status().ToString().c_str());
 }
 
 }  // namespace fault_testing

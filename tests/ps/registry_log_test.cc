@@ -25,7 +25,8 @@ using testing::ScopedRedisServer;
 
 constexpr milliseconds kLease{60000};
 
-#define ASSERT_OK_AND_ASSIGN_LOG(lhs, expr) ASSERT_OK_AND_ASSIGN_LOG_IMPL(FEDPS_CONCAT(log_or_, __LINE__), lhs, expr)
+#define ASSERT_OK_AND_ASSIGN_LOG(lhs, expr) \
+  ASSERT_OK_AND_ASSIGN_LOG_IMPL(FEDPS_CONCAT(log_or_, __LINE__), lhs, expr)
 #define ASSERT_OK_AND_ASSIGN_LOG_IMPL(tmp, lhs, expr)                  \
   auto tmp = (expr);                                                   \
   ASSERT_TRUE(tmp.ok()) << #expr << " -> " << tmp.status().ToString(); \
@@ -143,7 +144,8 @@ class RegistryTrimTest : public RegistryLogTest {
     id.num_shards = 2;
     ASSERT_OK(reg_->InitRun(id).status());
     for (int i = 0; i < 2; ++i) {
-      auto e = reg_->RegisterShard({i, "127.0.0.1:1", i * 10, i * 10 + 10, 1}, std::chrono::hours(1));
+      auto e =
+          reg_->RegisterShard({i, "127.0.0.1:1", i * 10, i * 10 + 10, 1}, std::chrono::hours(1));
       ASSERT_OK(e.status());
       shard_epoch_[i] = *e;
     }
@@ -153,7 +155,9 @@ class RegistryTrimTest : public RegistryLogTest {
     for (int i = 0; i < 2; ++i) RETURN_IF_ERROR(reg_->MarkStaged(id, i, shard_epoch_[i]).status());
     return reg_->CommitUpdate(id, client, epoch, {{"tokens", 10}}, 2);
   }
-  std::string Id(int64_t epoch, int64_t k) { return "ann/" + std::to_string(epoch) + "/" + std::to_string(k); }
+  std::string Id(int64_t epoch, int64_t k) {
+    return "ann/" + std::to_string(epoch) + "/" + std::to_string(k);
+  }
   // Shard i reports its oldest kept checkpoint, as its heartbeat does.
   void Report(int i, int64_t oldest) {
     ShardStats st;
@@ -275,9 +279,10 @@ TEST_F(RegistryTrimTest, RedisMemoryStaysFlatOverThousandsOfCommits) {
   run(500, false);
   const int64_t mem2 = Info("used_memory");
   const double per_commit = (mem2 - mem1) / 500.0;
-  std::printf("[trim] used_memory %ld -> %ld bytes over 3000 trimmed commits (keys %ld -> %ld); "
-              "untrimmed: %.0f bytes per commit\n",
-              long(mem0), long(mem1), long(keys0), long(keys1), per_commit);
+  std::printf(
+      "[trim] used_memory %ld -> %ld bytes over 3000 trimmed commits (keys %ld -> %ld); "
+      "untrimmed: %.0f bytes per commit\n",
+      long(mem0), long(mem1), long(keys0), long(keys1), per_commit);
   EXPECT_GT(per_commit, 100);
   EXPECT_LE(keys1, keys0);
   // Flat: less than what 10% of those commits would hold untrimmed (allocator noise is a

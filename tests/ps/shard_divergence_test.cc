@@ -22,7 +22,8 @@ class ShardDivergenceTest : public ShardCoreTest {
   // and commits `recommitted` (ids of alice) as seqs 2 and 3. Shard 1's apply loop reads
   // the log only when nudged; shard 0 is fenced while this happens (its lease lapsed while
   // Redis was away) and resumes afterwards. Checks both halt naming `want`.
-  void RunSeqReuse(const std::vector<std::string>& recommitted, const std::vector<std::string>& want) {
+  void RunSeqReuse(const std::vector<std::string>& recommitted,
+                   const std::vector<std::string>& want) {
     auto o1 = Options(1);
     o1.poll_ms = 600000;  // the apply loop reads the log when commit_notify wakes it
     auto c0 = StartCore(Options(0));
@@ -58,7 +59,8 @@ class ShardDivergenceTest : public ShardCoreTest {
     ASSERT_EQ(*registry_->GlobalSeq(), 3);  // the head is back at the shards' version
 
     // The apply loop reads the log: the entry at its version is not the one it applied.
-    ASSERT_CORE_OK(c1->CommitNotify(Header(1), recommitted.front(), 2));  // staged here: it wakes the loop
+    ASSERT_CORE_OK(
+        c1->CommitNotify(Header(1), recommitted.front(), 2));  // staged here: it wakes the loop
     ASSERT_TRUE(testing::WaitFor([&] { return c1->GetStatus().state == ShardState::kHalted; },
                                  std::chrono::seconds(10)));
     // Re-registration: the same check before un-fencing.
@@ -96,13 +98,15 @@ class ShardDivergenceTest : public ShardCoreTest {
 
 // Seq 3 went to another update: the ids differ.
 TEST_F(ShardDivergenceTest, ASeqReusedForAnotherUpdateHaltsWithDataLossNamingBothIds) {
-  RunSeqReuse({"alice/1/4", "alice/1/5"}, {"seq 3 is update alice/1/5", "applied update alice/1/3"});
+  RunSeqReuse({"alice/1/4", "alice/1/5"},
+              {"seq 3 is update alice/1/5", "applied update alice/1/3"});
 }
 
 // Seq 3 holds the very update the shards applied there, but seq 2 does not: only the
 // commit chain tells the histories apart.
 TEST_F(ShardDivergenceTest, TheSameUpdateAtTheSeqAfterAnotherHistoryHaltsOnTheCommitChain) {
-  RunSeqReuse({"alice/1/4", "alice/1/3"}, {"seq 3 is update alice/1/3 (chain", "after another history"});
+  RunSeqReuse({"alice/1/4", "alice/1/3"},
+              {"seq 3 is update alice/1/3 (chain", "after another history"});
 }
 
 }  // namespace

@@ -26,14 +26,16 @@ TEST_F(ShardCoreTest, ATrimmedLogStillReplaysFromTheCheckpointAndRefusesTrimmedR
   auto o0 = Options(0), o1 = Options(1);
   o0.ps.checkpoint_every = o1.ps.checkpoint_every = 2;
   o0.ps.optimizer = o1.ps.optimizer = "nesterov";  // stateful: the momentum must survive
-  o0.ps.max_staleness = o1.ps.max_staleness = 100;  // the resend below is not refused as stale first
+  o0.ps.max_staleness = o1.ps.max_staleness =
+      100;  // the resend below is not refused as stale first
   auto c0 = StartCore(o0);
   auto c1 = StartCore(o1);
   ASSERT_TRUE(c0 && c1);
   for (int k = 1; k <= 10; ++k) StageAndCommit({c0.get(), c1.get()}, k, k - 1);
   ASSERT_TRUE(c0->WaitForVersion(10, 10000) && c1->WaitForVersion(10, 10000));
   for (ShardCore* c : {c0.get(), c1.get()}) {
-    ASSERT_TRUE(testing::WaitFor([&] { return c->Stats().oldest_checkpoint_version >= 6; }, std::chrono::seconds(10)));
+    ASSERT_TRUE(testing::WaitFor([&] { return c->Stats().oldest_checkpoint_version >= 6; },
+                                 std::chrono::seconds(10)));
   }
   // Each shard reports its oldest kept checkpoint (keep 2), as its heartbeat does.
   int64_t oldest = kN;
@@ -61,7 +63,8 @@ TEST_F(ShardCoreTest, ATrimmedLogStillReplaysFromTheCheckpointAndRefusesTrimmedR
   // Two more staged; shard 0 "crashes" (no drain) before they commit.
   for (int k = 11; k <= 12; ++k) {
     for (int s = 0; s < kShards; ++s) {
-      ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, "alice/1/" + std::to_string(k), 10, Delta(k, s), &r));
+      ASSERT_CORE_OK(
+          PushAll(s == 0 ? *c0 : *c1, s, "alice/1/" + std::to_string(k), 10, Delta(k, s), &r));
     }
   }
   c0->Stop();
@@ -75,7 +78,8 @@ TEST_F(ShardCoreTest, ATrimmedLogStillReplaysFromTheCheckpointAndRefusesTrimmedR
   ASSERT_TRUE(again->WaitForVersion(12, 10000));
   auto log = again->AppliedLog();
   ASSERT_FALSE(log.empty());
-  EXPECT_GE(log.front().seq, oldest + 1);  // replayed from a kept checkpoint, above the trimmed part
+  EXPECT_GE(log.front().seq,
+            oldest + 1);  // replayed from a kept checkpoint, above the trimmed part
   EXPECT_EQ(log.back().seq, 12);
   EXPECT_EQ(again->CurrentSlice().second, Reference(0, 12));  // bit for bit
   EXPECT_EQ(c1->CurrentSlice().second, Reference(1, 12));

@@ -15,7 +15,8 @@
 
 namespace fedps::testing {
 
-inline Status RollBackCommitLog(ScopedRedisServer& redis, const std::string& run_id, int64_t keep_seq) {
+inline Status RollBackCommitLog(ScopedRedisServer& redis, const std::string& run_id,
+                                int64_t keep_seq) {
   static const char* kLua = R"lua(
 local P = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', P .. 'log', '(' .. ARGV[2], '+inf')
