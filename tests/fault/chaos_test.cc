@@ -19,6 +19,11 @@
 //
 // FEDPS_CHAOS_ROUNDS (default 20) and FEDPS_CHAOS_SEED (default 20261204) choose the run;
 // every choice comes from the seed (the timing of the processes does not).
+// FEDPS_CHAOS_CHECKPOINT_EVERY (default 0: checkpoints only at drains, so the log is never
+// trimmed and the replay starts at v-0) sets ps.checkpoint_every: the shards then trim the
+// log while the chaos runs, the checks cover the kept part of the log (ids below it can no
+// longer be compared, only the order of the applies), and the replay starts at the oldest
+// checkpoint the shard keeps.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -65,15 +70,26 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
   Knobs k;
   k.extra_ps = "shard_lease_ms = " + std::to_string(kChaosLeaseMs) + "\n";
   const std::string config = WriteConfig(k);
+  const int64_t checkpoint_every = EnvInt("FEDPS_CHAOS_CHECKPOINT_EVERY", 0);
+  if (checkpoint_every > 0) {  // checkpoints between drains: the shards trim the log
+    std::string text = ReadText(config);
+    const std::string from = "checkpoint_every = 0";
+    ASSERT_NE(text.find(from), std::string::npos);
+    text.replace(text.find(from), from.size(),
+                 "checkpoint_every = " + std::to_string(checkpoint_every));
+    std::ofstream(config) << text;
+  }
   StartShards(config);
   if (HasFatalFailure()) return;
   auto reg = ConnectRegistry();
   ASSERT_NE(reg, nullptr);
   std::vector<std::string> names;
   std::vector<ScopedProcess> clients;
+  std::vector<size_t> updates_at_start;  // each client's update records when its life began
   for (int c = 0; c < kClients; ++c) {
     names.push_back("chaos-" + std::to_string(c));
     clients.push_back(StartClient(config, names.back(), c));
+    updates_at_start.push_back(0);
   }
   ASSERT_TRUE(testing::WaitFor([&] { return Seq(*reg) >= 5; }, 90s, 20ms))
       << testing::ReadLogTail(ClientLog(names[0]));
@@ -115,6 +131,7 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
       const int c = static_cast<int>(rng() % kClients);
       ASSERT_TRUE(clients[c].Kill().ok());
       std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 300));  // the fault's length
+      updates_at_start[c] = Records(ClientMetrics(names[c]), "update").size();
       clients[c] = StartClient(config, names[c], c);
       ++client_kills;
       action = "kill -9 client " + names[c];
@@ -168,6 +185,15 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
     ASSERT_TRUE(shards_healthy(&why)) << why;
   }
 
+  // Every client's current life committed (so it also got past its start-up, where a
+  // SIGTERM would still end it by the signal's default action).
+  for (int c = 0; c < kClients; ++c) {
+    EXPECT_TRUE(testing::WaitFor(
+        [&] { return Records(ClientMetrics(names[c]), "update").size() > updates_at_start[c]; },
+        90s, 50ms))
+        << "client " << names[c] << " made no commit after its last restart\n"
+        << testing::ReadLogTail(clients[c].log_path());
+  }
   // Everyone stops cleanly: clients first (SIGTERM), then the shards drain at the head.
   for (auto& c : clients) {
     auto st = c.Terminate(30s);
@@ -175,16 +201,28 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
     EXPECT_TRUE(st->success()) << st->ToString() << "\n" << testing::ReadLogTail(c.log_path());
   }
   const int64_t head = Seq(*reg);
+  // The kept log: 1..head, or first..head once the shards trimmed below `first`.
   std::vector<CommittedUpdate> log = CommitLog(*reg);
-  ASSERT_EQ(static_cast<int64_t>(log.size()), head);
-  int64_t gaps = 0, duplicates = 0, lost = 0, half_applied = 0;
+  auto trimmed = reg->Trimmed();
+  ASSERT_TRUE(trimmed.ok()) << trimmed.status().ToString();
+  const int64_t first = trimmed->below;
+  if (checkpoint_every == 0) {
+    EXPECT_EQ(first, 1);
+  }
+  ASSERT_EQ(static_cast<int64_t>(log.size()), head - first + 1);
+  auto id_at = [&](int64_t seq) { return log[static_cast<size_t>(seq - first)].update_id; };
+  int64_t gaps = 0, duplicates = 0, lost = 0, half_applied = 0, unverifiable = 0;
   std::map<std::string, int64_t> seq_of;
   for (size_t i = 0; i < log.size(); ++i) {
-    if (log[i].seq != static_cast<int64_t>(i) + 1) ++gaps;
+    if (log[i].seq != first + static_cast<int64_t>(i)) ++gaps;
     if (!seq_of.emplace(log[i].update_id, log[i].seq).second) ++duplicates;
   }
   for (const auto& n : names) {
     for (const auto& u : Records(ClientMetrics(n), "update")) {
+      if (u["seq"].get<int64_t>() < first) {  // trimmed: its id can no longer be compared
+        ++unverifiable;
+        continue;
+      }
       auto it = seq_of.find(u["update_id"].get<std::string>());
       if (it == seq_of.end() || it->second != u["seq"].get<int64_t>()) {
         ++lost;
@@ -224,7 +262,7 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
       for (const auto& a : life.applies) {
         const int64_t seq = a["seq"].get<int64_t>();
         if (seq != expect || seq > head ||
-            log[seq - 1].update_id != a["update_id"].get<std::string>() ||
+            (seq >= first && id_at(seq) != a["update_id"].get<std::string>()) ||
             a["skipped"].get<bool>()) {
           ++half_applied;
           ADD_FAILURE() << "shard " << i << " life " << l << ": expected seq " << expect << ", got "
@@ -248,6 +286,7 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
   auto directory = reg->Shards();
   ASSERT_TRUE(directory.ok()) << directory.status().ToString();
   int replay_mismatches = 0;
+  int64_t replay_from[kShards] = {0, 0};
   for (int i = 0; i < kShards; ++i) {
     const ShardInfo& info = (*directory)[i].info;
     ShardCoreOptions o;
@@ -277,9 +316,21 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
     };
     const std::string live = dir_.File("run/shard-" + std::to_string(i));
     const std::string replay = dir_.File("replay-" + std::to_string(i));
+    // From the oldest checkpoint the shard keeps: v-0 unless it checkpoints between drains.
+    std::vector<std::string> kept;
+    for (const auto& e : fs::directory_iterator(live + "/checkpoints")) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("v-", 0) == 0) kept.push_back(name);
+    }
+    std::sort(kept.begin(), kept.end());
+    ASSERT_FALSE(kept.empty());
+    if (checkpoint_every == 0) {
+      EXPECT_EQ(kept.front(), "v-000000000000");
+    }
+    replay_from[i] = std::stoll(kept.front().substr(2));
     fs::create_directories(replay + "/checkpoints");
     fs::copy(live + "/staged", replay + "/staged", fs::copy_options::recursive);
-    fs::copy(live + "/checkpoints/v-000000000000", replay + "/checkpoints/v-000000000000",
+    fs::copy(live + "/checkpoints/" + kept.front(), replay + "/checkpoints/" + kept.front(),
              fs::copy_options::recursive);
     const std::vector<float> final_slice = slice_of(live, head);  // loads the drain's checkpoint
     const std::vector<float> replayed = slice_of(replay, head);
@@ -291,15 +342,14 @@ TEST_F(FaultTest, ChaosKillsOfClientsShardsAndRedisLoseNothingAndNeedNoOperator)
 
   std::printf(
       "[chaos] seed %lu, %ld rounds in %.0f s: %d client kills, %d shard kills (%d shard lives), "
-      "%d Redis "
-      "outages within the %.1f s shard lease, %d longer (longest %.2f s); %ld commits; gaps %ld, "
-      "duplicated "
-      "%ld, lost %ld, half-applied %ld, replay mismatches %d; operator restarts 0; longest stall "
-      "after Redis "
-      "was back %.2f s (2 x lease = %.1f s)\n",
+      "%d Redis outages within the %.1f s shard lease, %d longer (longest %.2f s); %ld commits "
+      "(log kept from seq %ld; %ld acknowledged commits in the trimmed part); gaps %ld, "
+      "duplicated %ld, lost %ld, half-applied %ld, replay (from v-%ld, v-%ld) mismatches %d; "
+      "operator restarts 0; longest stall after Redis was back %.2f s (2 x lease = %.1f s)\n",
       static_cast<unsigned long>(seed), long(rounds), chaos_s, client_kills, shard_kills,
       lives_total, short_outages, kChaosLeaseMs / 1000.0, long_outages, longest_outage_s,
-      long(head), long(gaps), long(duplicates), long(lost), long(half_applied), replay_mismatches,
+      long(head), long(first), long(unverifiable), long(gaps), long(duplicates), long(lost),
+      long(half_applied), long(replay_from[0]), long(replay_from[1]), replay_mismatches,
       longest_stall_s, 2 * kChaosLeaseMs / 1000.0);
   EXPECT_EQ(gaps + duplicates + lost + half_applied, 0);
 }
