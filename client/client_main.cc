@@ -13,6 +13,7 @@
 #include "ps/tls_flags.h"
 #include "common/config.h"
 #include "common/logging.h"
+#include "ps/redis_wait.h"
 
 namespace {
 
@@ -96,9 +97,15 @@ int main(int argc, char** argv) {
   o.pull_codec = pull_codec;
   o.tls = tls;
   o.stop = &g_stop;
+  // SIGTERM while Redis is away (starting, or joining again): a clean stop like any other;
+  // a pending update stays in the state folder for the next start.
+  auto stopped = [](const fedps::Status& s) {
+    std::cerr << "fedps-client: " << s.message() << "; stopped cleanly\n";
+    return 0;
+  };
   auto client = fedps::FederatedClient::Create(std::move(o));
-  if (!client.ok()) return fail(client.status());
+  if (!client.ok()) return fedps::StoppedWhileWaiting(client.status()) ? stopped(client.status()) : fail(client.status());
   fedps::Status s = (*client)->Run();
-  if (!s.ok()) return fail(s);
+  if (!s.ok()) return fedps::StoppedWhileWaiting(s) ? stopped(s) : fail(s);
   return 0;
 }

@@ -1365,8 +1365,10 @@ Status FederatedClient::Run() {
 // ---- evaluator --------------------------------------------------------------------------
 
 StatusOr<int64_t> FederatedClient::FederationTokens(int64_t up_to_seq) {
-  // Sums tokens of the committed log from the start (evaluator only; the log is small).
-  int64_t tokens = 0, after = 0;
+  // Sums tokens of the committed log from the start (evaluator only): the trimmed part's
+  // total, then the kept entries (CommittedAfter starts at the oldest kept seq).
+  ASSIGN_OR_RETURN(int64_t tokens, registry_->TrimmedTokens());
+  int64_t after = 0;
   while (after < up_to_seq) {
     ASSIGN_OR_RETURN(auto batch, registry_->CommittedAfter(after, std::min<int64_t>(1000, up_to_seq - after)));
     if (batch.empty()) break;

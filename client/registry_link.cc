@@ -84,4 +84,9 @@ StatusOr<std::vector<CommitRecord>> RegistryLink::CommittedAfter(int64_t seq, in
 
 StatusOr<int64_t> RegistryLink::GlobalSeq() { return registry_->GlobalSeq(); }
 
+StatusOr<int64_t> RegistryLink::TrimmedTokens() {
+  ASSIGN_OR_RETURN(TrimmedLog t, registry_->Trimmed());
+  return t.tokens;
+}
+
 }  // namespace fedps

@@ -85,6 +85,8 @@ class RegistryLink {
   StatusOr<CommitRecord> LookupCommit(const std::string& update_id);
   StatusOr<std::vector<CommitRecord>> CommittedAfter(int64_t seq, int64_t limit);
   StatusOr<int64_t> GlobalSeq();
+  // The sum of meta.tokens of the log entries trimmed so far (Registry::Trimmed).
+  StatusOr<int64_t> TrimmedTokens();
 
  private:
   explicit RegistryLink(std::unique_ptr<Registry> r);

@@ -1,7 +1,8 @@
 // The apply thread of ShardCore, and UpdateDecoder (see ps/applier.h).
 //
-// The apply thread reads the commit log in seq order (Registry::CommittedAfter) and, for
-// each entry: reads the update's staged frames (ps/staged_store.h), decodes them across all
+// The apply thread reads the commit log in seq order (Registry::ReadLog, which also returns
+// the entry at the shard's version: a registry that lost or reused it halts the shard) and,
+// for each entry: reads the update's staged frames (ps/staged_store.h), decodes them across all
 // cores into the decode scratch, weighs the update by its staleness, and steps the outer
 // optimizer IN PLACE on the master slice (SnapshotStore::BeginWrite: copy-on-write only
 // when a pull pins the current version), then publishes the new version. In ps.mode = sync
@@ -331,6 +332,8 @@ void ShardCore::FinishApply(const CommittedUpdate& c, const std::vector<AppliedR
   snapshots_->Publish(c.seq);
   std::lock_guard<std::mutex> lock(mu_);
   version_ = c.seq;
+  last_applied_id_ = c.update_id;
+  last_applied_chain_ = c.chain;
   committed_seq_ = std::max(committed_seq_, c.seq);
   for (const AppliedRecord& r : applied) {
     done_[r.update_id] = {c.seq, skipped};
@@ -371,13 +374,24 @@ void ShardCore::ApplyLoop() {
     ServeCheckpointRequests();
     bool caught_up = false;
     if (!halted && !fenced) {
-      auto entries = apply_registry_->CommittedAfter(version, kCommitBatch);
-      if (!entries.ok()) {
-        if (failures++ % 50 == 0) LOG(WARNING) << "reading the commit log: " << entries.status().ToString();
+      // The entry at our version comes with the ones after it: the log must still hold the
+      // update applied there (same id, same commit chain), or Redis lost commits and a
+      // later seq could name another update than the one applied under it.
+      auto read = apply_registry_->ReadLog(version, kCommitBatch);
+      std::string diverged;
+      if (read.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        diverged = DivergenceLocked(version, *read);
+      }
+      if (!read.ok()) {
+        if (failures++ % 50 == 0) LOG(WARNING) << "reading the commit log: " << read.status().ToString();
         if (draining) return;  // cannot learn more commits; drain with what we have
+      } else if (!diverged.empty()) {
+        Halt(diverged);
       } else {
         failures = 0;
         bool ok = true;
+        const std::vector<CommittedUpdate>* entries = &read->after;
         for (const CommittedUpdate& c : *entries) {
           bool fenced_now;
           {
@@ -392,15 +406,6 @@ void ShardCore::ApplyLoop() {
           ServeCheckpointRequests();
         }
         caught_up = ok && static_cast<int64_t>(entries->size()) < kCommitBatch;
-        if (entries->empty() && version > 0) {
-          // Nothing after our version: the log must reach it, or Redis lost commits and a
-          // later seq could name another update than the one applied under it.
-          auto head = apply_registry_->GlobalSeq();
-          if (head.ok() && *head < version) {
-            Halt(RegistryBehindMessage(*head, version));
-            caught_up = false;
-          }
-        }
       }
     }
     if (caught_up) {
@@ -490,6 +495,8 @@ StatusOr<CheckpointResult> ShardCore::WriteCheckpoint(const std::string& reason)
     view.version = version_;
     view.applied_updates = applied_updates_;
     view.skipped_updates = skipped_updates_;
+    view.last_update_id = last_applied_id_;
+    view.last_chain = last_applied_chain_;
   }
   view.slice = snapshots_->master();
   if (optimizer_) {
@@ -532,6 +539,8 @@ bool ShardCore::StartBackgroundCheckpoint(const std::string& reason,
     job->view.version = version_;
     job->view.applied_updates = applied_updates_;
     job->view.skipped_updates = skipped_updates_;
+    job->view.last_update_id = last_applied_id_;
+    job->view.last_chain = last_applied_chain_;
   }
   job->view.slice = SnapshotStore::Values(*job->held);
   if (optimizer_) {
@@ -597,10 +606,15 @@ void ShardCore::PruneAfterCheckpoint() {
   const int64_t oldest = checkpoints_->Prune();
   if (oldest < 0) return;
   // Staged updates are the log the kept checkpoints replay from: keep those above the
-  // oldest kept checkpoint's version.
+  // oldest kept checkpoint's version. The registry may trim its log below that version
+  // once every shard reported its own (ShardStats::oldest_checkpoint_version).
   std::vector<std::string> remove;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    oldest_checkpoint_version_ = std::max(oldest_checkpoint_version_, oldest);
+    for (auto it = done_.begin(); it != done_.end();) {
+      it = it->second.seq <= oldest ? done_.erase(it) : std::next(it);
+    }
     for (auto it = staged_.begin(); it != staged_.end();) {
       if (it->second->seq > 0 && it->second->seq <= oldest) {
         remove.push_back(it->first);
@@ -635,6 +649,8 @@ Status ShardCore::LoadNewestCheckpoint(bool* found) {
   LOG(INFO) << "shard " << options_.shard_index << ": loaded checkpoint " << ck->folder;
   std::lock_guard<std::mutex> lock(mu_);
   version_ = ck->version;
+  last_applied_id_ = ck->last_update_id;
+  last_applied_chain_ = ck->last_chain;
   checkpoint_version_ = ck->version;
   checkpoint_ms_ = ck->wall_ms;
   applied_updates_ = ck->applied_updates;

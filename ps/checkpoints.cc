@@ -105,6 +105,8 @@ StatusOr<std::string> CheckpointStore::Write(const CheckpointView& view, const s
                           {"reference_tokens", view.reference_tokens},
                           {"applied_updates", view.applied_updates},
                           {"skipped_updates", view.skipped_updates},
+                          {"last_update_id", view.last_update_id},
+                          {"last_chain", view.last_chain},
                           {"reason", reason},
                           {"wall_ms", env_->clock()->WallMicros() / 1000}};
   RETURN_IF_ERROR(env_->WriteFileAtomic(JoinPath(tmp, "state.json"), state.dump(2)));
@@ -180,6 +182,8 @@ StatusOr<LoadedCheckpoint> CheckpointStore::Load(const std::string& folder) cons
   out.reference_tokens = state.value("reference_tokens", int64_t{0});
   out.applied_updates = state.value("applied_updates", int64_t{0});
   out.skipped_updates = state.value("skipped_updates", int64_t{0});
+  out.last_update_id = state.value("last_update_id", std::string());
+  out.last_chain = state.value("last_chain", std::string());
   out.wall_ms = state.value("wall_ms", int64_t{0});
   return out;
 }

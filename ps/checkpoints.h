@@ -50,6 +50,10 @@ struct CheckpointView {
   int64_t reference_tokens = 0;
   int64_t applied_updates = 0;
   int64_t skipped_updates = 0;
+  // The commit-log entry applied last (at `version`): its update id and commit chain, so a
+  // restarted shard can tell whether the registry still holds that entry there.
+  std::string last_update_id;
+  std::string last_chain;
 };
 
 // A checkpoint read back.
@@ -62,6 +66,8 @@ struct LoadedCheckpoint {
   int64_t reference_tokens = 0;
   int64_t applied_updates = 0;
   int64_t skipped_updates = 0;
+  std::string last_update_id;  // "" in checkpoints written before these were recorded
+  std::string last_chain;
   int64_t wall_ms = 0;
 };
 

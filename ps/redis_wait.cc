@@ -8,6 +8,15 @@
 
 namespace fedps {
 
+namespace {
+constexpr const char* kStoppedWhileWaiting = "stopped while waiting for Redis at ";
+}  // namespace
+
+bool StoppedWhileWaiting(const Status& s) {
+  return s.code() == StatusCode::kAborted &&
+         s.message().find(kStoppedWhileWaiting) != std::string::npos;
+}
+
 Status WaitForRedis(const std::string& endpoint, std::chrono::milliseconds max_wait,
                     const std::function<Status()>& attempt, const std::function<bool()>& stopping) {
   using Clock = std::chrono::steady_clock;
@@ -31,10 +40,10 @@ Status WaitForRedis(const std::string& endpoint, std::chrono::milliseconds max_w
     auto until = now + delay;
     if (max_wait.count() > 0) until = std::min(until, start + max_wait);
     while (Clock::now() < until) {
-      if (stopping && stopping()) return Aborted("stopped while waiting for Redis at " + endpoint);
+      if (stopping && stopping()) return Aborted(std::string(kStoppedWhileWaiting) + endpoint);
       std::this_thread::sleep_for(std::min<Clock::duration>(until - Clock::now(), std::chrono::milliseconds(50)));
     }
-    delay = std::min(delay * 2, std::chrono::milliseconds(2000));
+    delay = std::min(delay * 2, std::chrono::milliseconds(500));
   }
 }
 

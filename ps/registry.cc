@@ -94,13 +94,51 @@ local function staged_record(staged, n)
   end
   return first
 end
+-- An update id "<client>/<epoch>/<counter>" -> client, epoch, counter (nil: another form).
+local function id_position(id)
+  local c, e, k = string.match(id, '^(.+)/(%d+)/(%d+)$')
+  if not c then return nil end
+  return c, tonumber(e), tonumber(k)
+end
+-- The trim floor (docs/registry.md, "Trimming"): per client, the newest "<epoch>/<counter>"
+-- whose commit record was trimmed. Raises the floor of id's client to id.
+local function raise_floor(floor_key, id)
+  local c, e, k = id_position(id)
+  if not c then return end
+  local cur = redis.call('HGET', floor_key, c)
+  if cur then
+    local ce, ck = string.match(cur, '^(%d+)/(%d+)$')
+    ce, ck = tonumber(ce), tonumber(ck)
+    if e < ce or (e == ce and k <= ck) then return end
+  end
+  redis.call('HSET', floor_key, c, num(e) .. '/' .. num(k))
+end
+-- The floor of id's client when id is at or below it (committed and trimmed, or given up
+-- by its client), else nil.
+local function below_floor(floor_key, id)
+  local c, e, k = id_position(id)
+  if not c then return nil end
+  local cur = redis.call('HGET', floor_key, c)
+  if not cur then return nil end
+  local ce, ck = string.match(cur, '^(%d+)/(%d+)$')
+  ce, ck = tonumber(ce), tonumber(ck)
+  if e < ce or (e == ce and k <= ck) then return cur end
+  return nil
+end
 -- The checks every commit starts with, in this order: a commit of this update already
--- recorded ({'dup', seq, client}), the client's lease at another epoch ({'fenced', ...}),
--- another shard count than the run's ({'num_shards', ...}). Returns the reply, or nil when
--- the commit may go on. ARGV: maxlen, update_id, client, epoch, _, num_shards.
+-- recorded ({'dup', seq, client}), the id at or below its client's trim floor
+-- ({'trimmed', floor}), the client's lease at another epoch ({'fenced', ...}), another
+-- shard count than the run's ({'num_shards', ...}). Returns the reply, or nil when the
+-- commit may go on. ARGV: maxlen, update_id, client, epoch, _, num_shards.
 local function commit_checks(update_key, lease_key, run_key, events)
   local prev = redis.call('HMGET', update_key, 'seq', 'client')
   if prev[1] then return {'dup', prev[1], prev[2] or ''} end
+  local P = string.sub(run_key, 1, #run_key - 3)
+  local floor = below_floor(P .. 'trim_floor', ARGV[2])
+  if floor then
+    refuse_commit(events, ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'trimmed', {floor = floor})
+    return {'trimmed', floor}
+  end
   local cur = redis.call('GET', lease_key)
   if cur ~= ARGV[4] then
     refuse_commit(events, ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'fenced', {current_epoch = tonumber(cur)})
@@ -112,6 +150,18 @@ local function commit_checks(update_key, lease_key, run_key, events)
     return {'num_shards', run_n}
   end
   return nil
+end
+-- The commit chain (docs/registry.md, "Commit chain"): the entry at `seq` gets
+-- sha1(chain of the entry at seq - 1, seq, id), so one entry's chain stands for the whole
+-- log up to it; a shard compares the entry at its version with the one it applied there.
+-- P: the key prefix. Called before the entry is added to the log.
+local function chain_for(P, seq, id)
+  local prev = ''
+  if tonumber(seq) > 1 then
+    local ids = redis.call('ZRANGEBYSCORE', P .. 'log', tonumber(seq) - 1, tonumber(seq) - 1)
+    if ids[1] then prev = redis.call('HGET', P .. 'update:' .. ids[1], 'chain') or '' end
+  end
+  return redis.sha1hex(prev .. '\n' .. num(seq) .. '\n' .. id)
 end
 -- refuse_commit for a staged_record refusal.
 local function refuse_unstaged(events, maxlen, id, client, epoch, why)
@@ -290,7 +340,7 @@ return {'released'}
 
 // KEYS: update:<id>, lease:<client>, staged:<id>, seq, log, run, events, refusals.
 // ARGV: maxlen, update_id, client, epoch, meta, num_shards, max_staleness (-1: none),
-//       base_version
+//       base_version, prefix
 // -> {'ok', seq} | {'dup', seq, client} | {'fenced', lease epoch or ''}
 //    | {'num_shards', run's} | {'stale', staleness} | {'future', seq}
 //    | {'missing', "i,j,..."} | {'mismatch', i, record i, j, record j}
@@ -321,7 +371,7 @@ end
 local seq = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[1], 'seq', seq, 'client', ARGV[3], 'epoch', ARGV[4],
            'num_shards', ARGV[6], 'meta', ARGV[5], 'stage_record', first,
-           'committed_ms', num(now_ms()))
+           'committed_ms', num(now_ms()), 'chain', chain_for(ARGV[9], seq, ARGV[2]))
 redis.call('ZADD', KEYS[5], seq, ARGV[2])
 redis.call('DEL', KEYS[3])
 emit(KEYS[7], ARGV[1], 'commit', {seq = seq, update_id = ARGV[2], client = ARGV[3],
@@ -329,12 +379,87 @@ emit(KEYS[7], ARGV[1], 'commit', {seq = seq, update_id = ARGV[2], client = ARGV[
 return {'ok', seq}
 )lua";
 
-// KEYS: log. ARGV: prefix, after seq, limit -> {{update_id, HGETALL update}, ...}
+// KEYS: log, trimmed. ARGV: prefix, after seq, limit
+// -> {below, {update_id, HGETALL update}, ...}
 constexpr const char* kCommittedAfterLua = R"lua(
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0, ARGV[3])
-local out = {}
+local out = {redis.call('HGET', KEYS[2], 'below') or '1'}
 for _, id in ipairs(ids) do
   out[#out + 1] = {id, redis.call('HGETALL', ARGV[1] .. 'update:' .. id)}
+end
+return out
+)lua";
+
+// KEYS: update:<id>, trim_floor, trimmed. ARGV: update id
+// -> {'found', HGETALL} | {'trimmed', floor, below} | {'none'}
+constexpr const char* kLookupCommitLua = R"lua(
+local h = redis.call('HGETALL', KEYS[1])
+if #h > 0 then return {'found', h} end
+local floor = below_floor(KEYS[2], ARGV[1])
+if floor then return {'trimmed', floor, redis.call('HGET', KEYS[3], 'below') or '1'} end
+return {'none'}
+)lua";
+
+// KEYS: shards, run, log, trimmed, trim_floor. ARGV: prefix, max entries
+// -> {below, entries trimmed now}
+// Trims the log below the oldest checkpoint every shard keeps (P shard:<i>:stats
+// oldest_checkpoint_version; nothing while a shard of the run has not reported one).
+constexpr const char* kTrimLogLua = R"lua(
+local P = ARGV[1]
+local n = tonumber(redis.call('HGET', KEYS[2], 'num_shards') or '0')
+local below = tonumber(redis.call('HGET', KEYS[4], 'below') or '1')
+local shards = redis.call('SMEMBERS', KEYS[1])
+if n <= 0 or #shards < n then return {num(below), 0} end
+local keep = nil
+for _, i in ipairs(shards) do
+  local v = tonumber(redis.call('HGET', P .. 'shard:' .. i .. ':stats', 'oldest_checkpoint_version') or '-1')
+  if v < 0 then return {num(below), 0} end
+  if keep == nil or v < keep then keep = v end
+end
+if keep <= below then return {num(below), 0} end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. num(keep), 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+local count, tokens, last = 0, 0, below - 1
+for i = 1, #ids, 2 do
+  local id, seq = ids[i], tonumber(ids[i + 1])
+  local ukey = P .. 'update:' .. id
+  local meta = redis.call('HGET', ukey, 'meta')
+  local ok, m = pcall(cjson.decode, meta or 'null')
+  if ok and type(m) == 'table' and type(m.tokens) == 'number' then tokens = tokens + m.tokens end
+  if string.sub(id, 1, 6) == 'round/' then
+    -- a closed round: its updates' records go with it
+    if ok and type(m) == 'table' and type(m.updates) == 'table' then
+      for _, u in ipairs(m.updates) do
+        if type(u.update_id) == 'string' then
+          raise_floor(KEYS[5], u.update_id)
+          redis.call('DEL', P .. 'update:' .. u.update_id)
+        end
+      end
+    end
+  else
+    raise_floor(KEYS[5], id)
+  end
+  redis.call('DEL', ukey)
+  redis.call('ZREM', KEYS[3], id)
+  count = count + 1
+  last = seq
+end
+if count > 0 then
+  redis.call('HSET', KEYS[4], 'below', num(last + 1))
+  redis.call('HINCRBY', KEYS[4], 'entries', count)
+  redis.call('HINCRBY', KEYS[4], 'tokens', tokens)
+end
+return {num(last + 1), count}
+)lua";
+
+// KEYS: log, seq. ARGV: prefix, seq, limit
+// -> {head, {update_id, score, HGETALL update}, ...}: the entry at seq (if any) and up to
+//    `limit` after it.
+constexpr const char* kReadLogLua = R"lua(
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0,
+                       tonumber(ARGV[3]) + 1)
+local out = {redis.call('GET', KEYS[2]) or '0'}
+for i = 1, #ids, 2 do
+  out[#out + 1] = {ids[i], ids[i + 1], redis.call('HGETALL', ARGV[1] .. 'update:' .. ids[i])}
 end
 return out
 )lua";
@@ -592,7 +717,8 @@ std::vector<std::string> StatsFields(const ShardStats& s) {
           "bytes_in",                std::to_string(s.bytes_in),
           "bytes_out",               std::to_string(s.bytes_out),
           "last_checkpoint_version", std::to_string(s.last_checkpoint_version),
-          "last_checkpoint_ms",      std::to_string(s.last_checkpoint_ms)};
+          "last_checkpoint_ms",      std::to_string(s.last_checkpoint_ms),
+          "oldest_checkpoint_version", std::to_string(s.oldest_checkpoint_version)};
   // clang-format on
 }
 
@@ -604,6 +730,8 @@ StatusOr<ShardStats> ParseStats(const Hash& h, const std::string& where) {
   ASSIGN_OR_RETURN(s.bytes_out, IntField(h, "bytes_out", where));
   ASSIGN_OR_RETURN(s.last_checkpoint_version, IntField(h, "last_checkpoint_version", where));
   ASSIGN_OR_RETURN(s.last_checkpoint_ms, IntField(h, "last_checkpoint_ms", where));
+  ASSIGN_OR_RETURN(s.oldest_checkpoint_version,
+                   IntField(h, "oldest_checkpoint_version", where, -1));
   ASSIGN_OR_RETURN(s.updated_ms, IntField(h, "updated_ms", where));
   return s;
 }
@@ -648,6 +776,7 @@ StatusOr<CommittedUpdate> ParseCommit(const std::string& update_id, const Hash& 
   ASSIGN_OR_RETURN(u.committed_ms, IntField(h, "committed_ms", where));
   ASSIGN_OR_RETURN(u.meta, ParseJson(Field(h, "meta"), where + ".meta"));
   ASSIGN_OR_RETURN(u.stage_record, ParseJson(Field(h, "stage_record"), where + ".stage_record"));
+  u.chain = Field(h, "chain");
   return u;
 }
 
@@ -1112,6 +1241,17 @@ StatusOr<std::vector<Member>> Registry::PastMembers(int64_t limit) {
 
 // ---- updates ------------------------------------------------------------------------------
 
+namespace registry_internal {
+Status TrimmedRefusal(const std::string& what, const std::string& update_id,
+                      const std::string& floor) {
+  return OutOfRange(
+      what + ": " + update_id +
+      " is at or below its client's newest trimmed commit (epoch/counter " + floor +
+      "): it was committed before the kept part of the commit log, or given up; it is never "
+      "committed again");
+}
+}  // namespace registry_internal
+
 // The {'ok'} / {'released'} / {'committed', seq} answers of the staging scripts.
 static StatusOr<int64_t> StagingAnswer(const redisReply* r, const std::string& what) {
   const std::string tag = Tag(r);
@@ -1187,7 +1327,7 @@ StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std
            {std::to_string(options_.events_max_len), update_id, client, std::to_string(epoch),
             DumpJson(meta), std::to_string(num_shards),
             staleness ? std::to_string(staleness->max_staleness) : "-1",
-            staleness ? std::to_string(staleness->base_version) : "0"}));
+            staleness ? std::to_string(staleness->base_version) : "0", prefix_}));
   const redisReply* r = reply.get();
   const std::string tag = Tag(r);
   auto text = [&](size_t i) {
@@ -1206,6 +1346,7 @@ StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std
     }
     return seq;  // a retry of a commit that went through
   }
+  if (tag == "trimmed") return TrimmedRefusal(what, update_id, text(1));
   if (tag == "fenced") {
     const std::string held = text(1);
     return Aborted(
@@ -1233,10 +1374,42 @@ StatusOr<int64_t> Registry::CommitUpdate(const std::string& update_id, const std
 
 StatusOr<CommittedUpdate> Registry::LookupCommit(const std::string& update_id) {
   RETURN_IF_ERROR(CheckName(update_id, "update id"));
-  ASSIGN_OR_RETURN(Reply reply, Command({"HGETALL", Key("update:" + update_id)}));
-  ASSIGN_OR_RETURN(Hash h, AsHash(reply.get(), "LookupCommit"));
-  if (h.empty()) return NotFound("update " + update_id + " is not committed");
+  ASSIGN_OR_RETURN(
+      Reply reply,
+      Eval("lookup_commit", kLookupCommitLua,
+           {Key("update:" + update_id), Key("trim_floor"), Key("trimmed")}, {update_id}));
+  const redisReply* r = reply.get();
+  const std::string tag = Tag(r);
+  if (tag == "none") return NotFound("update " + update_id + " is not committed");
+  if (tag == "trimmed") {
+    return TrimmedRefusal("lookup of " + update_id, update_id, Str(Elem(r, 1)))
+        .WithContext("the commit log keeps seqs from " + Str(Elem(r, 2)) + " on");
+  }
+  if (tag != "found") return UnexpectedReply("LookupCommit");
+  ASSIGN_OR_RETURN(Hash h, AsHash(Elem(r, 1), "LookupCommit"));
   return ParseCommit(update_id, h);
+}
+
+StatusOr<TrimResult> Registry::TrimLog(int64_t max_entries) {
+  if (max_entries <= 0) return InvalidArgument("TrimLog: max_entries must be > 0");
+  ASSIGN_OR_RETURN(Reply reply,
+                   Eval("trim_log", kTrimLogLua,
+                        {Key("shards"), Key("run"), Key("log"), Key("trimmed"), Key("trim_floor")},
+                        {prefix_, std::to_string(max_entries)}));
+  TrimResult out;
+  ASSIGN_OR_RETURN(out.below, AsInt(Elem(reply.get(), 0), "TrimLog below"));
+  ASSIGN_OR_RETURN(out.trimmed, AsInt(Elem(reply.get(), 1), "TrimLog count"));
+  return out;
+}
+
+StatusOr<TrimmedLog> Registry::Trimmed() {
+  ASSIGN_OR_RETURN(Reply reply, Command({"HGETALL", Key("trimmed")}));
+  ASSIGN_OR_RETURN(Hash h, AsHash(reply.get(), "Trimmed"));
+  TrimmedLog out;
+  ASSIGN_OR_RETURN(out.below, IntField(h, "below", Key("trimmed"), 1));
+  ASSIGN_OR_RETURN(out.entries, IntField(h, "entries", Key("trimmed")));
+  ASSIGN_OR_RETURN(out.tokens, IntField(h, "tokens", Key("trimmed")));
+  return out;
 }
 
 StatusOr<std::vector<CommittedUpdate>> Registry::CommittedAfter(int64_t seq, int64_t limit) {
@@ -1244,13 +1417,15 @@ StatusOr<std::vector<CommittedUpdate>> Registry::CommittedAfter(int64_t seq, int
     return InvalidArgument("CommittedAfter: need seq >= 0 and limit > 0, got " +
                            std::to_string(seq) + ", " + std::to_string(limit));
   }
-  ASSIGN_OR_RETURN(Reply reply, Eval("committed_after", kCommittedAfterLua, {Key("log")},
-                                     {prefix_, std::to_string(seq), std::to_string(limit)}));
+  ASSIGN_OR_RETURN(Reply reply,
+                   Eval("committed_after", kCommittedAfterLua, {Key("log"), Key("trimmed")},
+                        {prefix_, std::to_string(seq), std::to_string(limit)}));
   const redisReply* r = reply.get();
-  if (r->type != REDIS_REPLY_ARRAY) return UnexpectedReply("CommittedAfter");
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) return UnexpectedReply("CommittedAfter");
   std::vector<CommittedUpdate> out;
-  int64_t expected = seq + 1;
-  for (size_t i = 0; i < r->elements; ++i) {
+  ASSIGN_OR_RETURN(int64_t below, AsInt(Elem(r, 0), "CommittedAfter below"));
+  int64_t expected = std::max(seq + 1, below);  // the entries below `below` were trimmed
+  for (size_t i = 1; i < r->elements; ++i) {
     ASSIGN_OR_RETURN(std::string id, AsString(Elem(r->element[i], 0), "CommittedAfter id"));
     ASSIGN_OR_RETURN(Hash h, AsHash(Elem(r->element[i], 1), "update " + id));
     if (h.empty())
@@ -1263,6 +1438,45 @@ StatusOr<std::vector<CommittedUpdate>> Registry::CommittedAfter(int64_t seq, int
     }
     ++expected;
     out.push_back(std::move(u));
+  }
+  return out;
+}
+
+StatusOr<LogRead> Registry::ReadLog(int64_t seq, int64_t limit) {
+  if (seq < 0 || limit < 0) {
+    return InvalidArgument("ReadLog: need seq >= 0 and limit >= 0, got " + std::to_string(seq) +
+                           ", " + std::to_string(limit));
+  }
+  ASSIGN_OR_RETURN(Reply reply, Eval("read_log", kReadLogLua, {Key("log"), Key("seq")},
+                                     {prefix_, std::to_string(seq), std::to_string(limit)}));
+  const redisReply* r = reply.get();
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) return UnexpectedReply("ReadLog");
+  LogRead out;
+  ASSIGN_OR_RETURN(out.head, AsInt(Elem(r, 0), "ReadLog head"));
+  int64_t expected = seq + 1;
+  for (size_t i = 1; i < r->elements; ++i) {
+    const redisReply* e = r->element[i];
+    ASSIGN_OR_RETURN(std::string id, AsString(Elem(e, 0), "ReadLog id"));
+    ASSIGN_OR_RETURN(int64_t score, AsInt(Elem(e, 1), "ReadLog score of " + id));
+    ASSIGN_OR_RETURN(Hash h, AsHash(Elem(e, 2), "update " + id));
+    if (h.empty())
+      return DataLoss("registry: " + Key("log") + " lists " + id + " without a record");
+    ASSIGN_OR_RETURN(CommittedUpdate u, ParseCommit(id, h));
+    if (u.seq != score) {
+      return DataLoss("registry: " + Key("log") + " scores " + id + " " + std::to_string(score) +
+                      " but its record has seq " + std::to_string(u.seq));
+    }
+    if (u.seq == seq && seq > 0 && i == 1) {
+      out.at = std::move(u);
+      continue;
+    }
+    if (static_cast<int64_t>(out.after.size()) == limit) break;
+    if (u.seq != expected) {
+      return DataLoss("registry: committed log has seq " + std::to_string(u.seq) + " (" + id +
+                      ") where " + std::to_string(expected) + " was expected");
+    }
+    ++expected;
+    out.after.push_back(std::move(u));
   }
   return out;
 }

@@ -19,8 +19,10 @@
 //   P staged:<update>    hash    shard index -> its stage record (JSON), PX staged_ttl;
 //                                deleted by the commit
 //   P update:<update>    hash    seq, client, epoch, num_shards, meta, stage_record,
-//                                committed_ms; exists iff the update is committed
-//   P log                zset    update ids scored by seq (the committed log)
+//                                committed_ms, chain; exists iff the update is committed
+//   P log                zset    update ids scored by seq (the committed log, from P trimmed below)
+//   P trimmed            hash    below (oldest seq kept), entries, tokens: what TrimLog removed
+//   P trim_floor         hash    client -> "<epoch>/<counter>" of its newest trimmed update
 //   P refusals           hash    refusal reason -> count
 //   P events             stream  type, data (JSON); MAXLEN ~ events_max_len
 //   P round, P round:expected, P round:clients, P round:updates
@@ -40,6 +42,11 @@
 //     serialised by Redis: either the commit saw every mark and the shards keep their
 //     slices, or a mark was gone and the commit failed. A shard must call ReleaseStaged,
 //     and see it succeed, before it deletes a staged slice.
+//   * Every log entry carries a commit chain (sha1 over the previous entry's chain, its
+//     seq and update id), so a shard can tell a log that lost and re-issued seqs from the
+//     one it applied (ReadLog returns the entry at its version with the ones after it).
+//   * TrimLog cuts the log below the oldest checkpoint every shard keeps; a trimmed id
+//     raises its client's trim floor, and ids at or below it are never committed again.
 //   * Every timestamp (*_ms) is the Redis server's clock (TIME inside scripts), in ms
 //     since the Unix epoch, so hosts with skewed clocks still agree.
 //
@@ -124,6 +131,9 @@ struct ShardStats {
   int64_t bytes_out = 0;
   int64_t last_checkpoint_version = 0;
   int64_t last_checkpoint_ms = 0;
+  // The oldest checkpoint the shard keeps (it may restart from any kept one): the commit
+  // log below it is no longer needed by this shard (TrimLog). -1: not reported.
+  int64_t oldest_checkpoint_version = -1;
   int64_t updated_ms = 0;  // read-only: when the registry last stored these
 };
 
@@ -170,6 +180,31 @@ struct CommittedUpdate {
   nlohmann::json meta;  // as given to CommitUpdate (base versions, tokens, steps, ...)
   // The stage record every shard staged (all equal; see MarkStaged); null if none given.
   nlohmann::json stage_record;
+  // The commit chain at this entry: sha1 over the previous entry's chain, seq and update
+  // id (docs/registry.md, "Commit chain"), so it stands for the whole log up to here. Empty
+  // for entries written before the chain existed.
+  std::string chain;
+};
+
+// TrimLog's answer.
+struct TrimResult {
+  int64_t below = 1;    // the log holds seqs from here on (the ones below were trimmed)
+  int64_t trimmed = 0;  // entries removed by this call
+};
+
+// What the trimming removed so far (P trimmed).
+struct TrimmedLog {
+  int64_t below = 1;    // the oldest seq kept
+  int64_t entries = 0;  // log entries removed
+  int64_t tokens = 0;   // the sum of their meta.tokens
+};
+
+// One atomic read of the commit log for a shard at version `seq` (ReadLog): the entry at
+// `seq` itself, to compare with the one the shard applied there, and the entries after it.
+struct LogRead {
+  int64_t head = 0;                  // the last seq handed out (P seq)
+  std::optional<CommittedUpdate> at;  // the entry at `seq`; none for seq 0 or when absent
+  std::vector<CommittedUpdate> after;  // seq + 1, seq + 2, ... (contiguous), at most `limit`
 };
 
 // CommitUpdate's optional staleness check (docs/protocol.md, "Staleness"): the update
@@ -282,11 +317,25 @@ class Registry {
   StatusOr<int64_t> CommitUpdate(const std::string& update_id, const std::string& client,
                                  int64_t epoch, const nlohmann::json& meta, int num_shards,
                                  const std::optional<StalenessLimit>& staleness = std::nullopt);
-  // The commit record of `update_id`; kNotFound when not committed.
+  // The commit record of `update_id`; kNotFound when not committed; kOutOfRange when its
+  // record may have been trimmed: the id is at or below its client's trim floor (committed
+  // before the kept log, or given up by its client; CommitUpdate refuses it too).
   StatusOr<CommittedUpdate> LookupCommit(const std::string& update_id);
-  // Committed updates with seq > `seq`, in sequence order, at most `limit`. kDataLoss if
-  // the log has a gap (it never should).
+  // Committed updates with seq > `seq`, in sequence order, at most `limit`; from the
+  // oldest kept seq on when `seq` is below the trimmed part. kDataLoss if the log has a
+  // gap (it never should).
   StatusOr<std::vector<CommittedUpdate>> CommittedAfter(int64_t seq, int64_t limit);
+  // Trims the commit log below the oldest checkpoint every shard of the run keeps
+  // (ShardStats::oldest_checkpoint_version; nothing until every shard reported one): at
+  // most `max_entries` entries and their records per call, raising each client's trim
+  // floor (docs/registry.md, "Trimming"). Idempotent; any process may call it (shards do,
+  // from their heartbeat thread).
+  StatusOr<TrimResult> TrimLog(int64_t max_entries);
+  StatusOr<TrimmedLog> Trimmed();
+  // The entry at `seq`, the entries after it (at most `limit`; 0: none) and the head, in
+  // one script, so that what a shard compares and what it applies next come from the same
+  // log. kDataLoss if the entries after `seq` have a gap.
+  StatusOr<LogRead> ReadLog(int64_t seq, int64_t limit);
   // The last sequence number handed out (0 before the first commit).
   StatusOr<int64_t> GlobalSeq();
   // Counts the refusal under its reason and emits a "refusal" event.

@@ -58,6 +58,9 @@ std::string Tag(const redisReply* r);
 // The FailedPrecondition for a staged_record refusal ({'missing', ...} or {'mismatch', ...}:
 // the Lua prelude) of the commit `what`; nullopt for any other reply.
 std::optional<Status> StagingRefusal(const redisReply* r, const std::string& what);
+// kOutOfRange for `update_id` at or below its client's trim floor `floor` (docs/registry.md,
+// "Trimming"): committed before the kept part of the log, or given up; never committed again.
+Status TrimmedRefusal(const std::string& what, const std::string& update_id, const std::string& floor);
 std::string Field(const Hash& h, const std::string& name);
 // An integer field; `fallback` when absent.
 StatusOr<int64_t> IntField(const Hash& h, const std::string& name, const std::string& where,

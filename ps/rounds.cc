@@ -88,7 +88,7 @@ local function close_round(P, reason, now, clients, events, maxlen)
              'meta', cjson.encode({round = base, base_version = base, tokens = tokens,
                                    updates = updates, expected = expected,
                                    closed_by = reason, missing = missing}),
-             'stage_record', 'null', 'committed_ms', num(now))
+             'stage_record', 'null', 'committed_ms', num(now), 'chain', chain_for(P, seq, entry))
   redis.call('ZADD', P .. 'log', seq, entry)
   emit(events, maxlen, 'round_closed', {round = base, seq = seq, updates = #ids,
        expected = expected, closed_by = reason, missing = table.concat(missing, ',')})
@@ -285,6 +285,7 @@ StatusOr<int64_t> Registry::CommitToRound(const std::string& update_id, const st
     }
     return seq;  // a retry of a commit that went through
   }
+  if (tag == "trimmed") return TrimmedRefusal(what, update_id, text(1));
   if (tag == "fenced") {
     return Aborted(what + " refused: lease expired or fenced" +
                    (text(1).empty() ? std::string(" (no live lease)")

@@ -200,6 +200,7 @@ Status ShardCore::Start() {
     LOG(INFO) << "shard " << options_.shard_index << ": initialised version 0, checkpoint " << ck.path;
   }
   RETURN_IF_ERROR(IndexStagedFiles());
+  PruneAfterCheckpoint();  // the oldest kept checkpoint, for trimming; older staged files go
 
   auto head = apply_registry_->GlobalSeq();
   int64_t version;
@@ -243,25 +244,44 @@ void ShardCore::Fence(const std::string& why) {
   version_cv_.notify_all();
 }
 
-Status ShardCore::Resume(int64_t epoch, int64_t registry_head) {
-  std::string behind;
+Status ShardCore::Resume(int64_t epoch, int64_t log_version, const LogRead& log) {
+  std::string diverged;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (state_ == ShardState::kHalted) return DataLoss("shard halted: " + halt_message_);
-    if (registry_head < version_) {
-      behind = RegistryBehindMessage(registry_head, version_);
-    } else {
+    diverged = DivergenceLocked(log_version, log);
+    if (diverged.empty()) {
       epoch_ = epoch;
       fenced_ = false;
       fence_message_.clear();
-      committed_seq_ = std::max(committed_seq_, registry_head);
+      committed_seq_ = std::max(committed_seq_, log.head);
       apply_cv_.notify_all();
       version_cv_.notify_all();
       return Status::Ok();
     }
   }
-  Halt(behind);
-  return DataLoss(behind);
+  Halt(diverged);
+  return DataLoss(diverged);
+}
+
+std::string ShardCore::DivergenceLocked(int64_t log_version, const LogRead& log) const {
+  if (log.head < version_) return RegistryBehindMessage(log.head, version_);
+  if (log_version != version_ || version_ == 0 || last_applied_id_.empty()) return "";
+  const std::string here = "seq " + Str(version_);
+  if (!log.at) {
+    return "the registry's commit log has no entry at " + here + ", which shard " + Str(options_.shard_index) +
+           " applied as update " + last_applied_id_ + " (head " + Str(log.head) +
+           "): Redis lost acknowledged commits; refusing to apply what the log says now";
+  }
+  const bool other_id = log.at->update_id != last_applied_id_;
+  const bool other_chain = !log.at->chain.empty() && !last_applied_chain_.empty() && log.at->chain != last_applied_chain_;
+  if (!other_id && !other_chain) return "";
+  return "the registry reused a seq: its commit record at " + here + " is update " + log.at->update_id +
+         (other_id ? "" : " (chain " + log.at->chain + ")") + " but shard " + Str(options_.shard_index) +
+         " applied update " + last_applied_id_ + (other_id ? "" : " (chain " + last_applied_chain_ + ")") +
+         " there" + (other_id ? "" : ", after another history") +
+         " (Redis lost acknowledged commits and handed their seqs to other updates); refusing to apply "
+         "other updates under those seqs";
 }
 
 std::string ShardCore::RegistryBehindMessage(int64_t head, int64_t version) const {
@@ -709,6 +729,14 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
       out->version = version_;
       return {};
     }
+    if (c.status().code() == StatusCode::kOutOfRange) {
+      // Older than its client's newest trimmed commit: applied long ago or given up; the
+      // commit would be refused too (docs/registry.md, "Trimming").
+      std::lock_guard<std::mutex> lock(mu_);
+      CoreError x = CoreError::Make(ShardErrorCode::kStaleRefused, c.status().message());
+      x.version = version_;
+      return x;
+    }
     CoreError member = CheckMember(a);
     if (!member.ok()) return member;
     // Its staged file, opened before the lock (unused, and removed, if another connection
@@ -837,6 +865,10 @@ ShardStats ShardCore::Stats() {
   st.bytes_out = s.bytes_out;
   st.last_checkpoint_version = std::max<int64_t>(s.checkpoint_version, 0);
   st.last_checkpoint_ms = s.checkpoint_ms;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    st.oldest_checkpoint_version = oldest_checkpoint_version_;
+  }
   return st;
 }
 
@@ -868,7 +900,8 @@ Status ShardCore::IndexStagedFiles() {
     auto c = request_registry_->LookupCommit(f.update_id);
     if (c.ok()) {
       s->seq = c->seq;
-    } else if (c.status().code() != StatusCode::kNotFound) {
+    } else if (c.status().code() != StatusCode::kNotFound && c.status().code() != StatusCode::kOutOfRange) {
+      // kOutOfRange: below its client's trim floor, never committed again; it expires.
       return c.status().WithContext("looking up staged update " + f.update_id);
     }
     std::lock_guard<std::mutex> lock(mu_);

@@ -12,7 +12,10 @@
 //
 // State kept here (beside the parts): version (the highest global seq processed), the
 // OuterOptimizer and the StalenessPolicy; staged_: update_id -> what the shard knows of a
-// staged update (scalars, seq once committed); done_: applied / skipped updates.
+// staged update (scalars, seq once committed); done_: applied / skipped updates. Both drop
+// the updates at or below the oldest kept checkpoint (PruneAfterCheckpoint), so they hold
+// the replay log of the kept checkpoints and nothing older; a resend of an older update is
+// answered from the registry (LookupCommit).
 //
 // Lifecycle: Start() loads the newest checkpoint that verifies (or initialises version 0
 // from init_slice and checkpoints it), indexes the staging store and starts the apply
@@ -21,7 +24,8 @@
 // committed and staged, checkpoints (unless the newest checkpoint already holds this
 // version), stops the thread. A committed update whose staged file is missing or corrupt
 // halts the shard (HALTED, every call answers DATA_LOSS): it is never skipped; so does a
-// registry whose commit log ends below the shard's version (Redis lost commits). Fence()
+// registry whose commit log ends below the shard's version, or holds another entry at the
+// shard's version than the one it applied there (Redis lost commits and reused their seqs). Fence()
 // (the directory lease lapsed, or another process owns the shard): every call answers
 // FENCED, nothing more is applied, status FENCED; Resume() (registered again) un-fences.
 //
@@ -48,7 +52,8 @@
 //     Checking frames, decoding, encoding, file writes and Redis calls happen outside
 //     mu_; the maps are only looked up / changed under it. Entries are shared_ptr so that
 //     a request can work on one while it is removed from a map.
-//   * mu_ guards: state_, fenced_, halt_message_, epoch_, version_, committed_seq_,
+//   * mu_ guards: state_, fenced_, halt_message_, epoch_, version_, last_applied_id_,
+//     last_applied_chain_, committed_seq_,
 //     receiving_ (the table; an entry's frames have their own lock), staged_, done_,
 //     checkpoint_requests_, checkpoint_job_ (the pointer), checkpoint_version_, stats. version_cv_ (with mu_) signals version changes;
 //     apply_cv_ (with mu_) wakes the apply thread (commit_notify, checkpoint, stop).
@@ -285,11 +290,13 @@ class ShardCore {
   // nothing more until Resume().
   void Fence(const std::string& why);
   // The shard registered again (Registry::ReclaimShard) as `epoch`: un-fences, unless the
-  // registry went back in time - its commit log ends at `registry_head`, below this
-  // shard's version (Redis lost acknowledged commits) - which halts the shard (DATA_LOSS
-  // naming both seqs) rather than apply other updates under reused seqs. Returns the
-  // halt's status then (and kDataLoss when already halted).
-  Status Resume(int64_t epoch, int64_t registry_head);
+  // registry went back in time - `log` (Registry::ReadLog at `log_version`, the shard's
+  // version then) ends below this shard's version, or holds another entry at it than the
+  // one this shard applied there (Redis lost acknowledged commits and handed their seqs to
+  // other updates) - which halts the shard (DATA_LOSS naming the seq, and both update ids)
+  // rather than apply other updates under reused seqs. Returns the halt's status then (and
+  // kDataLoss when already halted).
+  Status Resume(int64_t epoch, int64_t log_version, const LogRead& log);
   // Clean shutdown: DRAINING, apply what is committed and staged, checkpoint, stop the
   // apply thread. Returns the final checkpoint's status.
   Status Drain();
@@ -390,6 +397,10 @@ class ShardCore {
   void Halt(const std::string& message);
   // The halt message for a registry whose commit log ends at `head` < `version`.
   std::string RegistryBehindMessage(int64_t head, int64_t version) const;
+  // Why `log` (read at version `log_version`) does not continue the history this shard
+  // applied: its head below version_, or its entry at version_ not the one applied there
+  // (another update id or commit chain). "" when it does, or when log_version != version_.
+  std::string DivergenceLocked(int64_t log_version, const LogRead& log) const;
   void ExpireStaged();
   void DropIdleReceiving();
   void ServeCheckpointRequests();
@@ -466,6 +477,10 @@ class ShardCore {
   std::string halt_message_;
   int64_t epoch_ = 0;
   int64_t version_ = 0;
+  // The commit-log entry applied at version_ (update id and commit chain; "" when not
+  // known: version 0, or a checkpoint that did not record them).
+  std::string last_applied_id_;
+  std::string last_applied_chain_;
   int64_t committed_seq_ = 0;
   ReceiveTable receiving_;
   std::map<std::string, std::shared_ptr<Staged>> staged_;
@@ -477,6 +492,7 @@ class ShardCore {
   bool checkpoint_stop_ = false;
   std::condition_variable checkpoint_cv_;  // with mu_: a job queued or finished, or stop
   int64_t checkpoint_version_ = -1;
+  int64_t oldest_checkpoint_version_ = -1;  // the oldest kept (reported for trimming); -1: none
   int64_t checkpoint_ms_ = 0;
   int64_t optimizer_steps_ = 0;
   int32_t buffered_updates_ = 0;

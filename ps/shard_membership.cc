@@ -59,6 +59,7 @@ void ShardMembership::HeartbeatLoop() {
         if (failures > 0) LOG(INFO) << "shard " << info_.index << ": heartbeat answered again after " << failures
                                     << " failure(s)";
         failures = 0;
+        Trim();
       } else if (s.code() == StatusCode::kAborted) {
         lapsed_epoch_ = epoch_;
         Reclaim(s);
@@ -69,6 +70,16 @@ void ShardMembership::HeartbeatLoop() {
     if (!resumed_) Resume();
     std::lock_guard<std::mutex> lock(mu_);
     if (!lost_.ok()) return;  // another process owns the shard: nothing more to do
+  }
+}
+
+void ShardMembership::Trim() {
+  auto trimmed = registry_->TrimLog(kTrimBatch);
+  if (!trimmed.ok()) {
+    LOG_EVERY_N(WARNING, 20) << "shard " << info_.index << ": trimming the commit log: " << trimmed.status().ToString();
+  } else if (trimmed->trimmed > 0) {
+    VLOG(1) << "shard " << info_.index << ": trimmed " << trimmed->trimmed << " log entries; the log starts at seq "
+            << trimmed->below;
   }
 }
 
@@ -97,17 +108,18 @@ void ShardMembership::Reclaim(const Status& why) {
 }
 
 void ShardMembership::Resume() {
-  auto head = registry_->GlobalSeq();
-  if (!head.ok()) {
-    LOG_EVERY_N(WARNING, 20) << "shard " << info_.index << ": reading the commit-log head: "
-                             << head.status().ToString();
+  // Fenced, the core applies nothing: its version stays put while the log is compared.
+  const int64_t version = core_->GetStatus().version;
+  auto log = registry_->ReadLog(version, 0);
+  if (!log.ok()) {
+    LOG_EVERY_N(WARNING, 20) << "shard " << info_.index << ": reading the commit log: " << log.status().ToString();
     return;  // still fenced; tried again next beat
   }
   resumed_ = true;
-  Status s = core_->Resume(epoch_, *head);
+  Status s = core_->Resume(epoch_, version, *log);
   if (s.ok()) {
-    LOG(WARNING) << "shard " << info_.index << ": serving again as epoch " << epoch_ << " at version "
-                 << core_->GetStatus().version << " (commit-log head " << *head << ")";
+    LOG(WARNING) << "shard " << info_.index << ": serving again as epoch " << epoch_ << " at version " << version
+                 << " (commit-log head " << log->head << ")";
   }
 }
 

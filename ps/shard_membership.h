@@ -9,10 +9,12 @@
 //   * A beat answered kAborted (the lease lapsed: Redis was away longer than the lease, or
 //     restarted) fences the core and reclaims the index (Registry::ReclaimShard): when no
 //     other live process holds it, the shard registers again with a new, larger epoch,
-//     checks the registry's head against its version and un-fences (ShardCore::Resume; a
+//     checks the registry's log at its version (head, entry there) and un-fences (ShardCore::Resume; a
 //     registry that went back in time halts the shard with DATA_LOSS instead), logging
 //     one line; the registry emits "shard_reregistered". While Redis stays away the
 //     reclaim is retried every beat.
+//   * After each beat (which reports the shard's oldest kept checkpoint) it trims the commit
+//     log below the oldest checkpoint every shard keeps (Registry::TrimLog).
 //   * When another live process owns the index, the core stays fenced and lost() reports
 //     it; fedps-shard then exits non-zero rather than linger.
 //
@@ -61,6 +63,10 @@ class ShardMembership {
   void HeartbeatLoop();
   // Beats once; an I/O failure is retried at once on a fresh connection.
   Status Beat();
+  // Trims the commit log below every shard's oldest kept checkpoint (Registry::TrimLog, at
+  // most kTrimBatch entries a beat).
+  void Trim();
+  static constexpr int64_t kTrimBatch = 1000;
   // The lease lapsed (`why`): fence, register again unless another process owns the index.
   void Reclaim(const Status& why);
   // After a reclaim: un-fence the core at the new epoch (or halt it on a registry behind it).

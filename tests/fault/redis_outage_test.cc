@@ -7,7 +7,11 @@
 //   * fedps-shard and fedps-client started while Redis is down wait for it (a progress
 //     line) and go on when it comes up;
 //   * Redis restarted without its data (the registry went back in time): the shards halt
-//     with DATA_LOSS naming the seqs instead of applying other updates under them.
+//     with DATA_LOSS naming the seqs instead of applying other updates under them;
+//   * Redis lost its last acknowledged commits and handed their seqs to other updates
+//     (appendfsync everysec; rolled back by tests/testing/registry_rollback.h while the
+//     shards are frozen, then refilled to their version): the shards halt with DATA_LOSS
+//     naming the seq and both update ids.
 //
 // The outages' lengths are set by the test (they are the fault); nothing asserts a time.
 #include <gtest/gtest.h>
@@ -15,6 +19,7 @@
 #include <thread>
 
 #include "tests/fault/fault_fixture.h"
+#include "tests/testing/registry_rollback.h"
 
 namespace fedps {
 namespace fault_testing {
@@ -191,6 +196,64 @@ TEST_F(FaultTest, RedisRestartedWithoutItsDataHaltsTheShardsWithDataLoss) {
     auto pulled = ch.Pull(req);
     EXPECT_FALSE(pulled.ok());
     EXPECT_NE(pulled.status().message().find("went back in time"), std::string::npos) << pulled.status().ToString();
+  }
+}
+
+TEST_F(FaultTest, RedisThatLostItsLastCommitsAndReusedTheirSeqsHaltsTheShards) {
+  Knobs k;
+  k.extra_ps = "shard_lease_ms = " + std::to_string(kShardLeaseMs) + "\n";
+  const std::string config = WriteConfig(k);
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  {
+    ScopedProcess c0 = StartClient(config, "l-0", 0);
+    ASSERT_TRUE(testing::WaitFor([&] { return Seq(*reg) >= 4; }, 60s, 20ms)) << testing::ReadLogTail(ClientLog("l-0"));
+    auto st = c0.Terminate(30s);
+    ASSERT_TRUE(st.ok());
+  }
+  const int64_t head = Seq(*reg);
+  for (int i = 0; i < kShards; ++i) {
+    ASSERT_TRUE(testing::WaitFor([&] { return ShardVersion(i) == head; }, 30s, 20ms));
+  }
+  const std::vector<CommittedUpdate> before = CommitLog(*reg);
+  ASSERT_EQ(static_cast<int64_t>(before.size()), head);
+  const size_t applies[kShards] = {Records(ShardMetrics(0), "apply").size(), Records(ShardMetrics(1), "apply").size()};
+
+  // While the shards are frozen, Redis "loses" its last two commits and hands seqs
+  // head - 1 and head to two other updates (stage marks written as the shards would).
+  for (auto& s : shards_) ASSERT_TRUE(s.Stop().ok());
+  ASSERT_TRUE(testing::RollBackCommitLog(*redis_, kRunId, head - 2).ok());
+  auto epoch = reg->Join("other", {"h", {}}, 60s);
+  ASSERT_TRUE(epoch.ok()) << epoch.status().ToString();
+  std::string reused;
+  for (int n = 1; n <= 2; ++n) {
+    reused = "other/" + std::to_string(*epoch) + "/" + std::to_string(n);
+    const nlohmann::json record = {{"base_version", head - 2}, {"tokens", 256}, {"local_steps", 4}};
+    for (int i = 0; i < kShards; ++i) ASSERT_TRUE(reg->MarkStaged(reused, i, 0, record).ok());
+    auto seq = reg->CommitUpdate(reused, "other", *epoch, record, kShards);
+    ASSERT_TRUE(seq.ok()) << seq.status().ToString();
+    EXPECT_EQ(*seq, head - 2 + n);
+  }
+  ASSERT_EQ(Seq(*reg), head);  // back at the shards' version: the head check sees nothing
+  for (auto& s : shards_) ASSERT_TRUE(s.Continue().ok());
+
+  const std::string want = "reused a seq: its commit record at seq " + std::to_string(head) + " is update " + reused;
+  for (int i = 0; i < kShards; ++i) {
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          auto st = ShardStatusOf(i);
+          return st.ok() && st->state == rpc::ShardState::HALTED;
+        },
+        60s, 50ms))
+        << "shard " << i << "\n" << testing::ReadLogTail(shards_[i].log_path());
+    const std::string log = ReadText(shards_[i].log_path());
+    EXPECT_NE(log.find(want + " but shard " + std::to_string(i) + " applied update " + before[head - 1].update_id),
+              std::string::npos)
+        << testing::ReadLogTail(shards_[i].log_path());
+    EXPECT_EQ(ShardVersion(i), head);
+    EXPECT_EQ(Records(ShardMetrics(i), "apply").size(), applies[i]) << "nothing may be applied after the loss";
   }
 }
 

@@ -45,7 +45,50 @@ Probe ProbeOnce(const std::string& host, int port, const std::string& password) 
   return Probe::kNotYet;
 }
 
+std::string ReplyText(const redisReply* r) {
+  switch (r->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+      return std::string(r->str, r->len);
+    case REDIS_REPLY_INTEGER:
+      return std::to_string(r->integer);
+    case REDIS_REPLY_ARRAY: {
+      std::string out;
+      for (size_t i = 0; i < r->elements; ++i) out += (i ? "\n" : "") + ReplyText(r->element[i]);
+      return out;
+    }
+    default:
+      return "";
+  }
+}
+
 }  // namespace
+
+StatusOr<std::string> ScopedRedisServer::Command(const std::vector<std::string>& argv) {
+  timeval tv{5, 0};
+  ContextPtr c(redisConnectWithTimeout(host_.c_str(), port_, tv));
+  if (!c || c->err)
+    return Unavailable("redis-server at port " + std::to_string(port_) + " does not answer");
+  redisSetTimeout(c.get(), tv);
+  auto send = [&](const std::vector<std::string>& args) -> StatusOr<std::string> {
+    std::vector<const char*> ptrs;
+    std::vector<size_t> lens;
+    for (const auto& a : args) {
+      ptrs.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    ReplyPtr r(static_cast<redisReply*>(
+        redisCommandArgv(c.get(), static_cast<int>(args.size()), ptrs.data(), lens.data())));
+    if (!r) return Unavailable("redis-server at port " + std::to_string(port_) + ": no reply");
+    if (r->type == REDIS_REPLY_ERROR) return Internal("redis: " + std::string(r->str, r->len));
+    return ReplyText(r.get());
+  };
+  if (!options_.password.empty()) {
+    auto auth = send({"AUTH", options_.password});
+    if (!auth.ok()) return auth.status();
+  }
+  return send(argv);
+}
 
 ScopedRedisServer::ScopedRedisServer(RedisServerOptions options) : options_(std::move(options)) {}
 

@@ -59,6 +59,10 @@ class ScopedRedisServer {
   const std::string& password() const { return options_.password; }
   const std::string& dir() const { return dir_.path(); }
   std::string log_path() const { return dir_.File("redis-server.log"); }
+  // Sends one command (AUTH first when there is a password) on a fresh connection and
+  // returns the reply as text: a string or status as is, an integer in decimal, nil as "",
+  // an array as its elements' texts joined by '\n'. An error reply is kInternal.
+  StatusOr<std::string> Command(const std::vector<std::string>& argv);
   // The server process itself, e.g. to Stop()/Continue() it (a hung Redis).
   ScopedProcess& process() { return process_; }
 
