@@ -342,6 +342,9 @@ void ShardCore::FinishApply(const CommittedUpdate& c, const std::vector<AppliedR
     st->second->seq = c.seq;
     applied_log_.push_back(r);
   }
+  if (applied_log_.size() > 2 * kAppliedLogKept) {  // amortised: one move per kAppliedLogKept applies
+    applied_log_.erase(applied_log_.begin(), applied_log_.end() - static_cast<std::ptrdiff_t>(kAppliedLogKept));
+  }
   // A skipped commit counts once even when it names no update (a round closed empty).
   if (skipped) {
     skipped_updates_ += static_cast<int64_t>(std::max<size_t>(applied.size(), 1));

@@ -322,8 +322,10 @@ class ShardCore {
   std::vector<std::string> codecs() const;
   // Registry stats for the heartbeat.
   ShardStats Stats();
-  // The updates applied / skipped since Start(), in order (for tests).
+  // The updates applied / skipped since Start(), in order (for tests and tools): the last
+  // kAppliedLogKept at least, so that it does not grow without bound on a long run.
   std::vector<AppliedRecord> AppliedLog();
+  static constexpr size_t kAppliedLogKept = 100000;
   // Blocks until version >= v or the timeout passes; true when reached.
   bool WaitForVersion(int64_t v, int64_t timeout_ms);
   // A copy of the current snapshot (version, slice); for tests and tools.
@@ -485,7 +487,7 @@ class ShardCore {
   ReceiveTable receiving_;
   std::map<std::string, std::shared_ptr<Staged>> staged_;
   std::map<std::string, DoneUpdate> done_;
-  std::vector<AppliedRecord> applied_log_;
+  std::vector<AppliedRecord> applied_log_;  // at most 2 x kAppliedLogKept
   std::vector<std::shared_ptr<CheckpointRequest>> checkpoint_requests_;
   std::shared_ptr<CheckpointJob> checkpoint_job_;  // queued or being written (one at a time)
   bool checkpoint_writing_ = false;                // the checkpoint thread took checkpoint_job_

@@ -156,6 +156,58 @@ TEST_F(RoundsTest, ARoundWaitsForItsUpdatesAndClosesIntoOneLogEntry) {
   EXPECT_EQ(next->deadline_ms, 0);  // no deadline before its first update
 }
 
+// Trimming (docs/registry.md, "Trimming") removes a closed round's entry with the records
+// of its updates, which then count as trimmed for their clients: never committed again.
+TEST_F(RoundsTest, TrimmingARoundRemovesItsUpdatesAndRefusesThemAgain) {
+  RoundOptions rounds;
+  rounds.clients = 2;
+  Join("alice");
+  Join("bob");
+  for (int64_t v = 0; v < 3; ++v) {  // rounds 0, 1, 2 -> seqs 1, 2, 3
+    const std::string n = std::to_string(v);
+    ASSERT_OK(StageAndCommit("alice", "alice/" + std::to_string(epochs_["alice"]) + "/" + n, v, 100,
+                             rounds)
+                  .status());
+    ASSERT_OK(
+        StageAndCommit("bob", "bob/" + std::to_string(epochs_["bob"]) + "/" + n, v, 300, rounds)
+            .status());
+  }
+  ASSERT_EQ(*registry_->GlobalSeq(), 3);
+  for (int i = 0; i < kShards; ++i) {
+    auto e = registry_->RegisterShard({i, "127.0.0.1:1", i * kN, (i + 1) * kN, 1},
+                                      std::chrono::hours(1));
+    ASSERT_OK(e.status());
+    ShardStats st;
+    st.oldest_checkpoint_version = 3;
+    ASSERT_OK(registry_->ShardHeartbeat(i, *e, &st));
+  }
+  auto trimmed = registry_->TrimLog(1000);
+  ASSERT_OK(trimmed.status());
+  EXPECT_EQ(trimmed->trimmed, 2);  // round/0 and round/1; round/2 (seq 3) is kept
+  EXPECT_EQ(trimmed->below, 3);
+  auto t = registry_->Trimmed();
+  ASSERT_OK(t.status());
+  EXPECT_EQ(t->tokens, 800);  // two rounds of 100 + 300
+  const std::string a1 = "alice/" + std::to_string(epochs_["alice"]) + "/1";
+  EXPECT_EQ(registry_->LookupCommit(a1).status().code(), StatusCode::kOutOfRange);
+  EXPECT_EQ(registry_->LookupCommit("round/1").status().code(), StatusCode::kNotFound);
+  auto kept = registry_->LookupCommit("alice/" + std::to_string(epochs_["alice"]) + "/2");
+  ASSERT_OK(kept.status());
+  EXPECT_EQ(kept->seq, 3);
+  // Committing a trimmed update to the open round is refused before anything else.
+  auto again = StageAndCommit("alice", a1, 3, 100, rounds);
+  EXPECT_EQ(again.status().code(), StatusCode::kOutOfRange) << again.status().ToString();
+  EXPECT_THAT(again.status().message(), HasSubstr("never committed again"));
+  // The next update of each client goes on into round 3.
+  ASSERT_OK(
+      StageAndCommit("alice", "alice/" + std::to_string(epochs_["alice"]) + "/3", 3, 100, rounds)
+          .status());
+  auto b = StageAndCommit("bob", "bob/" + std::to_string(epochs_["bob"]) + "/3", 3, 300, rounds);
+  ASSERT_OK(b.status());
+  EXPECT_EQ(*b, 4);
+  EXPECT_EQ(*registry_->GlobalSeq(), 4);
+}
+
 TEST_F(RoundsTest, ARoundClosesOnItsTimeoutAndRefusesTheLateUpdate) {
   RoundOptions rounds;  // the members live at open: alice and bob
   rounds.timeout = 300ms;
