@@ -211,6 +211,9 @@ StatusOr<TrainResult> LocalTrainer::Run(int64_t max_steps, double time_budget_s,
     }
     result.mean_loss = run_micro > 0 ? run_loss_sum.item<double>() / static_cast<double>(run_micro) : 0;
     if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+  } catch (const c10::Error& e) {
+    // LibTorch's message without its C++ backtrace (dozens of frames that name no setting).
+    return Internal(std::string("training step failed: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {
     return Internal(std::string("training step failed: ") + e.what());
   }
