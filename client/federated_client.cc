@@ -245,15 +245,39 @@ bool FederatedClient::SleepMs(int64_t ms) const {
 Status FederatedClient::JoinFresh() {
   char host[256] = {0};
   if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
-  Status joined = WaitForRedis(cfg_.ps.redis, std::chrono::milliseconds(cfg_.ps.redis_wait_ms), [&]() -> Status {
-    auto epoch = registry_->Join(options_.name, host, member_domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
-    if (!epoch.ok()) return epoch.status();
-    std::lock_guard<std::mutex> lock(membership_mu_);
-    epoch_ = *epoch;
-    joined_ = true;
-    return Status::Ok();
-  }, [this] { return Stopping(); });
-  return joined.ok() ? joined : joined.WithContext("join");
+  // A name whose lease is live belongs to another process: wait until it lapses (a killed
+  // predecessor's lease runs out within client.lease_ms); a holder that keeps renewing it
+  // for 2 x client.lease_ms is alive, and this process gives up.
+  const auto lease = std::chrono::milliseconds(cfg_.client.lease_ms);
+  std::optional<SteadyClock::time_point> held_since;
+  auto last_line = SteadyClock::now();
+  for (;;) {
+    Status joined = WaitForRedis(cfg_.ps.redis, std::chrono::milliseconds(cfg_.ps.redis_wait_ms), [&]() -> Status {
+      auto epoch = registry_->Join(options_.name, host, member_domains_, lease);
+      if (!epoch.ok()) return epoch.status();
+      std::lock_guard<std::mutex> lock(membership_mu_);
+      epoch_ = *epoch;
+      joined_ = true;
+      return Status::Ok();
+    }, [this] { return Stopping(); });
+    if (joined.code() != StatusCode::kAlreadyExists) return joined.ok() ? joined : joined.WithContext("join");
+    const auto now = SteadyClock::now();
+    if (!held_since) {
+      held_since = now;
+      LOG(WARNING) << "client " << options_.name << ": " << joined.message() << "; waiting for it to lapse";
+    }
+    if (now - *held_since > 2 * lease + std::chrono::seconds(1)) {
+      return FailedPrecondition("another live process holds the client name " + options_.name +
+                                " (it renewed its lease for 2 x client.lease_ms = " +
+                                std::to_string(2 * cfg_.client.lease_ms) + " ms): stop it, or start this client with "
+                                "another --name. " + joined.message());
+    }
+    if (now - last_line > std::chrono::seconds(5)) {
+      LOG(INFO) << "client " << options_.name << ": still waiting: " << joined.message();
+      last_line = now;
+    }
+    if (!SleepMs(250)) return Aborted("stopped while waiting for the client name " + options_.name);
+  }
 }
 
 Status FederatedClient::Rejoin(RegistryLink* registry, int64_t fenced_epoch) {
@@ -262,9 +286,19 @@ Status FederatedClient::Rejoin(RegistryLink* registry, int64_t fenced_epoch) {
   char host[256] = {0};
   if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
   auto epoch = registry->Join(options_.name, host, member_domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
+  if (epoch.status().code() == StatusCode::kAlreadyExists) {
+    // Another process joined under this name after this one's lease lapsed: it owns the
+    // name now. This one stops (its pending update stays in its state folder).
+    Status replaced = FailedPrecondition("client " + options_.name + " epoch " + std::to_string(fenced_epoch) +
+                                         " was fenced and another process took the name: " + epoch.status().message() +
+                                         "; this process stops");
+    replaced_ = replaced;
+    stopping_ = true;
+    return replaced;
+  }
   if (!epoch.ok()) return epoch.status().WithContext("rejoin");
   LOG(WARNING) << "client " << options_.name << ": membership epoch " << fenced_epoch
-               << " was fenced (lease lapsed or a newer join under this name); joined again as epoch " << *epoch;
+               << " was fenced (its lease lapsed); joined again as epoch " << *epoch;
   epoch_ = *epoch;
   ++rejoins_;
   return Status::Ok();
@@ -1339,6 +1373,10 @@ Status FederatedClient::Run() {
     heartbeat_stop_ = true;
     hb_cv_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
+    {
+      std::lock_guard<std::mutex> lock(membership_mu_);
+      if (!replaced_.ok()) result = replaced_;  // the loop saw only the stop
+    }
     stats_.rejoins = rejoins_.load();
     Status leave = registry_->Leave(options_.name, CurrentEpoch());
     if (!leave.ok()) LOG(WARNING) << "leave: " << leave.message();

@@ -67,9 +67,11 @@
 //     each, channels_[i][j]), its own Backoff, and writes only its own slice of the pulled
 //     buffer / its own result slot.
 //     Codecs are thread-safe (compression/codec.h).
-//   * membership_mu_ guards epoch_ and rejoins_: Rejoin() is called by the heartbeat thread
-//     or the update loop, and joins again only if the epoch it saw fenced is still current,
-//     so two threads noticing the same fencing produce one Join.
+//   * membership_mu_ guards epoch_, rejoins_ and replaced_: Rejoin() is called by the
+//     heartbeat thread or the update loop, and joins again only if the epoch it saw fenced
+//     is still current, so two threads noticing the same fencing produce one Join. A name
+//     that another live process holds (kAlreadyExists) is never taken: at start the client
+//     waits up to 2 x client.lease_ms for it to lapse; after a fencing it stops (replaced_).
 //   * stats_mu_ guards heartbeat_stats_ (written by the loop, read by the heartbeat).
 //   * stop: an external std::atomic<bool> (a signal handler sets it) plus stopping_; every
 //     wait polls them at least every 50 ms.
@@ -296,6 +298,7 @@ class FederatedClient {
   std::mutex membership_mu_;
   int64_t epoch_ = 0;           // guarded by membership_mu_
   bool joined_ = false;         // guarded by membership_mu_
+  Status replaced_;             // guarded by membership_mu_: another process took the name
   std::mutex stats_mu_;
   nlohmann::json heartbeat_stats_ = nlohmann::json::object();  // guarded by stats_mu_
   std::atomic<int64_t> rejoins_{0};

@@ -1,8 +1,29 @@
 #include "client/registry_link.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <random>
+
 #include "ps/registry.h"
 
 namespace fedps {
+namespace {
+
+// This process as a member: host/pid/64 random bits, made once per process, so a second
+// process under the same name (another host, or a pid reused after a restart) differs.
+const std::string& ProcessInstance(const std::string& host) {
+  static const std::string instance = [&] {
+    std::random_device rd;
+    const uint64_t nonce = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(nonce));
+    return (host.empty() ? std::string("?") : host) + "/" + std::to_string(::getpid()) + "/" + hex;
+  }();
+  return instance;
+}
+
+}  // namespace
 
 RegistryLink::RegistryLink(std::unique_ptr<Registry> r) : registry_(std::move(r)) {}
 RegistryLink::~RegistryLink() = default;
@@ -45,6 +66,7 @@ StatusOr<int64_t> RegistryLink::Join(const std::string& client, const std::strin
   ClientInfo info;
   info.host = host;
   info.data_domains = domains;
+  info.instance = ProcessInstance(host);
   return registry_->Join(client, info, lease);
 }
 

@@ -289,6 +289,7 @@ void ShardCore::ExpireStaged() {
   for (const std::string& id : candidates) {
     auto released = apply_registry_->ReleaseStaged(id, options_.shard_index);
     bool drop = false;
+    std::string detached;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = staged_.find(id);
@@ -300,11 +301,14 @@ void ShardCore::ExpireStaged() {
         it->second->seq = *released;  // committed meanwhile: keep and apply
       } else {
         staged_.erase(it);
+        // Under mu_, with the entry: a push of the same id stages only after this, under
+        // the freed name, so the delete below cannot take its file.
+        detached = staged_store_->Detach(id);
         drop = true;
       }
     }
     if (drop) {
-      staged_store_->Remove(id);
+      staged_store_->Discard(detached);
       LOG(INFO) << "shard " << options_.shard_index << ": dropped expired staged update " << id;
       Metric("stage_expired", {{"update_id", id}});
     }

@@ -249,9 +249,17 @@ return out
 )lua";
 
 // KEYS: members, member:<name>, lease:<name>, epoch, events.
-// ARGV: prefix, maxlen, past_max, name, host, domains (JSON), lease_ms -> epoch
+// ARGV: prefix, maxlen, past_max, name, host, domains (JSON), lease_ms, instance
+// -> {'ok', epoch} | {'held', epoch, host, instance, lease ms left}
 constexpr const char* kJoinLua = R"lua(
 local now = now_ms()
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local holder = redis.call('HGET', KEYS[2], 'instance') or ''
+  if holder ~= ARGV[8] then
+    return {'held', redis.call('GET', KEYS[3]) or '', redis.call('HGET', KEYS[2], 'host') or '', holder,
+            redis.call('PTTL', KEYS[3])}
+  end
+end
 if redis.call('SISMEMBER', KEYS[1], ARGV[4]) == 1 then
   local reason = 'expired'
   if redis.call('EXISTS', KEYS[3]) == 1 then reason = 'replaced' end
@@ -259,13 +267,13 @@ if redis.call('SISMEMBER', KEYS[1], ARGV[4]) == 1 then
 end
 local e = redis.call('INCR', KEYS[4])
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'epoch', e, 'host', ARGV[5], 'domains', ARGV[6],
+redis.call('HSET', KEYS[2], 'epoch', e, 'host', ARGV[5], 'domains', ARGV[6], 'instance', ARGV[8],
            'joined_ms', num(now), 'last_heartbeat_ms', num(now), 'heartbeats', '0',
            'lease_ms', ARGV[7], 'stats', '{}')
 redis.call('SET', KEYS[3], e, 'PX', ARGV[7])
 redis.call('SADD', KEYS[1], ARGV[4])
 emit(KEYS[5], ARGV[2], 'join', {client = ARGV[4], epoch = e, host = ARGV[5]})
-return e
+return {'ok', e}
 )lua";
 
 // KEYS: member:<name>, lease:<name>. ARGV: epoch, stats (JSON)
@@ -1154,8 +1162,21 @@ StatusOr<int64_t> Registry::Join(const std::string& client, const ClientInfo& in
                          Key("epoch"), Key("events")},
                         {prefix_, std::to_string(options_.events_max_len),
                          std::to_string(options_.past_members_max), client, info.host,
-                         DumpJson(Json(info.data_domains)), std::to_string(lease.count())}));
-  return AsInt(reply.get(), "Join");
+                         DumpJson(Json(info.data_domains)), std::to_string(lease.count()), info.instance}));
+  const std::string tag = Tag(reply.get());
+  if (tag == "ok") return AsInt(Elem(reply.get(), 1), "Join epoch");
+  if (tag == "held") {
+    auto str = [&](size_t i) {
+      const redisReply* e = Elem(reply.get(), i);
+      return IsString(e) ? Str(e) : std::string();
+    };
+    auto left = AsInt(Elem(reply.get(), 4), "Join lease left");
+    return AlreadyExists("client name " + client + " is held by a live membership (epoch " + str(1) + ", host " +
+                         (str(2).empty() ? "?" : str(2)) + ", process " + (str(3).empty() ? "?" : str(3)) +
+                         "); its lease lapses in " + (left.ok() ? std::to_string(*left) : std::string("?")) +
+                         " ms unless that process renews it");
+  }
+  return DataLoss("Join: unexpected reply");
 }
 
 Status Registry::Heartbeat(const std::string& client, int64_t epoch, const nlohmann::json& stats) {

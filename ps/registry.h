@@ -13,7 +13,7 @@
 //   P shard:<i>:lease    string  the shard's epoch, PX lease_ms (refreshed by ShardHeartbeat)
 //   P shard:<i>:stats    hash    version, applied updates, bytes in/out, last checkpoint
 //   P members            set     client names whose membership has not been closed yet
-//   P member:<name>      hash    epoch, host, domains, joined/heartbeat times, lease_ms, stats
+//   P member:<name>      hash    epoch, host, domains, instance, joined/heartbeat times, lease_ms, stats
 //   P lease:<name>       string  the member's epoch, PX lease_ms (refreshed by Heartbeat)
 //   P past_members       list    JSON records of ended memberships (left/expired/replaced)
 //   P staged:<update>    hash    shard index -> its stage record (JSON), PX staged_ttl;
@@ -32,7 +32,7 @@
 //   * A lease is a key with a TTL whose value is the holder's epoch. Alive iff the lease
 //     key exists; Redis expires it, so no clock but the Redis server's decides. Epochs
 //     come from one counter and are unique per Join/RegisterShard, so a holder whose lease
-//     expired (or who was replaced by a newer join under the same name) is fenced: its
+//     expired (or who replaced itself by joining again) is fenced: its
 //     heartbeats and commits carry an old epoch and get kAborted, and it must rejoin.
 //   * CommitUpdate is one Lua script: idempotent on the update id, fenced on the epoch,
 //     optionally refused when too stale, refused unless every shard staged its slice with
@@ -149,8 +149,13 @@ struct ShardStatus {
 };
 
 struct ClientInfo {
+  ClientInfo(std::string host_ = "", std::vector<std::string> domains = {}, std::string instance_ = "")
+      : host(std::move(host_)), data_domains(std::move(domains)), instance(std::move(instance_)) {}
   std::string host;
   std::vector<std::string> data_domains;  // e.g. {"code", "en-literature"}
+  // The process joining (fedps-client: host/pid/random, made once per process). A live
+  // membership is taken over only by the same instance; "" matches only "".
+  std::string instance;
 };
 
 // A live member, or (in PastMembers) one whose membership ended.
@@ -166,7 +171,7 @@ struct Member {
   int64_t lease_remaining_ms = 0;                   // live members only
   nlohmann::json stats = nlohmann::json::object();  // as last sent with Heartbeat
   // Past members only:
-  std::string end_reason;  // "left", "expired" or "replaced" (a newer join, same name)
+  std::string end_reason;  // "left", "expired" or "replaced" (the same process joined again)
   int64_t ended_ms = 0;    // for "expired": when the lease ran out
 };
 
@@ -271,8 +276,10 @@ class Registry {
   StatusOr<std::vector<ShardStatus>> Shards();
 
   // ---- client membership ----
-  // Starts a membership with a lease; returns a fresh fencing epoch. A previous
-  // membership under the same name ends ("replaced" if still live, else "expired").
+  // Starts a membership with a lease; returns a fresh fencing epoch. A name whose lease is
+  // live is taken only by the instance holding it (a retried Join: the old membership
+  // ends "replaced"); another instance gets kAlreadyExists naming the holder and how long
+  // its lease has left. A lapsed membership under the name ends "expired".
   StatusOr<int64_t> Join(const std::string& client, const ClientInfo& info,
                          std::chrono::milliseconds lease);
   // Refreshes the lease and stores `stats`; kAborted ("lease expired or fenced, rejoin")

@@ -213,4 +213,20 @@ StatusOr<std::vector<StagedUpdate>> StagedStore::Index() const {
 
 void StagedStore::Remove(const std::string& update_id) const { env_->RemoveFile(Path(update_id)).IgnoreError(); }
 
+std::string StagedStore::Detach(const std::string& update_id) const {
+  const std::string from = Path(update_id);
+  const std::string to = from + ".tmp.expired";
+  Status moved = env_->Rename(from, to);
+  if (!moved.ok()) {
+    LOG(WARNING) << "detaching staged " << update_id << ": " << moved.ToString();
+    env_->RemoveFile(from).IgnoreError();  // nothing can stage under the name meanwhile: the caller holds the lock
+    return "";
+  }
+  return to;
+}
+
+void StagedStore::Discard(const std::string& detached_path) const {
+  if (!detached_path.empty()) env_->RemoveFile(detached_path).IgnoreError();
+}
+
 }  // namespace fedps

@@ -91,6 +91,12 @@ class StagedStore {
   // the shard with the reason).
   StatusOr<std::vector<StagedUpdate>> Index() const;
   void Remove(const std::string& update_id) const;
+  // Frees the update's name at once (a rename to an unfinished-write name, which Index
+  // removes after a crash) and returns the path its bytes moved to, for Discard. Called
+  // under the shard's lock when an expired update is dropped, so that a push of the same id
+  // arriving later stages under the name and a slow delete cannot remove the new file.
+  std::string Detach(const std::string& update_id) const;
+  void Discard(const std::string& detached_path) const;
 
  private:
   const std::string dir_;

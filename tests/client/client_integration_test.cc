@@ -631,6 +631,48 @@ TEST_F(ClientIntegration, SigtermEndsTheLoopCleanlyAndLeaves) {
   EXPECT_EQ(past->front().end_reason, "left");
 }
 
+TEST_F(ClientIntegration, ASecondProcessUnderALiveNameIsRefusedAndTheFirstGoesOn) {
+  std::string config = WriteConfig();
+  StartShards(config);
+  if (HasFatalFailure()) return;
+  const std::string metrics = dir_.File("run/clients/twin/metrics.jsonl");
+  ScopedProcess first = StartClient(config, "twin", {"--data", dir_.File("clients/client-0")});  // until stopped
+  ASSERT_TRUE(testing::WaitFor([&] { return Records(metrics, "update").size() >= 1; }, 300s, 20ms))
+      << testing::ReadLogTail(first.log_path());
+  auto reg = ConnectRegistry();
+  ASSERT_NE(reg, nullptr);
+  auto before = reg->Members();
+  ASSERT_TRUE(before.ok() && before->size() == 1u);
+
+  // The same name from another state folder (another machine, say): it waits for the
+  // name's lease to lapse, sees it renewed for 2 x lease_ms and exits 1 naming the holder.
+  ProcessOptions o;
+  o.argv = {Bin("fedps-client"), "--config", config, "--name", "twin", "--state", dir_.File("twin-2"),
+            "--data", dir_.File("clients/client-1")};
+  o.log_path = dir_.File("twin-2.log");
+  auto second = ScopedProcess::Start(o);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  auto st = second->Wait(120s);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->code, 1) << st->ToString();
+  const std::string log = testing::ReadLogTail(second->log_path());
+  EXPECT_NE(log.find("another live process holds the client name twin"), std::string::npos) << log;
+
+  // The first kept its membership (same epoch) and commits on.
+  auto after = reg->Members();
+  ASSERT_TRUE(after.ok() && after->size() == 1u);
+  EXPECT_EQ(after->front().epoch, before->front().epoch);
+  const size_t updates = Records(metrics, "update").size();
+  EXPECT_TRUE(testing::WaitFor([&] { return Records(metrics, "update").size() > updates; }, 300s, 20ms))
+      << testing::ReadLogTail(first.log_path());
+  auto past = reg->PastMembers(10);
+  ASSERT_TRUE(past.ok());
+  EXPECT_TRUE(past->empty()) << "no membership was replaced";
+  auto stopped = first.Terminate(60s);
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_TRUE(stopped->success()) << stopped->ToString() << "\n" << testing::ReadLogTail(first.log_path());
+}
+
 TEST_F(ClientIntegration, RefusesAConfigThatDoesNotMatchTheRun) {
   std::string config = WriteConfig();
   StartShards(config);

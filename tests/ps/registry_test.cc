@@ -315,21 +315,49 @@ TEST_F(RegistryTest, ExpiredEpochIsFencedAndRejoinGivesALargerOne) {
   EXPECT_EQ(seq, 1);
 }
 
-TEST_F(RegistryTest, JoinUnderALiveNameReplacesTheOldMembership) {
+TEST_F(RegistryTest, AnotherProcessCannotTakeALiveNameUntilItsLeaseLapses) {
   auto r = Open();
   ASSERT_NE(r, nullptr);
-  ASSERT_OK_AND_ASSIGN(int64_t first, r->Join("dave", {"old-host", {}}, kLongLease));
-  ASSERT_OK_AND_ASSIGN(int64_t second, r->Join("dave", {"new-host", {}}, kLongLease));
-  EXPECT_GT(second, first);
-  EXPECT_EQ(r->Heartbeat("dave", first).code(), StatusCode::kAborted);
-  ASSERT_OK(r->Heartbeat("dave", second));
+  ASSERT_OK_AND_ASSIGN(int64_t first, r->Join("dave", {"old-host", {}, "old-host/11/aa"}, kShortLease));
+  auto second = r->Join("dave", {"new-host", {}, "new-host/22/bb"}, kLongLease);
+  ASSERT_EQ(second.status().code(), StatusCode::kAlreadyExists) << second.status().ToString();
+  EXPECT_THAT(second.status().message(), HasSubstr("old-host/11/aa"));
+  EXPECT_THAT(second.status().message(), HasSubstr("epoch " + std::to_string(first)));
+  EXPECT_THAT(second.status().message(), HasSubstr("lapses in"));
+  ASSERT_OK(r->Heartbeat("dave", first));  // the holder is untouched
   ASSERT_OK_AND_ASSIGN(std::vector<Member> members, r->Members());
   ASSERT_EQ(members.size(), 1u);
-  EXPECT_EQ(members[0].host, "new-host");
+  EXPECT_EQ(members[0].host, "old-host");
+
+  // Once the holder stops renewing, its lease lapses and the other process joins.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto m = r->Members();
+        return m.ok() && m->empty();
+      },
+      kDeadline));
+  ASSERT_OK_AND_ASSIGN(int64_t taken, r->Join("dave", {"new-host", {}, "new-host/22/bb"}, kLongLease));
+  EXPECT_GT(taken, first);
+  EXPECT_EQ(r->Heartbeat("dave", first).code(), StatusCode::kAborted);
+  ASSERT_OK_AND_ASSIGN(std::vector<Member> past, r->PastMembers());
+  ASSERT_EQ(past.size(), 1u);
+  EXPECT_EQ(past[0].end_reason, "expired");
+  EXPECT_EQ(past[0].host, "old-host");
+}
+
+TEST_F(RegistryTest, TheSameProcessJoiningAgainReplacesItsLiveMembership) {
+  // A Join whose reply was lost is retried by the same process: it gets a fresh epoch and
+  // its old membership ends "replaced".
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  ASSERT_OK_AND_ASSIGN(int64_t first, r->Join("ed", {"h", {}, "h/7/cc"}, kLongLease));
+  ASSERT_OK_AND_ASSIGN(int64_t second, r->Join("ed", {"h", {}, "h/7/cc"}, kLongLease));
+  EXPECT_GT(second, first);
+  EXPECT_EQ(r->Heartbeat("ed", first).code(), StatusCode::kAborted);
+  ASSERT_OK(r->Heartbeat("ed", second));
   ASSERT_OK_AND_ASSIGN(std::vector<Member> past, r->PastMembers());
   ASSERT_EQ(past.size(), 1u);
   EXPECT_EQ(past[0].end_reason, "replaced");
-  EXPECT_EQ(past[0].host, "old-host");
 }
 
 // ---- staging and commit ----------------------------------------------------------------------
