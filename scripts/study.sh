@@ -28,7 +28,8 @@
 # (grad_accum = K: the data-parallel equivalent of K clients), and `central-1`, one
 # client's batch. Runs whose eval-*.json exists are not run again (delete the folder to
 # redo one). The last phase prints the table: bits per byte per domain and the ratio to
-# central-dpK of the same K, and writes its summary rows to RUNS/study.json.
+# central-dpK of the same K, and a summary row per run (losses, ratios, the mean and largest
+# staleness of shard 0's applied updates, wall seconds), also written to RUNS/study.json.
 #
 # Settings (#@study key = value; STUDY_<KEY> environment variables override):
 #   corpus_sources, max_mb_per_domain, held_out, vocab_size, tokenizer_bytes: the data, as
@@ -53,7 +54,7 @@ while (($#)); do
     --cache) CACHE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "study: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
