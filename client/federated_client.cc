@@ -847,6 +847,7 @@ Status FederatedClient::RunTrainer() {
     buffer_fresh = false;
     int64_t lo = INT64_MAX, hi = 0;
     for (const auto& p : base.slices) lo = std::min(lo, p.version), hi = std::max(hi, p.version);
+    if (cfg_.client.reset_inner_optimizer) trainer_->ResetOptimizer();
     if (cfg_.train.schedule_clock == "federation") {
       // The inner lr follows the federation's committed steps (model/trainer.h).
       RETURN_IF_ERROR(trainer_->SetScheduleStep(FederationScheduleStep(lo, cfg_.client.local_steps)));

@@ -157,7 +157,8 @@ std::map<std::string, Section> Schema(RunConfig& c) {
                  {"pipeline_depth", Bind(&k.pipeline_depth)},
                  {"optimizer_save_every", Bind(&k.optimizer_save_every)},
                  {"min_free_disk_mb", Bind(&k.min_free_disk_mb)},
-                 {"streams_per_shard", Bind(&k.streams_per_shard)}};
+                 {"streams_per_shard", Bind(&k.streams_per_shard)},
+                 {"reset_inner_optimizer", Bind(&k.reset_inner_optimizer)}};
   auto& l = c.limits;
   s["limits"] = {{"max_connections", Bind(&l.max_connections)},
                  {"idle_timeout_ms", Bind(&l.idle_timeout_ms)},

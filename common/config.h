@@ -156,6 +156,9 @@ struct ClientOptions {
   // at once (interleaved), so that a link's round-trip time is paid once per `streams`
   // frames.
   int64_t streams_per_shard = 2;
+  // Zero the inner AdamW moments and step counts each time a pulled model is loaded, so
+  // every update's inner optimizer starts fresh (false: the moments carry across updates).
+  bool reset_inner_optimizer = false;
 };
 
 // [limits]: what one shard accepts from the network before and while it commits memory,

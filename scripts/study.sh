@@ -28,12 +28,15 @@
 # (grad_accum = K: the data-parallel equivalent of K clients), and `central-1`, one
 # client's batch. Runs whose eval-*.json exists are not run again (delete the folder to
 # redo one). The last phase prints the table: bits per byte per domain and the ratio to
-# central-dpK of the same K, and writes its summary rows to RUNS/study.json.
+# central-dpK of the same K, and a summary row per run (losses, ratios, the mean and largest
+# staleness of shard 0's applied updates, wall seconds), also written to RUNS/study.json.
 #
 # Settings (#@study key = value; STUDY_<KEY> environment variables override):
 #   corpus_sources, max_mb_per_domain, held_out, vocab_size, tokenizer_bytes: the data, as
 #   in scripts/demo.sh; updates_per_client; eval_batches (per domain, final evaluation);
-#   baselines (comma list of dp, single); max_run_s (a federated run is stopped after this).
+#   baselines (comma list of dp, single); max_run_s (a federated run is stopped after this);
+#   baseline_threads (train.threads of the baselines; 0 = LibTorch's default, all cores: on
+#   a machine loaded by other work, 1 avoids idle-spinning threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,7 +54,7 @@ while (($#)); do
     --cache) CACHE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "study: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -80,6 +83,7 @@ UPDATES=$(setting updates_per_client 12)
 EVAL_BATCHES=$(setting eval_batches 8)
 BASELINES=$(setting baselines dp)
 MAX_RUN_S=$(setting max_run_s 900)
+BASELINE_THREADS=$(setting baseline_threads 0)
 mapfile -t VARIANTS < <(sed -n 's/^#@study[[:space:]]\+variant[[:space:]]\+\(.*\)$/\1/p' "$CONFIG")
 ((${#VARIANTS[@]})) || die "$CONFIG has no '#@study variant NAME = K PART ...' line"
 
@@ -278,7 +282,7 @@ run_central() {  # run_central NAME ACCUM TOKENS
   rm -rf "$run"; mkdir -p "$run"
   local run_abs; run_abs=$(cd "$run" && pwd)
   cfg_set "$CONFIG" "$run/config.toml" "run.dir=$run_abs/centralised" "data.prepared=$DATA/all" \
-    "data.domains=$TRAIN_DOMAINS" "train.threads=0" "train.grad_accum=$accum" "train.steps=$steps" \
+    "data.domains=$TRAIN_DOMAINS" "train.threads=$BASELINE_THREADS" "train.grad_accum=$accum" "train.steps=$steps" \
     "train.eval_every=0" "train.checkpoint_every=0"
   say "$name: fedps-ctl train, $steps steps x $accum x $mb x $sl = $((steps * accum * mb * sl)) tokens"
   local t=$(date +%s)
@@ -318,6 +322,14 @@ def tokens(n):
             except ValueError: continue
             if r.get("event") == "update": t += r.get("tokens", 0)
     return t
+def staleness(n):  # (mean, max) staleness of the updates shard 0 applied
+    path, st = f"{runs}/{n}/federated/shard-0/metrics.jsonl", []
+    if not os.path.exists(path): return (None, None)
+    for l in open(path):
+        try: r = json.loads(l)
+        except ValueError: continue
+        if r.get("event") == "apply" and "staleness" in r: st.append(r["staleness"])
+    return (sum(st) / len(st), max(st)) if st else (None, None)
 fmt = lambda x, p=3: "-" if x is None else f"{x:.{p}f}"
 get = lambda e, d, key="bits_per_byte": e[d][key] if e and d in e else None
 summary = []
@@ -338,11 +350,14 @@ for n in names:
         if r is not None and d != "(all)": worst = r if worst is None else max(worst, r)
         print(f"  {d + (' *' if d == held else ''):<{w}} {fmt(f):>10} {fmt(c):>10} {fmt(s1):>10} {fmt(r):>8}")
     fl, cl = get(fed, "(all)", "loss"), get(dp, "(all)", "loss")
-    summary.append((n, k, toks, fl, cl, fl / cl if fl and cl else None, worst))
-json.dump([dict(zip(("run", "clients", "tokens", "federated_loss", "dp_loss", "loss_ratio", "worst_bpb_ratio"), r))
+    secs = json.load(open(f"{runs}/{n}/federated.json")).get("seconds") if os.path.exists(f"{runs}/{n}/federated.json") else None
+    summary.append((n, k, toks, fl, cl, fl / cl if fl and cl else None, worst, *staleness(n), secs))
+json.dump([dict(zip(("run", "clients", "tokens", "federated_loss", "dp_loss", "loss_ratio", "worst_bpb_ratio",
+                     "mean_staleness", "max_staleness", "seconds"), r))
            for r in summary], open(f"{runs}/study.json", "w"), indent=1)
-print(f"\n{'run':<28} {'K':>2} {'tokens':>9} {'fed loss':>9} {'dp loss':>8} {'loss ratio':>10} {'worst bpb ratio':>15}")
-for n, k, toks, fl, cl, r, worst in summary:
-    print(f"{n:<28} {k:>2} {toks:>9} {fmt(fl):>9} {fmt(cl):>8} {fmt(r):>10} {fmt(worst):>15}")
+print(f"\n{'run':<28} {'K':>2} {'tokens':>9} {'fed loss':>9} {'dp loss':>8} {'loss ratio':>10} {'worst bpb ratio':>15} {'staleness':>11} {'wall s':>6}")
+for n, k, toks, fl, cl, r, worst, smean, smax, secs in summary:
+    stale = "-" if smean is None else f"{smean:.1f} (<={smax})"
+    print(f"{n:<28} {k:>2} {toks:>9} {fmt(fl):>9} {fmt(cl):>8} {fmt(r):>10} {fmt(worst):>15} {stale:>11} {secs if secs is not None else '-':>6}")
 EOF
 say "done; run folders under $RUNS"

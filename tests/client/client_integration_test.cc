@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -19,6 +20,7 @@
 #include "common/env.h"
 #include "common/tls_certs.h"
 #include "common/metrics_log.h"
+#include "common/safetensors.h"
 #include "ps/registry.h"
 #include "ps/rounds.h"
 #include "ps/shard_channel.h"
@@ -580,6 +582,35 @@ TEST_F(ClientIntegration, ManyPipelinedCyclesKeepMemoryAndStateFlat) {
   }
   EXPECT_EQ(seqs.size(), size_t(kUpdates));
   EXPECT_EQ(*seqs.rbegin(), kUpdates);
+}
+
+TEST_F(ClientIntegration, ResetInnerOptimizerStartsEveryUpdatesMomentsAfresh) {
+  // Two clients of one federation, 3 updates of 4 inner steps each, the moments saved after
+  // every update: the saved AdamW step counts of the last update are 12 when the moments
+  // carry across updates (the default) and 4 with client.reset_inner_optimizer, which
+  // zeroes them each time a pulled model is loaded.
+  std::string keep = WriteConfig("", "optimizer_save_every = 1\n");
+  std::string reset = dir_.File("run-reset.toml");
+  fs::copy_file(keep, reset);
+  std::ofstream(reset, std::ios::app) << "reset_inner_optimizer = true\n";
+  StartShards(keep);
+  if (HasFatalFailure()) return;
+  for (const auto& [config, name, steps] : {std::tuple{keep, "c-keep", 12.0f}, std::tuple{reset, "c-reset", 4.0f}}) {
+    ScopedProcess c = StartClient(config, name, {"--data", dir_.File("clients/client-0"), "--max-updates", "3",
+                                                 "--local-steps", "4"});
+    auto st = c.Wait(300s);
+    ASSERT_TRUE(st.ok() && st->success()) << testing::ReadLogTail(c.log_path());
+    auto saved = ReadSafetensors(dir_.File(std::string("run/clients/") + name + "/optimizer.safetensors"));
+    ASSERT_TRUE(saved.ok()) << saved.status().ToString();
+    const TensorBytes* step = saved->Find("step");
+    ASSERT_NE(step, nullptr);
+    ASSERT_EQ(step->dtype, DType::kF32);
+    ASSERT_EQ(step->numel(), 2);
+    float counts[2];
+    std::memcpy(counts, step->data.data(), sizeof(counts));
+    EXPECT_EQ(counts[0], steps) << name;
+    EXPECT_EQ(counts[1], steps) << name;
+  }
 }
 
 TEST_F(ClientIntegration, WithMutualTlsAClientCommitsOnlyUnderItsCertificatesName) {
