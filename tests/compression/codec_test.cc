@@ -280,7 +280,9 @@ TEST(CheckFrameTest, FindsEveryNonFinitePatternAndNothingElse) {
     const bool finite = std::isfinite(FromBits(b << 16));
     double squares = 0;
     EXPECT_EQ(FirstNonFinite(&hi[b], &lo[b], 1, &squares), finite ? 1u : 0u) << std::hex << b;
-    if (finite) EXPECT_EQ(squares, double{FromBits(b << 16)} * double{FromBits(b << 16)}) << std::hex << b;
+    if (finite) {
+      EXPECT_EQ(squares, double{FromBits(b << 16)} * double{FromBits(b << 16)}) << std::hex << b;
+    }
   }
   for (CodecKind kind : {CodecKind::kFp32, CodecKind::kBf16}) {
     auto codec = MakeCodec(kind, 300);

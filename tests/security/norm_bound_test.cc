@@ -16,7 +16,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-using NormBoundTest = ShardFixture;
+using NormBoundAttackTest = ShardFixture;
 
 // A pseudo-gradient of n values with root mean square `rms` (seeded: every update differs).
 std::vector<float> Update(float rms, int64_t n, uint32_t seed) {
@@ -41,7 +41,7 @@ nlohmann::json Ctl(const std::string& command, int redis_port, const std::string
   return nlohmann::json::parse(text->substr(start), nullptr, false);
 }
 
-TEST_F(NormBoundTest, AThousandfoldUpdateIsRefusedBeforeStagingAndHonestMembersKeepCommitting) {
+TEST_F(NormBoundAttackTest, AThousandfoldUpdateIsRefusedBeforeStagingAndHonestMembersKeepCommitting) {
   ASSERT_NO_FATAL_FAILURE(StartShard(""));
   const int64_t n = status_.slice_elements;
   const int64_t alice = JoinAs("alice");
@@ -120,7 +120,7 @@ TEST_F(NormBoundTest, AThousandfoldUpdateIsRefusedBeforeStagingAndHonestMembersK
   ASSERT_NO_FATAL_FAILURE(CommitAndWait(id("mallory", mallory, 2), "mallory", mallory, ++version));
 }
 
-TEST_F(NormBoundTest, TheBoundHoldsAtOnceAfterARestartFromACheckpoint) {
+TEST_F(NormBoundAttackTest, TheBoundHoldsAtOnceAfterARestartFromACheckpoint) {
   ASSERT_NO_FATAL_FAILURE(StartShard(""));
   const int64_t n = status_.slice_elements;
   const int64_t alice = JoinAs("alice");
@@ -145,7 +145,7 @@ TEST_F(NormBoundTest, TheBoundHoldsAtOnceAfterARestartFromACheckpoint) {
   EXPECT_THAT(r.status().message(), HasSubstr("of the last 5 applied updates"));
 }
 
-TEST_F(NormBoundTest, TheBoundCanBeTurnedOff) {
+TEST_F(NormBoundAttackTest, TheBoundCanBeTurnedOff) {
   ps_lines_ = "norm_bound = false\n";
   ASSERT_NO_FATAL_FAILURE(StartShard(""));
   const int64_t n = status_.slice_elements;
