@@ -98,6 +98,11 @@ void StartRedis(const std::string& dir, int port) {
   }
 }
 
+[[noreturn]] void Fail(const std::string& what) {
+  std::fprintf(stderr, "shard_fuzz: %s\n", what.c_str());
+  std::abort();
+}
+
 template <typename T>
 T Must(fedps::StatusOr<T> v, const char* what) {
   if (!v.ok()) {
@@ -124,7 +129,7 @@ Shard* StartShard() {
   namespace setup = fedps::shard_fuzz;
   char dir_template[] = "/tmp/shard_fuzz.XXXXXX";
   const char* dir = ::mkdtemp(dir_template);
-  if (dir == nullptr) std::abort();
+  if (dir == nullptr) Fail("mkdtemp failed");
   const int port = FreePort();
   StartRedis(dir, port);
 
@@ -137,7 +142,7 @@ Shard* StartShard() {
     if (r.ok()) registry = std::move(*r);
     else std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  if (!registry) std::abort();
+  if (!registry) Fail("redis-server did not answer on port " + std::to_string(port));
   fedps::RunIdentity id;
   id.model_preset = "fuzz";
   id.layout_hash = setup::kLayoutHash;
@@ -147,7 +152,7 @@ Shard* StartShard() {
   Must(registry->InitRun(id), "InitRun");
   const int64_t member_epoch =
       Must(registry->Join(setup::kMember, fedps::ClientInfo{}, std::chrono::hours(24)), "Join");
-  if (member_epoch != setup::kMemberEpoch) std::abort();
+  if (member_epoch != setup::kMemberEpoch) Fail("member epoch " + std::to_string(member_epoch));
 
   auto* shard = new Shard;
   fedps::ShardCoreOptions co;
@@ -177,11 +182,13 @@ Shard* StartShard() {
   shard->membership = std::make_unique<fedps::ShardMembership>(shard->core.get(), info,
                                                                fedps::ShardMembershipOptions{60000, ro});
   Must(shard->membership->Start(), "ShardMembership::Start");
-  if (shard->membership->epoch() != setup::kShardEpoch) std::abort();
+  if (shard->membership->epoch() != setup::kShardEpoch) {
+    Fail("shard epoch " + std::to_string(shard->membership->epoch()));
+  }
   for (int i = 0; i < 200 && shard->core->GetStatus().state != fedps::ShardState::kServing; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  if (shard->core->GetStatus().state != fedps::ShardState::kServing) std::abort();
+  if (shard->core->GetStatus().state != fedps::ShardState::kServing) Fail("the shard is not serving");
 
   fedps::ConnectionLimits limits;
   limits.max_message_bytes = setup::kMaxMessageBytes;
