@@ -143,7 +143,11 @@ std::map<std::string, Section> Schema(RunConfig& c) {
              {"redis_wait_ms", Bind(&p.redis_wait_ms)},
              {"mode", Bind(&p.mode)},
              {"round_clients", Bind(&p.round_clients)},
-             {"round_timeout_ms", Bind(&p.round_timeout_ms)}};
+             {"round_timeout_ms", Bind(&p.round_timeout_ms)},
+             {"norm_bound", Bind(&p.norm_bound)},
+             {"norm_bound_factor", Bind(&p.norm_bound_factor)},
+             {"norm_bound_window", Bind(&p.norm_bound_window)},
+             {"norm_bound_warmup", Bind(&p.norm_bound_warmup)}};
   auto& k = c.client;
   s["client"] = {{"local_steps", Bind(&k.local_steps)},
                  {"local_time_s", Bind(&k.local_time_s)},
@@ -267,6 +271,12 @@ Status Validate(const RunConfig& c, const std::string& origin) {
     return bad("ps.mode", "must be async or sync (got \"" + p.mode + "\")");
   if (p.round_clients < 0) return bad("ps.round_clients", "must be >= 0 (0: the members live at round open)");
   if (p.round_timeout_ms < 100) return bad("ps.round_timeout_ms", "must be >= 100");
+  if (!(p.norm_bound_factor > 1 && p.norm_bound_factor <= 1e6))
+    return bad("ps.norm_bound_factor", "must be in (1, 1e6] (ps.norm_bound = false turns the bound off)");
+  if (p.norm_bound_window < 1 || p.norm_bound_window > 10000)
+    return bad("ps.norm_bound_window", "must be in [1, 10000]");
+  if (p.norm_bound_warmup < 1 || p.norm_bound_warmup > p.norm_bound_window)
+    return bad("ps.norm_bound_warmup", "must be in [1, ps.norm_bound_window]");
   if (p.mode == "sync" && p.buffer_size != 1)
     return bad("ps.buffer_size", "must be 1 with ps.mode = sync (a round is already one outer step on its mean)");
   if (p.mode == "sync" && p.weight_by_tokens)

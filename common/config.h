@@ -129,6 +129,14 @@ struct PsOptions {
   // sync: a round still open this long after its first update was committed closes without
   // the clients that did not commit (their late updates are refused).
   int64_t round_timeout_ms = 600000;
+  // Update norm bound (docs/security.md): a shard refuses an update (BAD_REQUEST, before it
+  // is staged, so it is never committed) whose norm on the shard's slice exceeds
+  // norm_bound_factor x the median slice norm of the last norm_bound_window updates it
+  // applied; it holds once norm_bound_warmup of them are known. false: off.
+  bool norm_bound = true;
+  double norm_bound_factor = 10;
+  int64_t norm_bound_window = 50;
+  int64_t norm_bound_warmup = 5;
 };
 
 // [client]: a federation member (fedps-client).

@@ -459,17 +459,18 @@ StatusOr<FrameHeader> Codec::UnpackFrame(Workspace& ws, std::string_view frame, 
   return h;
 }
 
-Status Codec::CheckFrame(std::string_view frame, uint64_t slice_length) {
+Status Codec::CheckFrame(std::string_view frame, uint64_t slice_length, double* sum_squares) {
   WorkspacePool::Lease lease = workspaces_->Acquire();
   Workspace& ws = *lease;
   ASSIGN_OR_RETURN(const FrameHeader h, UnpackFrame(ws, frame, slice_length));
   const size_t count = static_cast<size_t>(h.count);
   const uint8_t* raw = ws.raw.data();
   size_t bad = count;
+  double squares = 0;
   switch (h.kind) {
     case CodecKind::kFp32:
     case CodecKind::kBf16:
-      bad = FirstNonFinite(raw, raw + count, count);  // planes 0 and 1: sign, exponent, next bit
+      bad = FirstNonFinite(raw, raw + count, count, &squares);  // planes 0 and 1: sign, exponent, 8 bits
       break;
     case CodecKind::kInt8: {
       const size_t blocks = static_cast<size_t>(Int8Blocks(h.count, h.block));
@@ -477,17 +478,20 @@ Status Codec::CheckFrame(std::string_view frame, uint64_t slice_length) {
       if (scale != blocks) {
         return DataLoss("int8 scale of block " + std::to_string(scale) + " is negative, not finite or too large");
       }
+      squares = Int8SumSquares(raw, count, h.block);
       break;  // sound scales decode to finite values only
     }
     case CodecKind::kTopK:
       if (!CheckTopK(raw, count, h.block)) {
         return DataLoss("topk payload is unsound (kept-value count, stray bits, scale or a -128 value)");
       }
+      squares = TopKSumSquares(raw, count, h.block);
       break;  // finite like int8's
   }
   if (bad != count) {
     return InvalidArgument("value " + std::to_string(h.offset + bad) + " of the slice is NaN or infinite");
   }
+  if (sum_squares != nullptr) *sum_squares = squares;
   return Status::Ok();
 }
 

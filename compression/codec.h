@@ -163,8 +163,12 @@ class Codec {
   // Checks one frame of a slice of `slice_length` values as DecodeFrame does (header,
   // checksum, payload) and that every value it holds is finite, without decoding it
   // anywhere: what a receiver does before it keeps a frame. DataLoss for damaged bytes,
-  // InvalidArgument for another slice's frame or a NaN / infinite value.
-  Status CheckFrame(std::string_view frame, uint64_t slice_length);
+  // InvalidArgument for another slice's frame or a NaN / infinite value. When the frame
+  // passes and `sum_squares` is given, sets it to the sum of the squares of the values the
+  // frame decodes to, computed in the same scan of the decompressed payload (fp32: of the
+  // values truncated to bfloat16, at most 2^-6 below the exact sum; the other kinds exact
+  // up to rounding), so a receiver learns an update's norm without decoding it.
+  Status CheckFrame(std::string_view frame, uint64_t slice_length, double* sum_squares = nullptr);
 
   // Checks that `frames` cover [0, out.size()) exactly once and decodes them in
   // parallel. On error, `out` may be partly written.

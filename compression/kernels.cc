@@ -158,15 +158,59 @@ size_t FirstBadInt8Scale(const uint8_t* raw, size_t blocks) {
   return blocks;
 }
 
-size_t FirstNonFinite(const uint8_t* hi, const uint8_t* lo, size_t n) {
+size_t FirstNonFinite(const uint8_t* hi, const uint8_t* lo, size_t n, double* sum_squares) {
   // Counted without an early exit so that the loop vectorises; searched only when found.
+  // The squares go to kLanes independent sums (no reassociation needed to vectorise them).
+  constexpr size_t kLanes = 8;
+  double lane[kLanes] = {};
   size_t bad = 0;
-  for (size_t i = 0; i < n; ++i) bad += static_cast<size_t>(((hi[i] & 0x7F) == 0x7F) & (lo[i] >> 7));
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t j = 0; j < kLanes; ++j) {
+      const uint32_t bits = (uint32_t{hi[i + j]} << 24) | (uint32_t{lo[i + j]} << 16);
+      const double x = std::bit_cast<float>(bits);
+      lane[j] += x * x;
+      bad += static_cast<size_t>(((hi[i + j] & 0x7F) == 0x7F) & (lo[i + j] >> 7));
+    }
+  }
+  for (; i < n; ++i) {
+    const double x = std::bit_cast<float>((uint32_t{hi[i]} << 24) | (uint32_t{lo[i]} << 16));
+    lane[0] += x * x;
+    bad += static_cast<size_t>(((hi[i] & 0x7F) == 0x7F) & (lo[i] >> 7));
+  }
+  double total = 0;
+  for (double l : lane) total += l;
+  *sum_squares = total;
   if (bad == 0) return n;
-  for (size_t i = 0; i < n; ++i) {
+  for (i = 0; i < n; ++i) {
     if ((hi[i] & 0x7F) == 0x7F && (lo[i] & 0x80)) return i;
   }
   return n;
+}
+
+double Int8SumSquares(const uint8_t* raw, size_t n, size_t block) {
+  const size_t blocks = static_cast<size_t>(Int8Blocks(n, block));
+  const auto* q = reinterpret_cast<const int8_t*>(raw + 4 * blocks);
+  double total = 0;
+  for (size_t b = 0; b < blocks; ++b) {
+    float scale;
+    std::memcpy(&scale, raw + 4 * b, sizeof(scale));
+    const size_t begin = b * block;
+    const size_t len = std::min(block, n - begin);
+    int64_t codes = 0;  // at most 65536 x 127^2 per block
+    for (size_t i = 0; i < len; ++i) codes += int32_t{q[begin + i]} * int32_t{q[begin + i]};
+    total += static_cast<double>(scale) * static_cast<double>(scale) * static_cast<double>(codes);
+  }
+  return total;
+}
+
+double TopKSumSquares(const uint8_t* raw, size_t n, size_t k) {
+  float scale;
+  std::memcpy(&scale, raw, sizeof(scale));
+  const auto* q = reinterpret_cast<const int8_t*>(raw + 4 + (n + 7) / 8);
+  int64_t codes = 0;
+  for (size_t j = 0; j < k; ++j) codes += int32_t{q[j]} * int32_t{q[j]};
+  return static_cast<double>(scale) * static_cast<double>(scale) * static_cast<double>(codes);
 }
 
 size_t DecodeInt8(const uint8_t* raw, size_t n, size_t block, float* out) {

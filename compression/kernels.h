@@ -63,9 +63,16 @@ bool DecodeTopK(const uint8_t* raw, size_t n, size_t k, float* out);
 // The first value among n whose two most significant byte planes (`hi`: bits 31..24 of
 // fp32 or 15..8 of bf16, sign and 7 exponent bits; `lo`: the next 8 bits, whose top one
 // is the last exponent bit) make it NaN or infinite (exponent all ones); n when all are
-// finite.
-size_t FirstNonFinite(const uint8_t* hi, const uint8_t* lo, size_t n);
+// finite. In the same pass, *sum_squares = the sum of the squares of the bfloat16 values
+// those two planes hold (for fp32: each value truncated to its top 16 bits, so within
+// 2^-7 of it, and never above it in magnitude); not finite when a value is not.
+size_t FirstNonFinite(const uint8_t* hi, const uint8_t* lo, size_t n, double* sum_squares);
 // The first of `blocks` int8 scales at `raw` that DecodeInt8 would refuse, or `blocks`.
 size_t FirstBadInt8Scale(const uint8_t* raw, size_t blocks);
+// The sum of the squares of what an int8 payload (sound scales: FirstBadInt8Scale) and a
+// top-k payload (sound: CheckTopK) decode to, computed from the codes and scales without
+// decoding: per block scale^2 x the sum of q^2.
+double Int8SumSquares(const uint8_t* raw, size_t n, size_t block);
+double TopKSumSquares(const uint8_t* raw, size_t n, size_t k);
 
 }  // namespace fedps::codec_internal

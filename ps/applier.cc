@@ -21,6 +21,7 @@
 // state's size.
 #include "ps/applier.h"
 
+#include <cmath>
 #include <thread>
 
 #include "ps/rounds.h"
@@ -344,6 +345,8 @@ void ShardCore::FinishApply(const CommittedUpdate& c, const std::vector<AppliedR
     auto st = staged_.find(r.update_id);
     if (st == staged_.end()) st = staged_.emplace(r.update_id, std::make_shared<Staged>()).first;
     st->second->seq = c.seq;
+    // The norm bound's median is over applied updates (ps/norm_bound.h).
+    if (!skipped && st->second->sum_squares >= 0) norm_bound_.Record(std::sqrt(st->second->sum_squares));
     applied_log_.push_back(r);
   }
   if (applied_log_.size() > 2 * kAppliedLogKept) {  // amortised: one move per kAppliedLogKept applies

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 
-
 namespace fedps {
 
 std::vector<int64_t> ReceivingUpdate::Missing() {
@@ -69,8 +68,8 @@ std::vector<std::string> ReceiveTable::DropIdle(int64_t now_us, int64_t timeout_
   return dropped;
 }
 
-StatusOr<FrameHeader> ReceiveTable::CheckFrame(Codec& codec, std::string_view frame, int64_t frame_index,
-                                               int64_t frame_elements, int64_t slice_elements) {
+StatusOr<CheckedFrame> ReceiveTable::CheckFrame(Codec& codec, std::string_view frame, int64_t frame_index,
+                                                int64_t frame_elements, int64_t slice_elements) {
   ASSIGN_OR_RETURN(FrameHeader h, Codec::PeekHeader(frame));  // bounds, raw and zstd-bound sizes
   const uint64_t want_offset = static_cast<uint64_t>(frame_index * frame_elements);
   const uint64_t want_count =
@@ -81,13 +80,15 @@ StatusOr<FrameHeader> ReceiveTable::CheckFrame(Codec& codec, std::string_view fr
                            std::to_string(want_offset) + ", +" + std::to_string(want_count) + ") of " +
                            std::to_string(slice_elements));
   }
-  RETURN_IF_ERROR(codec.CheckFrame(frame, static_cast<uint64_t>(slice_elements)));
-  return h;
+  CheckedFrame checked{h, 0};
+  RETURN_IF_ERROR(codec.CheckFrame(frame, static_cast<uint64_t>(slice_elements), &checked.sum_squares));
+  return checked;
 }
 
 FrameOutcome ReceiveTable::AcceptFrame(ReceivingUpdate& r, int64_t frame_index, std::string_view frame,
-                                       uint64_t checksum, int64_t now_us, Status* write_error) {
+                                       const CheckedFrame& checked, int64_t now_us, Status* write_error) {
   using Frame = ReceivingUpdate::Frame;
+  const uint64_t checksum = checked.header.checksum;
   const size_t i = static_cast<size_t>(frame_index);
   {
     std::lock_guard<std::mutex> lock(r.mu);
@@ -109,6 +110,7 @@ FrameOutcome ReceiveTable::AcceptFrame(ReceivingUpdate& r, int64_t frame_index, 
   }
   r.frames[i] = Frame::kStored;
   r.bytes += static_cast<int64_t>(frame.size());
+  r.sum_squares += checked.sum_squares;
   ++r.received;
   return FrameOutcome::kAdded;
 }

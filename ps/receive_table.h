@@ -47,6 +47,7 @@ struct ReceivingUpdate {
   std::vector<uint64_t> checksum;  // of frames[i] once not kMissing
   int64_t received = 0;            // frames kStored
   int64_t bytes = 0;               // sum of the stored frames' sizes
+  double sum_squares = 0;          // of the stored frames' values (CheckFrame): the update's norm^2 so far
   bool staging = false;            // a thread is staging it (frames are final)
   int64_t last_activity_us = 0;
 
@@ -58,6 +59,13 @@ struct ReceivingUpdate {
 struct ReceiveUsage {
   int64_t updates = 0;
   int64_t bytes = 0;  // frames stored so far
+};
+
+// A frame that passed ReceiveTable::CheckFrame: its header and the sum of the squares of
+// its values (Codec::CheckFrame), from which the shard knows the update's norm.
+struct CheckedFrame {
+  FrameHeader header;
+  double sum_squares = 0;
 };
 
 // The outcome of adding one frame.
@@ -89,15 +97,16 @@ class ReceiveTable {
 
   // Checks `frame` as the `frame_index`-th of a slice of `slice_elements` values cut into
   // frames of `frame_elements`: covering exactly its range, and whatever `codec`'s
-  // CheckFrame checks (header, checksum, payload, finite values). InvalidArgument when the
-  // frame belongs elsewhere or holds NaN / Inf, DataLoss when its bytes are damaged. Reads
-  // only the frame; any thread, no lock.
-  static StatusOr<FrameHeader> CheckFrame(Codec& codec, std::string_view frame, int64_t frame_index,
-                                          int64_t frame_elements, int64_t slice_elements);
-  // Writes a checked frame to r's file and marks it stored (locks r.mu; the write happens
-  // outside it). On kFailed, `write_error` says why.
+  // CheckFrame checks (header, checksum, payload, finite values) and the sum of the squares
+  // of its values (computed in that check's scan). InvalidArgument when the frame belongs
+  // elsewhere or holds NaN / Inf, DataLoss when its bytes are damaged. Reads only the
+  // frame; any thread, no lock.
+  static StatusOr<CheckedFrame> CheckFrame(Codec& codec, std::string_view frame, int64_t frame_index,
+                                           int64_t frame_elements, int64_t slice_elements);
+  // Writes a checked frame to r's file and marks it stored, adding its sum of squares to
+  // r's (locks r.mu; the write happens outside it). On kFailed, `write_error` says why.
   static FrameOutcome AcceptFrame(ReceivingUpdate& r, int64_t frame_index, std::string_view frame,
-                                  uint64_t checksum, int64_t now_us, Status* write_error);
+                                  const CheckedFrame& checked, int64_t now_us, Status* write_error);
 
  private:
   const int max_updates_;

@@ -13,7 +13,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include "ps/registry_internal.h"
@@ -718,6 +721,13 @@ Status CompareIdentity(const std::string& run_id, const RunIdentity& stored,
   return Status::Ok();
 }
 
+// A double as text that reads back to the same value.
+std::string DoubleText(double v) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.17g", v);
+  return text;
+}
+
 std::vector<std::string> StatsFields(const ShardStats& s) {
   // clang-format off
   return {"version",                 std::to_string(s.version),
@@ -726,7 +736,9 @@ std::vector<std::string> StatsFields(const ShardStats& s) {
           "bytes_out",               std::to_string(s.bytes_out),
           "last_checkpoint_version", std::to_string(s.last_checkpoint_version),
           "last_checkpoint_ms",      std::to_string(s.last_checkpoint_ms),
-          "oldest_checkpoint_version", std::to_string(s.oldest_checkpoint_version)};
+          "oldest_checkpoint_version", std::to_string(s.oldest_checkpoint_version),
+          "norm_refused",            std::to_string(s.norm_refused),
+          "norm_median",             DoubleText(s.norm_median)};
   // clang-format on
 }
 
@@ -740,6 +752,15 @@ StatusOr<ShardStats> ParseStats(const Hash& h, const std::string& where) {
   ASSIGN_OR_RETURN(s.last_checkpoint_ms, IntField(h, "last_checkpoint_ms", where));
   ASSIGN_OR_RETURN(s.oldest_checkpoint_version,
                    IntField(h, "oldest_checkpoint_version", where, -1));
+  ASSIGN_OR_RETURN(s.norm_refused, IntField(h, "norm_refused", where, 0));
+  const std::string median = Field(h, "norm_median");
+  if (!median.empty()) {
+    char* end = nullptr;
+    s.norm_median = std::strtod(median.c_str(), &end);
+    if (end != median.c_str() + median.size() || !std::isfinite(s.norm_median) || s.norm_median < 0) {
+      return DataLoss(where + ".norm_median is not a finite number >= 0: \"" + median + "\"");
+    }
+  }
   ASSIGN_OR_RETURN(s.updated_ms, IntField(h, "updated_ms", where));
   return s;
 }

@@ -134,6 +134,11 @@ struct ShardStats {
   // The oldest checkpoint the shard keeps (it may restart from any kept one): the commit
   // log below it is no longer needed by this shard (TrimLog). -1: not reported.
   int64_t oldest_checkpoint_version = -1;
+  // The update norm bound (ps/norm_bound.h): updates refused for their norm since the shard
+  // started, and the median of the recent applied updates' slice norms the bound is a
+  // multiple of (0: none yet). 0 when not reported.
+  int64_t norm_refused = 0;
+  double norm_median = 0;
   int64_t updated_ms = 0;  // read-only: when the registry last stored these
 };
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <span>
 
@@ -60,7 +61,11 @@ const char* ShardStateName(ShardState s) {
 // ---- creation ---------------------------------------------------------------------------
 
 ShardCore::ShardCore(ShardCoreOptions options)
-    : options_(std::move(options)), env_(options_.env), receiving_(options_.max_receiving) {}
+    : options_(std::move(options)),
+      env_(options_.env),
+      receiving_(options_.max_receiving),
+      norm_bound_(NormBoundOptions{options_.ps.norm_bound, options_.ps.norm_bound_factor,
+                                   options_.ps.norm_bound_window, options_.ps.norm_bound_warmup}) {}
 
 ShardCore::~ShardCore() { Stop(); }
 
@@ -506,11 +511,55 @@ CoreError ShardCore::MarkStagedAndAnswer(const std::string& update_id, PushResul
   return {};
 }
 
+CoreError ShardCore::CheckNorm(const std::shared_ptr<ReceivingUpdate>& r, bool stager) {
+  double sum_squares;
+  {
+    std::lock_guard<std::mutex> rl(r->mu);
+    if (r->staging && !stager) return {};  // its last frame is in: the stager decides
+    sum_squares = r->sum_squares;
+  }
+  const double norm = std::sqrt(sum_squares);
+  std::string message;
+  double median;
+  bool first;  // another frame's thread may have refused it a moment ago
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::optional<double> limit = norm_bound_.Limit();
+    if (!limit || norm <= *limit) return {};
+    median = norm_bound_.median();
+    char text[200];
+    std::snprintf(text, sizeof(text), "norm %.6g of its slice exceeds %.6g = %g x the median %.6g of the last %ld "
+                  "applied updates (ps.norm_bound_factor)", norm, *limit, options_.ps.norm_bound_factor, median,
+                  static_cast<long>(norm_bound_.size()));
+    message = "update " + r->update_id + " refused: " + text;
+    if (receiving_.Find(r->update_id) == r) receiving_.Erase(r->update_id);  // its file goes with it
+    first = norm_refusals_.emplace(r->update_id, message).second;
+    if (first) {
+      norm_refusal_order_.push_back(r->update_id);
+      ++norm_refused_;
+    }
+    while (norm_refusal_order_.size() > kRefusedKept) {
+      norm_refusals_.erase(norm_refusal_order_.front());
+      norm_refusal_order_.pop_front();
+    }
+  }
+  CoreError e = CoreError::Make(ShardErrorCode::kBadRequest, message);
+  if (!first) return e;
+  LOG(WARNING) << "shard " << options_.shard_index << ": " << message;
+  Metric("refusal", {{"update_id", r->update_id}, {"client", r->client_id}, {"reason", "norm_bound"},
+                     {"norm", norm}, {"median", median}, {"factor", options_.ps.norm_bound_factor}});
+  e.refusal = "norm_bound";  // recorded once in the registry (Push)
+  return e;
+}
+
 CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, PushResult* out) {
   // Every frame is here, checked (finite values included) and written (`staging` keeps
-  // other threads off): make the file durable under its name.
+  // other threads off): the norm bound on the whole update, then make the file durable
+  // under its name.
+  CoreError too_large = CheckNorm(r, /*stager=*/true);
+  if (!too_large.ok()) return too_large;
   const int64_t start = NowUs();
-  Status w = r->file->Finish(r->checksum);
+  Status w = r->file->Finish(r->checksum, r->sum_squares);
   if (!w.ok()) {
     LOG(ERROR) << "staging " << r->update_id << ": " << w.ToString();
     std::lock_guard<std::mutex> lock(mu_);
@@ -526,6 +575,7 @@ CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, Pu
     s->base_version = r->base_version;
     s->tokens = r->tokens;
     s->local_steps = r->local_steps;
+    s->sum_squares = r->sum_squares;
     s->staged_us = NowUs();
     s->inflight = 1;
     staged_[r->update_id] = s;
@@ -542,12 +592,12 @@ CoreError ShardCore::StageReceived(const std::shared_ptr<ReceivingUpdate>& r, Pu
 
 CoreError ShardCore::Push(const PushArgs& a, PushResult* out) {
   CoreError e = PushFrame(a, out);
-  if (e.code == ShardErrorCode::kStaleRefused && request_registry_) {
+  if (!e.refusal.empty() && request_registry_) {
     Refusal refusal;
     refusal.update_id = a.update_id;
     refusal.client = a.client_id;
     refusal.shard = options_.shard_index;
-    refusal.reason = "too_stale";
+    refusal.reason = e.refusal;
     refusal.detail = e.message;
     Status s = request_registry_->RecordRefusal(refusal);
     if (!s.ok()) LOG(WARNING) << "could not record a refusal: " << s.ToString();
@@ -653,15 +703,16 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
   // The frame is checked before anything is looked up or kept for it: a new update gets an
   // entry only for a frame that belongs exactly where it claims and whose checksum holds,
   // and a resend is compared by that checksum with what was received or staged before.
-  auto header = ReceiveTable::CheckFrame(*frame_checker_, a.frame, a.frame_index, options_.ps.frame_elements,
-                                         options_.slice_elements);
-  if (!header.ok()) {
+  // The same scan gives the frame's sum of squares, for the norm bound.
+  auto checked = ReceiveTable::CheckFrame(*frame_checker_, a.frame, a.frame_index, options_.ps.frame_elements,
+                                          options_.slice_elements);
+  if (!checked.ok()) {
     ShardErrorCode code =
-        header.status().code() == StatusCode::kDataLoss ? ShardErrorCode::kDataLoss : ShardErrorCode::kBadRequest;
+        checked.status().code() == StatusCode::kDataLoss ? ShardErrorCode::kDataLoss : ShardErrorCode::kBadRequest;
     return CoreError::Make(code,
-                           "frame " + Str(a.frame_index) + " of " + a.update_id + ": " + header.status().message());
+                           "frame " + Str(a.frame_index) + " of " + a.update_id + ": " + checked.status().message());
   }
-  const uint64_t checksum = header->checksum;
+  const uint64_t checksum = checked->header.checksum;
   auto same_scalars = [&](int64_t base, int64_t tokens, int64_t steps) {
     return base == a.base_version && tokens == a.tokens && steps == a.local_steps;
   };
@@ -703,8 +754,11 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
       if (!stale.ok()) {
         CoreError x = CoreError::Make(ShardErrorCode::kStaleRefused, stale.message());
         x.version = version_;
+        x.refusal = "too_stale";
         return x;
       }
+      auto refused = norm_refusals_.find(a.update_id);
+      if (refused != norm_refusals_.end()) return bad(refused->second);
       r = receiving_.Find(a.update_id);
       if (r) {
         if (!same_sender(*r)) return bad(differ);
@@ -735,6 +789,7 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
       std::lock_guard<std::mutex> lock(mu_);
       CoreError x = CoreError::Make(ShardErrorCode::kStaleRefused, c.status().message());
       x.version = version_;
+      x.refusal = "too_stale";
       return x;
     }
     CoreError member = CheckMember(a);
@@ -769,7 +824,7 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
   }
 
   Status write_error;
-  FrameOutcome added = ReceiveTable::AcceptFrame(*r, a.frame_index, a.frame, checksum, NowUs(), &write_error);
+  FrameOutcome added = ReceiveTable::AcceptFrame(*r, a.frame_index, a.frame, *checked, NowUs(), &write_error);
   if (added == FrameOutcome::kConflict) {
     return bad("frame " + Str(a.frame_index) + " of " + a.update_id + " was received before with other bytes");
   }
@@ -779,6 +834,10 @@ CoreError ShardCore::PushFrame(const PushArgs& a, PushResult* out) {
     if (receiving_.Find(a.update_id) == r) receiving_.Erase(a.update_id);  // its file has a hole
     return UnavailableLocked("cannot store frame " + Str(a.frame_index) + " of " + a.update_id + " (" +
                              write_error.ToString() + "): push the update again");
+  }
+  if (added == FrameOutcome::kAdded) {
+    CoreError too_large = CheckNorm(r, /*stager=*/false);
+    if (!too_large.ok()) return too_large;
   }
   bool stage = false;
   {
@@ -853,6 +912,9 @@ CoreStatus ShardCore::GetStatus() {
   s.skipped_updates = skipped_updates_;
   s.bytes_in = bytes_in_;
   s.bytes_out = bytes_out_;
+  s.norm_refused = norm_refused_;
+  s.norm_median = norm_bound_.median();
+  s.norm_limit = norm_bound_.Limit();
   return s;
 }
 
@@ -865,6 +927,8 @@ ShardStats ShardCore::Stats() {
   st.bytes_out = s.bytes_out;
   st.last_checkpoint_version = std::max<int64_t>(s.checkpoint_version, 0);
   st.last_checkpoint_ms = s.checkpoint_ms;
+  st.norm_refused = s.norm_refused;
+  st.norm_median = s.norm_median;
   {
     std::lock_guard<std::mutex> lock(mu_);
     st.oldest_checkpoint_version = oldest_checkpoint_version_;
@@ -896,6 +960,7 @@ Status ShardCore::IndexStagedFiles() {
     s->base_version = f.record["base_version"].get<int64_t>();
     s->tokens = f.record["tokens"].get<int64_t>();
     s->local_steps = f.record["local_steps"].get<int64_t>();
+    s->sum_squares = f.sum_squares;
     s->staged_us = NowUs();  // expiry counts afresh from the restart
     auto c = request_registry_->LookupCommit(f.update_id);
     if (c.ok()) {
@@ -907,7 +972,17 @@ Status ShardCore::IndexStagedFiles() {
     std::lock_guard<std::mutex> lock(mu_);
     staged_[f.update_id] = s;
   }
-  LOG(INFO) << "shard " << options_.shard_index << ": " << files.size() << " staged updates on disk";
+  // The norm bound's window, from the updates the loaded checkpoint holds (the replay log
+  // of the kept checkpoints), in commit order; those after it are recorded as they apply.
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<int64_t, double>> applied;
+  for (const auto& [id, st] : staged_) {
+    if (st->seq > 0 && st->seq <= version_ && st->sum_squares >= 0) applied.emplace_back(st->seq, st->sum_squares);
+  }
+  std::sort(applied.begin(), applied.end());
+  for (const auto& [seq, sum_squares] : applied) norm_bound_.Record(std::sqrt(sum_squares));
+  LOG(INFO) << "shard " << options_.shard_index << ": " << files.size() << " staged updates on disk; norm bound over "
+            << norm_bound_.size() << " applied updates, median " << norm_bound_.median();
   return Status::Ok();
 }
 

@@ -54,7 +54,8 @@
 //     a request can work on one while it is removed from a map.
 //   * mu_ guards: state_, fenced_, halt_message_, epoch_, version_, last_applied_id_,
 //     last_applied_chain_, committed_seq_,
-//     receiving_ (the table; an entry's frames have their own lock), staged_, done_,
+//     receiving_ (the table; an entry's frames have their own lock), norm_bound_,
+//     norm_refused_, norm_refusals_, staged_, done_,
 //     checkpoint_requests_, checkpoint_job_ (the pointer), checkpoint_version_, stats. version_cv_ (with mu_) signals version changes;
 //     apply_cv_ (with mu_) wakes the apply thread (commit_notify, checkpoint, stop).
 //   * Lock order: mu_, then a receiving entry's mu; SnapshotStore's and UpdateDecoder's
@@ -67,6 +68,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -87,6 +89,7 @@
 #include "compression/thread_pool.h"
 #include "ps/applier.h"
 #include "ps/checkpoints.h"
+#include "ps/norm_bound.h"
 #include "ps/outer_optimizer.h"
 #include "ps/receive_table.h"
 #include "ps/registry.h"
@@ -118,6 +121,9 @@ struct CoreError {
   std::optional<int64_t> version;
   std::optional<int64_t> retry_after_ms;
   std::optional<int64_t> epoch;
+  // A refusal of the update itself that Push records in the registry for the tools
+  // (Refusal::reason: "too_stale", "norm_bound"); "" for other errors.
+  std::string refusal;
 
   bool ok() const { return code == ShardErrorCode::kOk; }
   // The protocol's Status for this error (§10 table).
@@ -261,6 +267,9 @@ struct CoreStatus {
   int64_t skipped_updates = 0;
   int64_t bytes_in = 0;   // push frame bytes
   int64_t bytes_out = 0;  // pull frame bytes
+  int64_t norm_refused = 0;  // updates refused by the norm bound since Start
+  double norm_median = 0;    // the bound's median slice norm (0: none yet)
+  std::optional<double> norm_limit;  // the norm above which an update is refused now (none: not bounding)
 };
 
 // One applied (or skipped) update, in apply order; for tests and metrics.
@@ -347,6 +356,7 @@ class ShardCore {
     int64_t base_version = 0;
     int64_t tokens = 0;
     int64_t local_steps = 0;
+    double sum_squares = -1;  // of its values as received (the norm bound's); -1: not known
     int64_t staged_us = 0;  // last (re)mark; expiry counts from here
     int inflight = 0;       // MarkStaged calls in flight
     bool expiring = false;  // ReleaseStaged in flight
@@ -378,6 +388,11 @@ class ShardCore {
   // read, at an update's first frame).
   CoreError CheckMember(const PushArgs& args);
   CoreError StageReceived(const std::shared_ptr<ReceivingUpdate>& r, PushResult* out);
+  // The norm bound on an update being received: when the frames stored so far already
+  // make its norm exceed norm_bound_'s limit, drops it and answers BAD_REQUEST (refusal
+  // "norm_bound"). `stager`: called by the thread staging r (others leave the decision to
+  // it once staging started).
+  CoreError CheckNorm(const std::shared_ptr<ReceivingUpdate>& r, bool stager);
   CoreError MarkStagedAndAnswer(const std::string& update_id, PushResult* out);
   bool AnswerKnownLocked(const std::string& update_id, PushResult* out);
   nlohmann::json StageRecord(int64_t base_version, int64_t tokens, int64_t local_steps) const;
@@ -485,6 +500,13 @@ class ShardCore {
   std::string last_applied_chain_;
   int64_t committed_seq_ = 0;
   ReceiveTable receiving_;
+  NormBound norm_bound_;  // fed by FinishApply and at Start with applied updates' norms
+  int64_t norm_refused_ = 0;
+  // Updates refused for their norm (id -> the answer), the last kRefusedKept: their other
+  // frames are answered at once instead of opening a receive entry again.
+  std::map<std::string, std::string> norm_refusals_;
+  std::deque<std::string> norm_refusal_order_;
+  static constexpr size_t kRefusedKept = 1024;
   std::map<std::string, std::shared_ptr<Staged>> staged_;
   std::map<std::string, DoneUpdate> done_;
   std::vector<AppliedRecord> applied_log_;  // at most 2 x kAppliedLogKept

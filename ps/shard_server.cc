@@ -229,6 +229,15 @@ class Handler : public rpc::ShardIf {
 
 }  // namespace
 
+ShardRpc MakeShardRpc(ShardCore* core, bool tls, const ConnectionLimits& limits,
+                      std::shared_ptr<TConfiguration> config, std::shared_ptr<TransportCounters> counters) {
+  auto oversized = [max = limits.max_message_bytes](std::string_view head, int64_t bytes) {
+    return OversizedRequestReply(head, bytes, max);
+  };
+  return {std::make_shared<rpc::ShardProcessor>(std::make_shared<Handler>(core, tls)),
+          std::make_shared<ShardTransportFactory>(limits, std::move(config), oversized, std::move(counters))};
+}
+
 ShardServer::ShardServer(ShardCore* core, ShardServerOptions options) : core_(core), options_(std::move(options)) {}
 
 ShardServer::~ShardServer() { Stop(); }
@@ -262,14 +271,9 @@ Status ShardServer::Start() {
   membership_ = std::make_unique<ShardMembership>(core_, info, ShardMembershipOptions{options_.lease_ms, options_.registry});
   RETURN_IF_ERROR(membership_->Start());
 
-  auto handler = std::make_shared<Handler>(core_, options_.tls.mutual());
-  auto oversized = [max = limits.max_message_bytes](std::string_view head, int64_t bytes) {
-    return OversizedRequestReply(head, bytes, max);
-  };
-  server_ = std::make_shared<TThreadedServer>(
-      std::make_shared<rpc::ShardProcessor>(handler), socket,
-      std::make_shared<ShardTransportFactory>(limits, config, oversized, counters_),
-      std::make_shared<TCompactProtocolFactory>());
+  ShardRpc rpc = MakeShardRpc(core_, options_.tls.mutual(), limits, config, counters_);
+  server_ = std::make_shared<TThreadedServer>(rpc.processor, socket, rpc.transports,
+                                              std::make_shared<TCompactProtocolFactory>());
   if (tls) server_->setServerEventHandler(std::make_shared<TlsPeerTracker>());
   serve_thread_ = std::thread([this] {
     try {

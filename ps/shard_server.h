@@ -33,9 +33,13 @@
 #include "ps/shard_tls.h"
 #include "ps/shard_transport.h"
 
-namespace apache::thrift::server {
+namespace apache::thrift {
+class TConfiguration;
+class TProcessor;
+namespace server {
 class TServer;
 }
+}  // namespace apache::thrift
 
 namespace fedps {
 
@@ -47,6 +51,18 @@ struct ShardServerOptions {
   RegistryOptions registry;        // the heartbeat's own connection
   TlsOptions tls;                  // plaintext on loopback, or mutual TLS (ps/shard_tls.h)
 };
+
+// What a ShardServer runs on each connection, for a transport other than its socket too
+// (tests/fuzz/shard_fuzz.cc feeds it bytes as a connection would): the generated processor
+// over the handler (TLS role checks when `tls`), and the framed transport factory with the
+// connection limits and the reply to an oversized request. The protocol is compact.
+struct ShardRpc {
+  std::shared_ptr<apache::thrift::TProcessor> processor;
+  std::shared_ptr<ShardTransportFactory> transports;
+};
+ShardRpc MakeShardRpc(ShardCore* core, bool tls, const ConnectionLimits& limits,
+                      std::shared_ptr<apache::thrift::TConfiguration> config,
+                      std::shared_ptr<TransportCounters> counters);
 
 class ShardServer {
  public:

@@ -3,7 +3,9 @@
 
 #include <glog/logging.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "common/safetensors.h"
 #include "common/sha256.h"
@@ -47,6 +49,15 @@ bool ParseChecksums(const std::string& text, size_t frames, std::vector<uint64_t
     out->push_back(std::stoull(digits, nullptr, 16));
   }
   return true;
+}
+
+// The "sum_squares" metadata; -1 when absent (a file from before it was kept) or not a
+// finite number >= 0.
+double ParseSumSquares(const std::string& text) {
+  if (text.empty()) return -1;
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  return end == text.c_str() + text.size() && std::isfinite(v) && v >= 0 ? v : -1;
 }
 
 bool HasRecordScalars(const nlohmann::json& r) {
@@ -109,7 +120,7 @@ Status StagedWriter::AddFrame(int64_t index, std::string_view frame) {
   return Status::Ok();
 }
 
-Status StagedWriter::Finish(const std::vector<uint64_t>& checksums) {
+Status StagedWriter::Finish(const std::vector<uint64_t>& checksums, double sum_squares) {
   if (static_cast<int64_t>(checksums.size()) != frames_) {
     return InvalidArgument(std::to_string(checksums.size()) + " checksums for " + std::to_string(frames_) + " frames");
   }
@@ -118,6 +129,9 @@ Status StagedWriter::Finish(const std::vector<uint64_t>& checksums) {
   }
   std::map<std::string, std::string> meta = metadata_;
   meta["checksums"] = JoinChecksums(checksums);
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.17g", sum_squares);
+  meta["sum_squares"] = text;
   return file_->Finish(meta);
 }
 
@@ -206,6 +220,7 @@ StatusOr<std::vector<StagedUpdate>> StagedStore::Index() const {
       LOG(ERROR) << "staged file " << path << " has bad checksums metadata";
       continue;
     }
+    u.sum_squares = ParseSumSquares(Meta(index->metadata, "sum_squares"));
     out.push_back(std::move(u));
   }
   return out;

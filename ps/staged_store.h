@@ -4,7 +4,8 @@
 // <sha256(update_id)[0:32]>.safetensors, holding the update's frames exactly as the
 // client sent them (tensors "frame.<i>", U8) and metadata (format, update id, the client
 // that pushed it, the stage record: base_version / tokens / local_steps, the shard's slice,
-// and every frame's own checksum, so that a resend can be compared with what is staged
+// the sum of the squares of its values for the norm bound (ps/norm_bound.h), and every
+// frame's own checksum, so that a resend can be compared with what is staged
 // without reading the frames back; a file written before the checksums were kept has them
 // read from its frames' headers when indexed). No checksum of its own:
 // every codec frame carries a 64-bit checksum over its header and payload
@@ -43,6 +44,7 @@ struct StagedUpdate {
   std::vector<std::string> frames;   // in frame order, as received (Read only)
   std::vector<uint64_t> checksums;   // each frame's header checksum, in frame order
   int64_t bytes = 0;                 // the frames' total size
+  double sum_squares = -1;           // of its values, as checked on arrival; -1: not kept (older file)
 };
 
 class SafetensorsAppender;
@@ -53,9 +55,10 @@ class StagedWriter {
   ~StagedWriter();
   // Writes frame `index` (each index once, any order, from any thread).
   Status AddFrame(int64_t index, std::string_view frame);
-  // Every frame added: the metadata (with each frame's checksum, in frame order), fsync,
-  // rename. The file is then durable and what StagedStore::Read returns.
-  Status Finish(const std::vector<uint64_t>& checksums);
+  // Every frame added: the metadata (with each frame's checksum, in frame order, and the
+  // sum of the squares of the update's values), fsync, rename. The file is then durable
+  // and what StagedStore::Read returns.
+  Status Finish(const std::vector<uint64_t>& checksums, double sum_squares);
 
  private:
   friend class StagedStore;

@@ -58,7 +58,9 @@ nlohmann::json ShardJson(const ShardStatus& s) {
           {"bytes_in", s.stats.bytes_in},
           {"bytes_out", s.stats.bytes_out},
           {"last_checkpoint_version", s.stats.last_checkpoint_version},
-          {"last_checkpoint_ms", s.stats.last_checkpoint_ms}};
+          {"last_checkpoint_ms", s.stats.last_checkpoint_ms},
+          {"norm_refused", s.stats.norm_refused},
+          {"norm_median", s.stats.norm_median}};
 }
 
 nlohmann::json MemberJson(const Member& m, const std::string& state) {
@@ -125,15 +127,21 @@ StatusOr<nlohmann::json> Snapshot(Registry& r, int64_t events) {
   return j;
 }
 
+// "norm med" is the median slice norm the shard's update norm bound is a multiple of;
+// "norm ref" the updates it refused for their norm (docs/security.md, "Update norm bound").
 void PrintShards(const nlohmann::json& shards) {
-  std::printf("%-5s %-21s %-5s %-6s %8s %8s %10s %10s %8s %8s\n", "shard", "address", "epoch", "alive", "version",
-              "applied", "bytes in", "bytes out", "ckpt", "beat");
+  std::printf("%-5s %-21s %-5s %-6s %8s %8s %10s %10s %8s %8s %9s %8s\n", "shard", "address", "epoch", "alive",
+              "version", "applied", "bytes in", "bytes out", "ckpt", "beat", "norm med", "norm ref");
   for (const auto& s : shards) {
-    std::printf("%-5d %-21s %-5ld %-6s %8ld %8ld %10s %10s %8ld %8s\n", s["index"].get<int>(),
+    const double median = s["norm_median"].get<double>();
+    char norm[32] = "-";
+    if (median > 0) std::snprintf(norm, sizeof norm, "%.3g", median);
+    std::printf("%-5d %-21s %-5ld %-6s %8ld %8ld %10s %10s %8ld %8s %9s %8ld\n", s["index"].get<int>(),
                 s["address"].get<std::string>().c_str(), long(s["epoch"].get<int64_t>()), s["alive"].get<bool>() ? "yes" : "NO",
                 long(s["version"].get<int64_t>()), long(s["applied_updates"].get<int64_t>()),
                 Bytes(s["bytes_in"].get<int64_t>()).c_str(), Bytes(s["bytes_out"].get<int64_t>()).c_str(),
-                long(s["last_checkpoint_version"].get<int64_t>()), Age(s["last_heartbeat_ms"].get<int64_t>()).c_str());
+                long(s["last_checkpoint_version"].get<int64_t>()), Age(s["last_heartbeat_ms"].get<int64_t>()).c_str(),
+                norm, long(s["norm_refused"].get<int64_t>()));
   }
 }
 

@@ -116,6 +116,27 @@ TEST(ConfigTest, LimitsHaveDefaultsAndBounds) {
   }
 }
 
+TEST(ConfigTest, NormBoundHasDefaultsAndBounds) {
+  auto d = ParseConfig("", "d.toml");
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_TRUE(d->ps.norm_bound);
+  EXPECT_EQ(d->ps.norm_bound_factor, 10);
+  EXPECT_EQ(d->ps.norm_bound_window, 50);
+  EXPECT_EQ(d->ps.norm_bound_warmup, 5);
+  auto off = ParseConfig("[ps]\nnorm_bound = false\n", "o.toml");
+  ASSERT_TRUE(off.ok()) << off.status().ToString();
+  EXPECT_FALSE(off->ps.norm_bound);
+  for (auto [text, option] :
+       {std::pair{"[ps]\nnorm_bound_factor = 1.0\n", "ps.norm_bound_factor"},
+        {"[ps]\nnorm_bound_window = 0\n", "ps.norm_bound_window"},
+        {"[ps]\nnorm_bound_warmup = 0\n", "ps.norm_bound_warmup"},
+        {"[ps]\nnorm_bound_window = 4\nnorm_bound_warmup = 5\n", "ps.norm_bound_warmup"}}) {
+    auto c = ParseConfig(text, "n.toml");
+    ASSERT_FALSE(c.ok()) << text;
+    EXPECT_NE(c.status().message().find(option), std::string::npos) << c.status().ToString();
+  }
+}
+
 TEST(ConfigTest, SyntaxErrorHasPosition) {
   auto c = ParseConfig("[train\nlr = 1\n", "d.toml");
   ASSERT_FALSE(c.ok());

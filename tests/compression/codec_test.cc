@@ -278,7 +278,11 @@ TEST(CheckFrameTest, FindsEveryNonFinitePatternAndNothingElse) {
   }
   for (uint32_t b = 0; b < 65536; ++b) {
     const bool finite = std::isfinite(FromBits(b << 16));
-    EXPECT_EQ(FirstNonFinite(&hi[b], &lo[b], 1), finite ? 1u : 0u) << std::hex << b;
+    double squares = 0;
+    EXPECT_EQ(FirstNonFinite(&hi[b], &lo[b], 1, &squares), finite ? 1u : 0u) << std::hex << b;
+    if (finite) {
+      EXPECT_EQ(squares, double{FromBits(b << 16)} * double{FromBits(b << 16)}) << std::hex << b;
+    }
   }
   for (CodecKind kind : {CodecKind::kFp32, CodecKind::kBf16}) {
     auto codec = MakeCodec(kind, 300);
@@ -309,6 +313,37 @@ TEST(CheckFrameTest, FindsEveryNonFinitePatternAndNothingElse) {
   auto frames = int8->Encode(v);
   ASSERT_TRUE(frames.ok());
   for (const std::string& f : *frames) EXPECT_TRUE(int8->CheckFrame(f, v.size()).ok());
+}
+
+// The sum of squares CheckFrame reports (the receiver's update norm) is that of the values
+// the frame decodes to: for bf16 up to summation order, for int8 and topk up to the float
+// rounding of q x scale in the decoder, and within 2^-6 below it for fp32 (values truncated
+// to bfloat16).
+TEST(CheckFrameTest, ReportsTheSumOfSquaresOfTheDecodedValues) {
+  for (CodecKind kind : {CodecKind::kFp32, CodecKind::kBf16, CodecKind::kInt8, CodecKind::kTopK}) {
+    auto codec = MakeCodec(kind, 300);
+    std::vector<float> v = Gaussian(1003, 2.5f, 11);
+    v[5] = 1.0e30f;  // a huge value: its square overflows float, not the double sum
+    auto frames = codec->Encode(v);
+    ASSERT_TRUE(frames.ok()) << CodecKindName(kind);
+    std::vector<float> decoded(v.size());
+    for (const std::string& f : *frames) {
+      std::fill(decoded.begin(), decoded.end(), 0.0f);
+      ASSERT_TRUE(codec->DecodeFrame(f, decoded).ok());
+      double want = 0;
+      for (float x : decoded) want += double{x} * double{x};
+      double got = -1;
+      ASSERT_TRUE(codec->CheckFrame(f, v.size(), &got).ok());
+      if (kind == CodecKind::kFp32) {
+        EXPECT_LE(got, want * (1 + 1e-12)) << CodecKindName(kind);
+        EXPECT_GE(got, want * (1 - 1.0 / 64)) << CodecKindName(kind);
+      } else {
+        const double tolerance = kind == CodecKind::kBf16 ? 1e-12 : 1e-6;
+        EXPECT_NEAR(got, want, want * tolerance) << CodecKindName(kind);
+      }
+      EXPECT_GT(got, 0) << CodecKindName(kind);
+    }
+  }
 }
 
 // topk keeps exactly ceil(density x count) values per frame, the largest in magnitude, each

@@ -18,7 +18,7 @@ cmake -S tests/fuzz -B "$BUILD" -G Ninja -DCMAKE_CXX_COMPILER="$CXX" > "$BUILD/c
   || { tail -20 "$BUILD/configure.log"; exit 1; }
 cmake --build "$BUILD" -j "$(nproc)" > "$BUILD/build.log" 2>&1 || { grep -E "error" "$BUILD/build.log" | head; exit 1; }
 status=0
-for t in frame config safetensors staged; do
+for t in frame config safetensors staged shard; do
   work=$BUILD/corpus/$t
   mkdir -p "$work" "$BUILD/artifacts/$t"
   cp -n tests/fuzz/corpus/$t/* "$work"/ 2>/dev/null || true

@@ -603,6 +603,8 @@ TEST_F(RegistryTest, ShardDirectoryLeasesAndStats) {
   stats.bytes_out = 3 << 20;
   stats.last_checkpoint_version = 5;
   stats.last_checkpoint_ms = 1700000000123;
+  stats.norm_refused = 3;
+  stats.norm_median = 0.1 / 3;  // read back bit for bit
   ASSERT_OK(r->ShardHeartbeat(0, e0, &stats));
 
   ASSERT_OK_AND_ASSIGN(std::vector<ShardStatus> shards, r->Shards());
@@ -615,6 +617,8 @@ TEST_F(RegistryTest, ShardDirectoryLeasesAndStats) {
   EXPECT_EQ(shards[0].stats.version, 7);
   EXPECT_EQ(shards[0].stats.bytes_out, 3 << 20);
   EXPECT_EQ(shards[0].stats.last_checkpoint_ms, 1700000000123);
+  EXPECT_EQ(shards[0].stats.norm_refused, 3);
+  EXPECT_EQ(shards[0].stats.norm_median, 0.1 / 3);
   EXPECT_GT(shards[0].stats.updated_ms, 0);
 
   // Shard 0 keeps heartbeating, shard 1 goes quiet.

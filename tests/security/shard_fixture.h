@@ -78,7 +78,8 @@ class ShardFixture : public ::testing::Test {
     ropts_.run_id = kRun;
   }
 
-  // Starts one fedps-shard (num_shards 1) with these [limits] lines; waits until SERVING.
+  // Starts one fedps-shard (num_shards 1) with these [limits] lines (and ps_lines_ in its
+// [ps] section); waits until SERVING.
   void StartShard(const std::string& limits) {
     const std::string config = dir_.File("run.toml");
     std::ofstream(config) << "[run]\nid = \"" << kRun << "\"\ndir = \"" << dir_.File("run")
@@ -90,7 +91,7 @@ class ShardFixture : public ::testing::Test {
                           << "base_port = 0\nframe_elements = " << kFrame << "\n"
                           << "optimizer = \"sgd\"\nouter_lr = 1.0\nstaleness = \"constant\"\n"
                           << "max_staleness = 16\ncheckpoint_every = 0\n"
-                          << "[limits]\n"
+                          << ps_lines_ << "[limits]\n"
                           << limits;
     auto port = testing::PickFreePort();
     ASSERT_OK(port.status());
@@ -235,6 +236,7 @@ class ShardFixture : public ::testing::Test {
   RegistryOptions ropts_;
   int port_ = 0;
   std::vector<std::string> shard_args_;             // more fedps-shard flags (TLS)
+  std::string ps_lines_;                            // more [ps] lines ("key = value\n" each)
   std::shared_ptr<TlsSocketFactory> channel_tls_;  // channel_'s TLS (null: plaintext)
   ScopedProcess shard_;
   std::unique_ptr<ShardChannel> channel_;
