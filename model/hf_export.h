@@ -17,7 +17,10 @@
 // normaliser that reproduces SentencePiece exactly for identity-normalised models (fedps's
 // tokenizer), and declare it as PreTrainedTokenizerFast so it loads as written. NFKC and
 // remove_extra_whitespaces models are approximated (NFKC normaliser, whitespace collapsing).
-// Only BPE SentencePiece models are supported.
+// Only BPE SentencePiece models are supported. Neither <s> nor </s> is added to encoded
+// text (add_bos_token false, no post-processor), as fedps trains and generates, so
+// tokenizer(text) and pipeline("text-generation") with transformers' defaults reproduce
+// fedps's ids and `fedps-ctl generate`'s greedy text.
 //
 // The export is written into a temporary sibling folder and renamed into place, so a crash
 // never leaves a half export; an existing non-empty folder is replaced only when

@@ -2,6 +2,7 @@
 """Checks a fedps Hugging Face export against fedps's own outputs.
 
 Usage: hf_export_check.py EXPORT_DIR REFERENCE.safetensors [EXPORT_DIR REFERENCE ...]
+       hf_export_check.py --defaults EXPORT_DIR EXPECT.json
 
 REFERENCE holds "tokens" [B,T] int64 and "logits" [B,T,V] fp32 computed by fedps. For each
 pair this loads EXPORT_DIR with transformers' LlamaForCausalLM.from_pretrained in fp32,
@@ -10,8 +11,16 @@ attention implementations and requires max |logits - fedps logits| <= 1e-4. When
 has a tokenizer, AutoTokenizer must load it and (with the sentencepiece package) encode and
 decode like SentencePiece itself.
 
+--defaults: EXPECT.json holds "encode" [{text, ids}] (fedps's Tokenizer::Encode) and
+"generate" [{prompt, ids, text}] (`fedps-ctl generate` with its defaults: prompt ids plus
+the completion's, prompt plus completion) and "max_new_tokens". With transformers' defaults
+tokenizer(text)["input_ids"] must equal ids, and pipeline("text-generation") (nothing
+passed but max_new_tokens) must give the same text and, with return_tensors=True, the same
+ids (a final </s> dropped: fedps stops before it).
+
 Exit status: 0 pass, 1 mismatch, 77 skipped (python packages missing; the reason is printed).
 """
+import json
 import os
 import sys
 
@@ -21,7 +30,7 @@ try:
     import torch
     import transformers
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM, pipeline
 except ImportError as e:  # the C++ test turns 77 into a skip with this reason
     print(f"SKIP: cannot import torch/transformers/safetensors: {e}")
     sys.exit(77)
@@ -99,20 +108,52 @@ def check_tokenizer(path):
     sp = spm.SentencePieceProcessor(model_file=os.path.join(path, "tokenizer.model"))
     bad = 0
     for text in TEXTS:
-        want = [sp.bos_id()] + sp.encode(text)
+        want = sp.encode(text)  # the export adds no <s>, as fedps never does
         got = tok.encode(text)
         if got != want:
             print(f"tokenizer: {text!r}: transformers {got} != sentencepiece {want}")
             bad += 1
         dec = tok.decode(got, skip_special_tokens=True)
-        if dec != sp.decode(want[1:]):
-            print(f"tokenizer: decode {text!r}: {dec!r} != {sp.decode(want[1:])!r}")
+        if dec != sp.decode(want):
+            print(f"tokenizer: decode {text!r}: {dec!r} != {sp.decode(want)!r}")
             bad += 1
     print(f"tokenizer: {type(tok).__name__}, {len(TEXTS)} texts, {bad} mismatches")
     return ok and bad == 0
 
 
+def check_defaults(path, expect_path):
+    with open(expect_path, encoding="utf-8") as f:
+        expect = json.load(f)
+    tok = AutoTokenizer.from_pretrained(path)
+    bad = 0
+    for e in expect["encode"]:
+        got = tok(e["text"])["input_ids"]
+        if got != e["ids"]:
+            print(f"defaults: tokenizer({e['text']!r}) = {got}, fedps {e['ids']}")
+            bad += 1
+    gen = pipeline("text-generation", model=path, tokenizer=path, device="cpu")
+    n = expect["max_new_tokens"]
+    eos = tok.eos_token_id
+    for g in expect["generate"]:
+        text = gen(g["prompt"], max_new_tokens=n)[0]["generated_text"]
+        ids = [int(i) for i in gen(g["prompt"], max_new_tokens=n, return_tensors=True)[0]["generated_token_ids"]]
+        if ids and ids[-1] == eos:
+            ids = ids[:-1]
+        same = text == g["text"] and ids == g["ids"]
+        print(f"defaults: pipeline({g['prompt']!r}) {'=' if same else '!='} fedps-ctl generate: {text!r}")
+        if not same:
+            print(f"  transformers {ids}\n  fedps        {g['ids']}\n  fedps text   {g['text']!r}")
+            bad += 1
+    print(f"defaults: {len(expect['encode'])} texts, {len(expect['generate'])} prompts, {bad} mismatches")
+    return bad == 0
+
+
 def main(argv):
+    if len(argv) == 3 and argv[0] == "--defaults":
+        torch.manual_seed(0)
+        ok = check_defaults(argv[1], argv[2])
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
     if len(argv) < 2 or len(argv) % 2:
         print(__doc__)
         return 2
