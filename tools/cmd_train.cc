@@ -250,8 +250,9 @@ struct GenerateArgs {
   std::string checkpoint;
   std::vector<std::string> prompts;
   int64_t tokens = 64;
-  // 0: greedy (the most likely next token), as Hugging Face's pipeline("text-generation")
-  // and generate() do by default; > 0 samples at that temperature among the top_k.
+  // 0: greedy (the most likely next token), as transformers' generate() is by default
+  // (its text-generation pipeline samples unless given do_sample=False); > 0 samples at
+  // that temperature among the top_k.
   double temperature = 0;
   int64_t top_k = 40;
   uint64_t seed = 1;
@@ -351,7 +352,7 @@ void AddTrainCommands(CLI::App& root, CommandList& commands) {
     cmd->add_option("-p,--prompt", args->prompts, "Prompt (repeatable)")->required();
     cmd->add_option("-n,--tokens", args->tokens, "Tokens to generate per prompt");
     cmd->add_option("--temperature", args->temperature,
-                    "0: greedy, the most likely token each step (what transformers' pipeline does by default); "
+                    "0: greedy, the most likely token each step (as transformers' generate() by default); "
                     "> 0: sample at this temperature");
     cmd->add_option("--top-k", args->top_k, "When sampling: among the k most likely tokens (0: all)");
     cmd->add_option("--seed", args->seed, "When sampling: the seed");

@@ -2,8 +2,8 @@
 // tokenizer conversion's errors, and the end-to-end checks, by running
 // tests/model/hf_export_check.py with $FEDPS_PYTHON: transformers' LlamaForCausalLM
 // reproduces fedps's logits (and AutoTokenizer SentencePiece's ids), and with transformers'
-// defaults tokenizer(text) gives fedps's ids and pipeline("text-generation") the text of
-// `fedps-ctl generate` (greedy by default).
+// defaults tokenizer(text) gives fedps's ids and generate() / pipeline("text-generation")
+// with do_sample=False the ids and text of `fedps-ctl generate` (greedy by default).
 #include "model/hf_export.h"
 
 #include <chrono>
@@ -134,7 +134,8 @@ std::string Corpus() {
 
 // A user's path: a fedps tokenizer (Tokenizer::Train, as `fedps-ctl tokenizer train`), a
 // checkpoint, `fedps-ctl export` and `fedps-ctl generate` with their defaults; then
-// transformers with its defaults must give the same ids and the same greedy text.
+// transformers must give the same ids (tokenizer(text), generate()) and greedy text
+// (pipeline with do_sample=False: the pipeline itself samples by default).
 TEST(HfExportTest, TransformersDefaultsReproduceFedps) {
   const char* py = std::getenv("FEDPS_PYTHON");
   if (py == nullptr || *py == '\0') GTEST_SKIP() << "FEDPS_PYTHON not set (run through ctest)";
