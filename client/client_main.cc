@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "fedps-client: joins a fedps run, pulls the global model from the shards, trains local steps on "
       "its own data and pushes compressed pseudo-gradients; --evaluate scores the global model instead"};
+  app.option_defaults()->always_capture_default();  // --help shows every default
   std::string config_path, data_dir, name, state_dir, device, pull_codec = "fp32";
   bool evaluate = false, verbose = false;
   int64_t max_updates = -1, local_steps = -1;
@@ -58,11 +59,14 @@ int main(int argc, char** argv) {
   app.add_flag("--evaluate", evaluate, "Evaluator mode: evaluate every client.eval_every_versions versions");
   app.add_option("--max-updates", max_updates,
                  "Stop after this many committed updates (evaluations with --evaluate); 0: until stopped")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::NonNegativeNumber)
+      ->default_str("client.max_updates");
   app.add_option("--local-steps", local_steps, "Inner steps per update (client.local_steps)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::PositiveNumber)
+      ->default_str("client.local_steps");
   app.add_option("--local-time", local_time, "Train for this many seconds per update instead (client.local_time_s)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::NonNegativeNumber)
+      ->default_str("client.local_time_s");
   app.add_option("--throttle", throttle, "Slow every step down by this factor (>= 1; simulated slow client)");
   app.add_option("--device", device, "auto, cpu, cuda, cuda:N (train.device)");
   app.add_option("--pull-codec", pull_codec, "Codec of pulled model frames: fp32 (default, lossless), bf16, int8");

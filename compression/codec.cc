@@ -62,9 +62,9 @@ uint64_t RawBytes(CodecKind kind, uint64_t count, uint64_t block) {
   return 0;
 }
 
+// XXH3-64 of the whole frame but the checksum field: header bytes [0, 56), then the payload.
 uint64_t FrameChecksum(std::string_view frame) {
-  const uint64_t payload_hash = Hash64(frame.substr(kFrameHeaderBytes));
-  return Hash64(frame.data(), kOffChecksum, payload_hash);
+  return Hash64({frame.substr(0, kOffChecksum), frame.substr(kFrameHeaderBytes)});
 }
 
 std::string Range(uint64_t begin, uint64_t end) {
@@ -340,6 +340,11 @@ StatusOr<FrameHeader> Codec::PeekHeader(std::string_view frame) {
     return DataLoss("bad magic: not a fedps codec frame");
   }
   const auto version = Get<uint16_t>(frame, kOffVersion);
+  if (version == 1) {
+    return DataLoss("frame format version 1 (a fedps build before the XXH3-64 checksum) is no longer read: "
+                    "this build reads version " + std::to_string(kFrameFormatVersion) +
+                    " only; run clients and shards of the same frame format, and re-encode stored frames");
+  }
   if (version != kFrameFormatVersion) {
     return DataLoss("unsupported frame format version " + std::to_string(version) +
                     " (this build reads " + std::to_string(kFrameFormatVersion) + ")");

@@ -33,7 +33,7 @@
 // Frame layout (all integers little-endian; 64-byte header, then the payload):
 //   offset size field
 //        0    4 magic "FPSZ"
-//        4    2 format version (1)
+//        4    2 format version (2; version 1 had another checksum and is refused)
 //        6    1 codec kind (0 fp32, 1 bf16, 2 int8, 3 topk)
 //        7    1 flags (0; reserved)
 //        8    4 block: int8 block size in values; topk: values kept (k); 0 for fp32, bf16
@@ -44,7 +44,7 @@
 //       40    8 payload length in bytes (the frame is exactly 64 + this)
 //       48    8 raw length: payload bytes after zstd decompression (derived from
 //               kind, count and block; stored so that a reader can check it)
-//       56    8 checksum: Hash64(header bytes 0..55, seed = Hash64(payload, seed 0))
+//       56    8 checksum: XXH3-64 (seed 0) of header bytes 0..55 followed by the payload
 //       64    - payload: exactly one zstd frame with its content size set
 //
 // Integrity: the 64-bit checksum covers every header field and every payload byte,
@@ -114,7 +114,8 @@ struct CodecOptions {
 };
 
 inline constexpr size_t kFrameHeaderBytes = 64;
-inline constexpr uint16_t kFrameFormatVersion = 1;
+// 2 since 2026-12: the checksum became XXH3-64 (version 1: a hash of fedps's own).
+inline constexpr uint16_t kFrameFormatVersion = 2;
 // Upper bound on the values in one frame (reader side too): 256M values, 1 GiB of fp32.
 inline constexpr uint64_t kMaxFrameElements = uint64_t{1} << 28;
 inline constexpr int kMaxInt8Block = 1 << 16;

@@ -1,29 +1,26 @@
-// Hash64: a fast non-cryptographic 64-bit hash for frame integrity checks.
+// Hash64: XXH3-64 of xxHash (https://xxhash.com, XXH3_64bits, seed 0), the 64-bit hash of
+// the frame checksum (compression/codec.h, docs/compression.md).
 //
 // It guards codec frames against corruption in transit and on disk (bit flips,
-// truncation, spliced buffers); it is not a MAC and does not resist a forger who
-// can recompute it (TLS does that job). Design, written for fedps:
-//   - four 64-bit lanes consume 32-byte stripes; each lane step is
-//       lane = rotl(lane ^ (word * kMulA), 31) * kMulB
-//     which is a bijection of the lane for a fixed word and of the word for a fixed
-//     lane, so any single changed word changes its lane's final value;
-//   - the tail (< 32 bytes) goes word by word into lane 0, the last partial word
-//     zero-padded; the total length is mixed into the result so padding is unambiguous;
-//   - lanes are folded with a bijective 64-bit finaliser (xorshift-multiply: the
-//     SplitMix64 mixing function of Steele, Lea and Flood, OOPSLA 2014).
-// Throughput is several GB/s per core, well above zstd's, so checking costs little.
+// truncation, spliced buffers); it is not a MAC and does not resist a forger who can
+// recompute it (TLS does that job). XXH3 is frozen since xxHash 0.8.0, so every
+// implementation gives the same value: Python's `xxhash.xxh3_64_intdigest(data)`, the
+// `xxhsum -H3` command, Go's and Rust's ports. Throughput is several GB/s per core,
+// well above zstd's, so checking costs little. Pure functions; any thread.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string_view>
 
 namespace fedps {
 
-uint64_t Hash64(const void* data, size_t size, uint64_t seed = 0);
+// XXH3-64 of `bytes`.
+uint64_t Hash64(std::string_view bytes);
 
-inline uint64_t Hash64(std::string_view bytes, uint64_t seed = 0) {
-  return Hash64(bytes.data(), bytes.size(), seed);
-}
+// XXH3-64 of the concatenation of `parts` (the same value as Hash64 of the joined bytes,
+// without joining them).
+uint64_t Hash64(std::initializer_list<std::string_view> parts);
 
 }  // namespace fedps

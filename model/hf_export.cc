@@ -216,17 +216,10 @@ StatusOr<HfTokenizerFiles> ConvertSentencePieceForHf(const std::string& model_by
   decoders.push_back({{"type", "Fuse"}});
   if (m.add_dummy_prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
 
-  ojson post = nullptr;
+  // No post-processor and add_bos_token false: fedps trains and generates without <s>
+  // (token data puts </s> between documents; Tokenizer::Encode adds nothing), so
+  // tokenizer(text) with transformers' defaults must give Tokenizer::Encode's ids.
   const std::string bos = piece_or_empty(m.bos_id), eos = piece_or_empty(m.eos_id);
-  if (!bos.empty()) {
-    auto special = [&](int type_id) { return ojson{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}}; };
-    auto seq = [](const char* id, int type_id) { return ojson{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
-    post = {{"type", "TemplateProcessing"},
-            {"single", ojson::array({special(0), seq("A", 0)})},
-            {"pair", ojson::array({special(0), seq("A", 0), special(1), seq("B", 1)})},
-            {"special_tokens",
-             {{bos, {{"id", bos}, {"ids", ojson::array({m.bos_id})}, {"tokens", ojson::array({bos})}}}}}};
-  }
 
   ojson tok = {
       {"version", "1.0"},
@@ -235,7 +228,7 @@ StatusOr<HfTokenizerFiles> ConvertSentencePieceForHf(const std::string& model_by
       {"added_tokens", added},
       {"normalizer", normalizers.empty() ? ojson(nullptr) : ojson{{"type", "Sequence"}, {"normalizers", normalizers}}},
       {"pre_tokenizer", nullptr},
-      {"post_processor", post},
+      {"post_processor", nullptr},
       {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}},
       {"model",
        {{"type", "BPE"},
@@ -253,7 +246,7 @@ StatusOr<HfTokenizerFiles> ConvertSentencePieceForHf(const std::string& model_by
   // written; LlamaTokenizer would rebuild the normaliser (see the header).
   ojson cfg = {{"tokenizer_class", "PreTrainedTokenizerFast"},
                {"backend", "tokenizers"},
-               {"add_bos_token", !bos.empty()},
+               {"add_bos_token", false},
                {"add_eos_token", false},
                {"clean_up_tokenization_spaces", false},
                {"model_max_length", max_length}};

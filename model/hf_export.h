@@ -17,7 +17,12 @@
 // normaliser that reproduces SentencePiece exactly for identity-normalised models (fedps's
 // tokenizer), and declare it as PreTrainedTokenizerFast so it loads as written. NFKC and
 // remove_extra_whitespaces models are approximated (NFKC normaliser, whitespace collapsing).
-// Only BPE SentencePiece models are supported.
+// Only BPE SentencePiece models are supported. Neither <s> nor </s> is added to encoded
+// text (add_bos_token false, no post-processor), as fedps trains and generates, so
+// tokenizer(text) with transformers' defaults gives fedps's ids, and generate() (greedy by
+// default) or pipeline("text-generation", ...)(prompt, do_sample=False) the ids of
+// `fedps-ctl generate`. Decoding differs only for byte tokens that are not valid UTF-8
+// (tokenizers' ByteFallback gives U+FFFD per byte; SentencePiece keeps the valid ones).
 //
 // The export is written into a temporary sibling folder and renamed into place, so a crash
 // never leaves a half export; an existing non-empty folder is replaced only when

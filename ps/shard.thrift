@@ -23,7 +23,15 @@
 // Evolution: field ids are never reused or renumbered; fields added after version 1
 // are optional, so older peers keep talking.
 
+// Generated code lives under fedps.rpc in every language that has namespaces (Python:
+// `from fedps.rpc import Shard`, `from fedps.rpc.ttypes import PullRequest`; Go: package
+// fedps/rpc; Java: fedps.rpc; C#: Fedps.Rpc).
 namespace cpp fedps.rpc
+namespace py fedps.rpc
+namespace java fedps.rpc
+namespace go fedps.rpc
+namespace netstd Fedps.Rpc
+namespace js fedps.rpc
 
 const i32 PROTOCOL_VERSION = 1
 

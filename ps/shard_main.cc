@@ -229,12 +229,13 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
 
   CLI::App app{"fedps-shard: one parameter-server shard of a fedps run (docs/protocol.md)"};
+  app.option_defaults()->always_capture_default();  // --help shows every default
   fedps::Args args;
   bool verbose = false;
   app.add_option("--config", args.config, "Run config (TOML): [run], [model], [data], [ps], [compression]")
       ->required();
-  app.add_option("--shard", args.shard, "Shard index in [0, ps.num_shards)")->required();
-  app.add_option("--port", args.port, "Port to listen on (default: ps.base_port + shard; 0: any free port)");
+  app.add_option("--shard", args.shard, "Shard index in [0, ps.num_shards)")->required()->default_str("");
+  app.add_option("--port", args.port, "Port to listen on (0: any free port)")->default_str("ps.base_port + shard");
   app.add_option("--dir", args.dir, "Shard folder for staged updates and checkpoints (default: <run.dir>/shard-<i>)");
   app.add_option("--init", args.init,
                  "Baseline checkpoint folder (model.safetensors by layout names) to start from instead of the "

@@ -61,6 +61,8 @@ KILL_AT=$(setting kill_at 30)
 DOWN_S=$(setting down_s 15)
 FINAL_BATCHES=$(setting final_eval_batches 16)
 SAMPLE_TOKENS=$(setting sample_tokens 60)
+# Samples for the report are drawn (generate is greedy by default, which loops on a small model).
+SAMPLING=(--temperature 0.8 --top-k 40)
 POLL_S=$(setting poll_s 5)
 
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -319,7 +321,7 @@ fi
 if [[ -n "$FED_MODEL" ]]; then
   "$BIN"/fedps-ctl eval --checkpoint "$FED_MODEL" "${EVAL_ARGS[@]}" > "$RUN/eval-federated.json" 2> "$RUN/logs/eval-federated.log" \
     || die "eval of the federated model failed: $(tail -3 "$RUN/logs/eval-federated.log")"
-  "$BIN"/fedps-ctl generate --checkpoint "$FED_MODEL" "${PROMPTS[@]}" -n "$SAMPLE_TOKENS" --json \
+  "$BIN"/fedps-ctl generate --checkpoint "$FED_MODEL" "${PROMPTS[@]}" -n "$SAMPLE_TOKENS" "${SAMPLING[@]}" --json \
     > "$RUN/samples-federated.json" 2> "$RUN/logs/generate-federated.log" || die "generate failed"
 fi
 for i in "${!SHARD_PIDS[@]}"; do stop_pid "${SHARD_PIDS[i]}" 60; done
@@ -347,7 +349,7 @@ T_BASE=$(now)
 BASE_S=$(since "$T_BASE")
 "$BIN"/fedps-ctl eval --checkpoint "$RUN/centralised/checkpoints" "${EVAL_ARGS[@]}" > "$RUN/eval-centralised.json" \
   2> "$RUN/logs/eval-centralised.log" || die "eval of the baseline failed: $(tail -3 "$RUN/logs/eval-centralised.log")"
-"$BIN"/fedps-ctl generate --checkpoint "$RUN/centralised/checkpoints" "${PROMPTS[@]}" -n "$SAMPLE_TOKENS" --json \
+"$BIN"/fedps-ctl generate --checkpoint "$RUN/centralised/checkpoints" "${PROMPTS[@]}" -n "$SAMPLE_TOKENS" "${SAMPLING[@]}" --json \
   > "$RUN/samples-centralised.json" 2> "$RUN/logs/generate-centralised.log" || die "generate failed"
 
 # ---- 7. report -------------------------------------------------------------------------

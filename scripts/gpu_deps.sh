@@ -32,10 +32,12 @@ ARCH=x86_64-linux-gnu
 
 # Debian 12 packages: -dev packages for headers/.so symlinks/CMake files, runtime packages
 # for the real .so files, libboost1.74-dev for the (filtered) Boost headers and CMake config.
+# zlib1g-dev without zlib1g: fedps links the machine's own libz.so.1 (Ubuntu 24.04 has it;
+# zlib keeps its ABI). libxxhash-dev without libxxhash0: fedps uses xxHash header-only.
 PKGS=(libthrift-dev libthrift-0.17.0 thrift-compiler
       libboost1.74-dev
       libhiredis-dev libhiredis0.14
-      libzstd-dev libzstd1
+      libzstd-dev libzstd1 zlib1g-dev libxxhash-dev
       libgoogle-glog-dev libgoogle-glog0v6 libgflags-dev libgflags2.2 libunwind-dev libunwind8
       libcli11-dev libtomlplusplus-dev libtomlplusplus3 nlohmann-json3-dev
       libsentencepiece-dev libsentencepiece0
@@ -55,14 +57,15 @@ mkdir -p "$STAGE/debs" "$STAGE/root"
   fi
   for p in "${PKGS[@]}"; do ls "${p}"_*.deb >/dev/null 2>&1 || { echo "[gpu_deps] missing ${p}.deb" >&2; exit 1; }; done
 )
-if [[ ! -f "$STAGE/root/.unpacked" ]]; then
+# The stamps below hold the package list, so a changed list unpacks and collects again.
+if [[ "$(cat "$STAGE/root/.unpacked" 2>/dev/null)" != "${PKGS[*]}" ]]; then
   for f in "$STAGE"/debs/*.deb; do dpkg-deb -x "$f" "$STAGE/root"; done
-  touch "$STAGE/root/.unpacked"
+  echo "${PKGS[*]}" >"$STAGE/root/.unpacked"
 fi
 R=$STAGE/root/usr
 
 # ---- 2. the carried dependency folder ----------------------------------------------------
-if [[ ! -f "$DEPS/.complete" ]]; then
+if [[ "$(cat "$DEPS/.complete" 2>/dev/null)" != "${PKGS[*]}" ]]; then
   rm -rf "$DEPS"
   mkdir -p "$DEPS/include" "$DEPS/lib/$ARCH" "$DEPS/bin" "$DEPS/share"
   # Headers, everything but Boost (filtered below).
@@ -72,8 +75,11 @@ if [[ ! -f "$DEPS/.complete" ]]; then
     find "$d" -maxdepth 1 \( -name '*.so' -o -name '*.so.*' \) \( -type f -o -type l \) \
       -exec cp -a {} "$DEPS/lib/$ARCH/" \;
   done
-  # Drop the Boost runtime libraries' symlinks that point at nothing (we ship no compiled
-  # Boost libraries; Thrift needs only headers).
+  # zlib1g-dev's libz.so points at Debian's absolute /lib/<arch>/libz.so.1.2.13: point it at
+  # the soname instead, which the GPU machine's own zlib provides.
+  ln -sfn "/lib/$ARCH/libz.so.1" "$DEPS/lib/$ARCH/libz.so"
+  # Drop the symlinks that point at nothing: Boost's runtime libraries (we ship no compiled
+  # Boost libraries; Thrift needs only headers) and libxxhash.so (used header-only).
   find "$DEPS/lib/$ARCH" -xtype l -delete
   # CMake package files (they locate their prefix relative to themselves).
   mkdir -p "$DEPS/lib/$ARCH/cmake" "$DEPS/share/cmake"
@@ -129,7 +135,7 @@ WRAP
   # Licences of what is carried.
   mkdir -p "$DEPS/share/doc"; cp -a "$R/share/doc/." "$DEPS/share/doc/" 2>/dev/null || true
   find "$DEPS/share/doc" -type f ! -name copyright -delete; find "$DEPS/share/doc" -type d -empty -delete
-  touch "$DEPS/.complete"
+  echo "${PKGS[*]}" >"$DEPS/.complete"
 fi
 echo "[gpu_deps] deps: $(du -sh "$DEPS" | cut -f1) in $DEPS"
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake ninja-build pkg-config git
       thrift-compiler libthrift-dev libboost-dev libevent-dev libssl-dev
-      libhiredis-dev redis-server libzstd-dev zstd
+      libhiredis-dev redis-server libzstd-dev zstd zlib1g-dev libxxhash-dev
       libgoogle-glog-dev libgflags-dev libgtest-dev libgmock-dev
       libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
       libsentencepiece-dev sentencepiece

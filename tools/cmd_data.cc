@@ -215,13 +215,17 @@ void AddDataCommands(CLI::App& root, CommandList& commands) {
       "Split a prepared data folder into K client folders OUT/client-<k>/, each a complete prepared folder "
       "for one client's --data");
   partition->add_option("--data", pt->data, "Prepared data folder to split")->required();
-  partition->add_option("--clients", pt->clients, "Number of clients K")->required()->check(CLI::PositiveNumber);
+  partition->add_option("--clients", pt->clients, "Number of clients K")
+      ->required()
+      ->check(CLI::PositiveNumber)
+      ->default_str("");
   partition->add_option("--by", pt->by,
                         "domain: client k gets domains k, k+K, ... (non-IID; K <= domains); iid: every domain's "
                         "training documents are shuffled and dealt to all clients. Validation data: the client's "
                         "domains (domain) or all of it (iid).")
       ->required()
-      ->check(CLI::IsMember({"domain", "iid"}));
+      ->check(CLI::IsMember({"domain", "iid"}))
+      ->default_str("");
   partition->add_option("--out", pt->out, "Output folder (written atomically)")->required();
   partition->add_option("--seed", pt->seed, "Seed of the IID shuffle")->capture_default_str();
   partition->add_flag("--force", pt->force, "Replace a non-empty output folder");

@@ -624,7 +624,8 @@ void AddShardCommands(CLI::App& root, CommandList& commands) {
     cmd->add_option("--tokenizer", a->tokenizer,
                     "The run's tokenizer.model (default: the config's data.tokenizer or "
                     "data.prepared/tokenizer.model)");
-    cmd->add_option("--version-min", a->version_min, "Wait until every shard reached this version");
+    cmd->add_option("--version-min", a->version_min, "Wait until every shard reached this version")
+        ->default_str("none: the versions the shards have");
     cmd->add_option("--wait-s", a->wait_s,
                     "Seconds to wait for shards that are starting or behind --version-min")
         ->capture_default_str();

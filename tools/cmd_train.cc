@@ -250,7 +250,10 @@ struct GenerateArgs {
   std::string checkpoint;
   std::vector<std::string> prompts;
   int64_t tokens = 64;
-  double temperature = 0.8;
+  // 0: greedy (the most likely next token), as transformers' generate() is by default
+  // (its text-generation pipeline samples unless given do_sample=False); > 0 samples at
+  // that temperature among the top_k.
+  double temperature = 0;
   int64_t top_k = 40;
   uint64_t seed = 1;
   std::string device = "auto";
@@ -295,7 +298,7 @@ Status RunGenerate(const GenerateArgs& args) {
     }
     std::string text = tokenizer->Decode(generated);
     if (args.json) {
-      out.push_back({{"prompt", prompt}, {"completion", text}});
+      out.push_back({{"prompt", prompt}, {"completion", text}, {"completion_ids", generated}});
     } else {
       std::cout << "--- prompt: " << prompt << "\n" << prompt << text << "\n";
     }
@@ -312,9 +315,10 @@ void AddTrainCommands(CLI::App& root, CommandList& commands) {
     auto* cmd = root.add_subcommand("train", "Train the centralised baseline on pooled data (same trainer as the clients)");
     cmd->add_option("-c,--config", args->config, "Run config (TOML), e.g. configs/tiny.toml")->required();
     cmd->add_flag("--resume", args->resume, "Continue from the run folder's newest valid checkpoint");
-    cmd->add_option("--steps", args->steps, "Override train.steps (the schedule's length)");
+    cmd->add_option("--steps", args->steps, "Override train.steps (the schedule's length)")->default_str("train.steps");
     cmd->add_option("--stop-at-step", args->stop_at_step,
-                    "Stop (with a checkpoint) at this global step; --resume continues the same schedule");
+                    "Stop (with a checkpoint) at this global step; --resume continues the same schedule")
+        ->default_str("none: the schedule's end");
     cmd->add_option("--device", args->device, "Override train.device (auto, cpu, cuda, cuda:N)");
     cmd->add_option("--run-dir", args->run_dir, "Override run.dir");
     commands.push_back({cmd, [args] { return RunTrain(*args); }});
@@ -342,13 +346,16 @@ void AddTrainCommands(CLI::App& root, CommandList& commands) {
   }
   {
     auto args = std::make_shared<GenerateArgs>();
-    auto* cmd = root.add_subcommand("generate", "Sample text from a checkpoint");
+    auto* cmd = root.add_subcommand(
+        "generate", "Continue prompts with a checkpoint: greedy by default, sampled with --temperature > 0");
     cmd->add_option("--checkpoint", args->checkpoint, "Checkpoint folder (step-N) or checkpoints root")->required();
     cmd->add_option("-p,--prompt", args->prompts, "Prompt (repeatable)")->required();
     cmd->add_option("-n,--tokens", args->tokens, "Tokens to generate per prompt");
-    cmd->add_option("--temperature", args->temperature, "Sampling temperature (0: greedy)");
-    cmd->add_option("--top-k", args->top_k, "Sample among the k most likely tokens (0: all)");
-    cmd->add_option("--seed", args->seed, "Sampling seed");
+    cmd->add_option("--temperature", args->temperature,
+                    "0: greedy, the most likely token each step (as transformers' generate() by default); "
+                    "> 0: sample at this temperature");
+    cmd->add_option("--top-k", args->top_k, "When sampling: among the k most likely tokens (0: all)");
+    cmd->add_option("--seed", args->seed, "When sampling: the seed");
     cmd->add_option("--device", args->device, "auto, cpu, cuda, cuda:N");
     cmd->add_flag("--json", args->json, "Print JSON");
     commands.push_back({cmd, [args] { return RunGenerate(*args); }});

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -21,8 +20,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/base64.h"
 #include "common/env.h"
 #include "common/sha256.h"
+#include "tools/inflate.h"
 
 extern char** environ;
 
@@ -31,284 +32,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// ---- DEFLATE ------------------------------------------------------------------------------
-
-class BitInput {
- public:
-  explicit BitInput(std::string_view in) : p_(reinterpret_cast<const uint8_t*>(in.data())), n_(in.size()) {}
-  // Reads `need` (<= 16) bits, least significant first.
-  bool Bits(int need, uint32_t* out) {
-    while (count_ < need) {
-      if (pos_ >= n_) return false;
-      buf_ |= static_cast<uint32_t>(p_[pos_++]) << count_;
-      count_ += 8;
-    }
-    *out = need == 0 ? 0 : buf_ & ((1u << need) - 1);
-    buf_ >>= need;
-    count_ -= need;
-    return true;
-  }
-  // Drops the rest of the current byte (bits kept are always fewer than 8).
-  void AlignToByte() {
-    buf_ = 0;
-    count_ = 0;
-  }
-  bool Byte(uint8_t* b) {
-    if (pos_ >= n_) return false;
-    *b = p_[pos_++];
-    return true;
-  }
-  size_t pos() const { return pos_; }
-  const uint8_t* data() const { return p_; }
-  size_t size() const { return n_; }
-  void Skip(size_t k) { pos_ += k; }
-
- private:
-  const uint8_t* p_;
-  size_t n_;
-  size_t pos_ = 0;
-  uint32_t buf_ = 0;
-  int count_ = 0;
-};
-
-// A canonical Huffman code: how many codes of each length, and the symbols ordered by code.
-struct Huffman {
-  std::array<uint16_t, 16> count{};
-  std::array<uint16_t, 320> symbol{};
-};
-
-bool BuildHuffman(Huffman& h, const uint8_t* lengths, int n) {
-  h.count.fill(0);
-  for (int i = 0; i < n; ++i) h.count[lengths[i]]++;
-  h.count[0] = 0;
-  int left = 1;
-  for (int len = 1; len < 16; ++len) {
-    left = (left << 1) - h.count[len];
-    if (left < 0) return false;  // over-subscribed
-  }
-  std::array<uint16_t, 16> offset{};
-  for (int len = 1; len < 15; ++len) offset[len + 1] = static_cast<uint16_t>(offset[len] + h.count[len]);
-  for (int i = 0; i < n; ++i) {
-    if (lengths[i] != 0) h.symbol[offset[lengths[i]]++] = static_cast<uint16_t>(i);
-  }
-  return true;
-}
-
-// -1: input ended; -2: no such code.
-int DecodeSymbol(BitInput& in, const Huffman& h) {
-  int code = 0, first = 0, index = 0;
-  for (int len = 1; len < 16; ++len) {
-    uint32_t bit;
-    if (!in.Bits(1, &bit)) return -1;
-    code |= static_cast<int>(bit);
-    int count = h.count[len];
-    if (code - count < first) return h.symbol[index + (code - first)];
-    index += count;
-    first = (first + count) << 1;
-    code <<= 1;
-  }
-  return -2;
-}
-
-constexpr uint16_t kLengthBase[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
-                                      31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
-constexpr uint8_t kLengthExtra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
-constexpr uint16_t kDistBase[30] = {1,   2,   3,   4,   5,   7,    9,    13,   17,   25,   33,   49,   65,    97,    129,
-                                    193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
-constexpr uint8_t kDistExtra[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
-
-Status Truncated() { return DataLoss("compressed data ends early"); }
-
-Status InflateCodes(BitInput& in, const Huffman& lit, const Huffman& dist, std::string& out) {
-  while (true) {
-    int sym = DecodeSymbol(in, lit);
-    if (sym == -1) return Truncated();
-    if (sym < 0) return DataLoss("invalid literal/length code");
-    if (sym < 256) {
-      out.push_back(static_cast<char>(sym));
-      continue;
-    }
-    if (sym == 256) return Status::Ok();
-    sym -= 257;
-    if (sym >= 29) return DataLoss("invalid length symbol");
-    uint32_t extra;
-    if (!in.Bits(kLengthExtra[sym], &extra)) return Truncated();
-    size_t length = kLengthBase[sym] + extra;
-    int dsym = DecodeSymbol(in, dist);
-    if (dsym == -1) return Truncated();
-    if (dsym < 0 || dsym >= 30) return DataLoss("invalid distance code");
-    if (!in.Bits(kDistExtra[dsym], &extra)) return Truncated();
-    size_t distance = kDistBase[dsym] + extra;
-    if (distance > out.size()) return DataLoss("distance too far back");
-    size_t from = out.size() - distance;
-    for (size_t i = 0; i < length; ++i) out.push_back(out[from + i]);
-  }
-}
-
-Status InflateInto(BitInput& in, std::string& out) {
-  static const Huffman* fixed_lit = [] {
-    auto* h = new Huffman;
-    uint8_t len[288];
-    for (int i = 0; i < 288; ++i) len[i] = i < 144 ? 8 : i < 256 ? 9 : i < 280 ? 7 : 8;
-    BuildHuffman(*h, len, 288);
-    return h;
-  }();
-  static const Huffman* fixed_dist = [] {
-    auto* h = new Huffman;
-    uint8_t len[30];
-    std::fill(len, len + 30, 5);
-    BuildHuffman(*h, len, 30);
-    return h;
-  }();
-  uint32_t last = 0;
-  while (last == 0) {
-    uint32_t type;
-    if (!in.Bits(1, &last) || !in.Bits(2, &type)) return Truncated();
-    if (type == 0) {
-      in.AlignToByte();
-      uint8_t b[4];
-      for (uint8_t& x : b)
-        if (!in.Byte(&x)) return Truncated();
-      uint32_t len = b[0] | (b[1] << 8), nlen = b[2] | (b[3] << 8);
-      if ((len ^ 0xffff) != nlen) return DataLoss("stored block length check failed");
-      if (in.size() - in.pos() < len) return Truncated();
-      out.append(reinterpret_cast<const char*>(in.data() + in.pos()), len);
-      in.Skip(len);
-    } else if (type == 1) {
-      RETURN_IF_ERROR(InflateCodes(in, *fixed_lit, *fixed_dist, out));
-    } else if (type == 2) {
-      uint32_t hlit, hdist, hclen;
-      if (!in.Bits(5, &hlit) || !in.Bits(5, &hdist) || !in.Bits(4, &hclen)) return Truncated();
-      hlit += 257;
-      hdist += 1;
-      hclen += 4;
-      if (hlit > 286 || hdist > 30) return DataLoss("bad dynamic block header");
-      static constexpr uint8_t kOrder[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
-      uint8_t cl[19] = {};
-      for (uint32_t i = 0; i < hclen; ++i) {
-        uint32_t v;
-        if (!in.Bits(3, &v)) return Truncated();
-        cl[kOrder[i]] = static_cast<uint8_t>(v);
-      }
-      Huffman clh;
-      if (!BuildHuffman(clh, cl, 19)) return DataLoss("bad code-length code");
-      uint8_t lengths[320] = {};
-      uint32_t n = 0;
-      while (n < hlit + hdist) {
-        int sym = DecodeSymbol(in, clh);
-        if (sym == -1) return Truncated();
-        if (sym < 0) return DataLoss("bad code length");
-        if (sym < 16) {
-          lengths[n++] = static_cast<uint8_t>(sym);
-          continue;
-        }
-        uint32_t repeat, value = 0;
-        if (sym == 16) {
-          if (n == 0) return DataLoss("repeat with no previous length");
-          value = lengths[n - 1];
-          if (!in.Bits(2, &repeat)) return Truncated();
-          repeat += 3;
-        } else if (sym == 17) {
-          if (!in.Bits(3, &repeat)) return Truncated();
-          repeat += 3;
-        } else {
-          if (!in.Bits(7, &repeat)) return Truncated();
-          repeat += 11;
-        }
-        if (n + repeat > hlit + hdist) return DataLoss("code lengths overflow");
-        while (repeat--) lengths[n++] = static_cast<uint8_t>(value);
-      }
-      if (lengths[256] == 0) return DataLoss("no end-of-block code");
-      Huffman lit, dist;
-      if (!BuildHuffman(lit, lengths, static_cast<int>(hlit)) ||
-          !BuildHuffman(dist, lengths + hlit, static_cast<int>(hdist))) {
-        return DataLoss("bad literal or distance code");
-      }
-      RETURN_IF_ERROR(InflateCodes(in, lit, dist, out));
-    } else {
-      return DataLoss("invalid block type");
-    }
-  }
-  return Status::Ok();
-}
-
-uint32_t Crc32(std::string_view s) {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  uint32_t c = 0xffffffffu;
-  for (unsigned char ch : s) c = table[(c ^ ch) & 0xff] ^ (c >> 8);
-  return c ^ 0xffffffffu;
-}
-
+// Little- and big-endian 32-bit integers of the package formats.
 uint32_t Le32(const unsigned char* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24); }
 uint32_t Be32(const unsigned char* p) {
   return (static_cast<uint32_t>(p[0]) << 24) | (p[1] << 16) | (p[2] << 8) | p[3];
 }
 
 }  // namespace
-
-StatusOr<std::string> InflateRaw(std::string_view in, size_t* consumed) {
-  BitInput bits(in);
-  std::string out;
-  out.reserve(in.size() * 3);
-  RETURN_IF_ERROR(InflateInto(bits, out));
-  if (consumed) *consumed = bits.pos();
-  return out;
-}
-
-StatusOr<std::string> ZlibInflate(std::string_view in, size_t* consumed) {
-  if (in.size() < 6) return DataLoss("zlib stream too short");
-  auto cmf = static_cast<unsigned char>(in[0]), flg = static_cast<unsigned char>(in[1]);
-  if ((cmf & 0x0f) != 8 || (cmf * 256 + flg) % 31 != 0 || (flg & 0x20)) return DataLoss("not a zlib stream");
-  size_t used = 0;
-  ASSIGN_OR_RETURN(std::string out, InflateRaw(in.substr(2), &used));
-  if (2 + used + 4 > in.size()) return Truncated();
-  if (consumed) *consumed = 2 + used + 4;  // + Adler-32
-  return out;
-}
-
-StatusOr<std::string> Gunzip(std::string_view in) {
-  std::string out;
-  size_t pos = 0;
-  bool first = true;
-  while (pos < in.size()) {
-    auto p = reinterpret_cast<const unsigned char*>(in.data() + pos);
-    size_t left = in.size() - pos;
-    if (!first && (left < 2 || p[0] != 0x1f || p[1] != 0x8b)) break;  // trailing padding
-    if (left < 18 || p[0] != 0x1f || p[1] != 0x8b || p[2] != 8) return DataLoss("not a gzip stream");
-    unsigned flags = p[3];
-    size_t h = 10;
-    if (flags & 4) {  // FEXTRA (dictzip keeps its chunk table here)
-      if (left < h + 2) return Truncated();
-      h += 2 + (p[h] | (p[h + 1] << 8));
-    }
-    for (unsigned bit : {8u, 16u}) {  // FNAME, FCOMMENT: zero-terminated
-      if (!(flags & bit)) continue;
-      while (h < left && p[h] != 0) ++h;
-      ++h;
-    }
-    if (flags & 2) h += 2;  // FHCRC
-    if (h >= left) return Truncated();
-    size_t before = out.size(), used = 0;
-    BitInput bits(in.substr(pos + h));
-    RETURN_IF_ERROR(InflateInto(bits, out));
-    used = bits.pos();
-    if (h + used + 8 > left) return Truncated();
-    const unsigned char* trailer = p + h + used;
-    if (Le32(trailer) != Crc32(std::string_view(out).substr(before))) return DataLoss("gzip CRC mismatch");
-    if (Le32(trailer + 4) != static_cast<uint32_t>(out.size() - before)) return DataLoss("gzip size mismatch");
-    pos += h + used + 8;
-    first = false;
-  }
-  return out;
-}
 
 bool IsValidUtf8(std::string_view s) {
   size_t i = 0, n = s.size();
@@ -537,15 +267,18 @@ StatusOr<std::vector<TextDocument>> ReadSwordZText(const std::string& module_dir
 
 namespace {
 
+// dictd writes offsets and lengths as base-64 numerals (most significant digit first, in
+// Base64's alphabet): left-padded with 'A' (digit 0) to whole 4-character groups they are
+// Base64 text of the number's big-endian bytes.
 StatusOr<uint64_t> DecodeDictdNumber(std::string_view b64) {
-  static constexpr std::string_view kDigits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  auto bad = [&] { return DataLoss("bad dictd number '" + std::string(b64) + "'"); };
+  if (b64.empty() || b64.size() > 10 || b64.find('=') != std::string_view::npos) return bad();  // 10 digits: 60 bits
+  std::string padded((4 - b64.size() % 4) % 4, 'A');
+  padded += b64;
+  auto bytes = Base64Decode(padded);
+  if (!bytes.ok()) return bad();
   uint64_t v = 0;
-  if (b64.empty() || b64.size() > 10) return DataLoss("bad dictd number '" + std::string(b64) + "'");
-  for (char c : b64) {
-    size_t d = kDigits.find(c);
-    if (d == std::string_view::npos) return DataLoss("bad dictd number '" + std::string(b64) + "'");
-    v = v * 64 + d;
-  }
+  for (unsigned char c : *bytes) v = (v << 8) | c;
   return v;
 }
 

@@ -11,8 +11,9 @@
 //      temporary name and renamed, so a cut-off run leaves no half-unpacked tree);
 //   3. lists the source's *units* (one file, one book, one group of dictionary
 //      entries) in a fixed order and converts them lazily with readers of our own
-//      (gzip/dictzip/zlib inflate, SWORD zText modules, dictd, WordNet, the Jargon
-//      File, R serialized character vectors) or `groff` for man pages (rendered pages
+//      (SWORD zText modules, dictd, WordNet, the Jargon File, R serialized character
+//      vectors; gzip, dictzip and zlib data through zlib: tools/inflate.h) or `groff`
+//      for man pages (rendered pages
 //      are cached under CACHE/render/);
 //   4. picks documents until the source's share of the per-domain byte cap is used,
 //      in an order given by sha256(source, unit name), so a capped corpus samples the
@@ -41,13 +42,6 @@
 namespace fedps::tools {
 
 // ---- readers (pure functions; exposed for tests) --------------------------------------
-
-// Raw DEFLATE (RFC 1951). `consumed`, when given, receives the number of input bytes used.
-StatusOr<std::string> InflateRaw(std::string_view in, size_t* consumed = nullptr);
-// gzip (RFC 1952), including concatenated members and dictzip (.dz) files.
-StatusOr<std::string> Gunzip(std::string_view in);
-// zlib (RFC 1950) stream; `consumed` as for InflateRaw.
-StatusOr<std::string> ZlibInflate(std::string_view in, size_t* consumed = nullptr);
 
 bool IsValidUtf8(std::string_view s);
 

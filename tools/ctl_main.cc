@@ -9,6 +9,8 @@
 int main(int argc, char** argv) {
   CLI::App app{"fedps-ctl: data preparation, training, evaluation and operation of fedps runs"};
   app.require_subcommand(1);
+  // Every option's --help line shows its default (subcommands inherit this).
+  app.option_defaults()->always_capture_default();
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "Verbose logs");
   fedps::tools::CommandList commands;

@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/base64.h"
 #include "common/env.h"
 #include "common/metrics_log.h"
 
@@ -24,33 +25,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 // ---- small helpers ----------------------------------------------------------------------
-
-std::string Base64(std::string_view data) {
-  static const char* kChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((data.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < data.size(); i += 3) {
-    uint32_t v = (uint32_t(uint8_t(data[i])) << 16) | (uint32_t(uint8_t(data[i + 1])) << 8) | uint8_t(data[i + 2]);
-    out += kChars[(v >> 18) & 63];
-    out += kChars[(v >> 12) & 63];
-    out += kChars[(v >> 6) & 63];
-    out += kChars[v & 63];
-  }
-  if (i + 1 == data.size()) {
-    uint32_t v = uint32_t(uint8_t(data[i])) << 16;
-    out += kChars[(v >> 18) & 63];
-    out += kChars[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == data.size()) {
-    uint32_t v = (uint32_t(uint8_t(data[i])) << 16) | (uint32_t(uint8_t(data[i + 1])) << 8);
-    out += kChars[(v >> 18) & 63];
-    out += kChars[(v >> 12) & 63];
-    out += kChars[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
-}
 
 std::string HtmlEscape(std::string_view s) {
   std::string out;
@@ -476,7 +450,7 @@ struct Ctx {
       return;
     }
     ++images;
-    html.Raw("<figure><img alt=\"" + HtmlEscape(p.title) + "\" src=\"data:image/png;base64," + Base64(*png) +
+    html.Raw("<figure><img alt=\"" + HtmlEscape(p.title) + "\" src=\"data:image/png;base64," + Base64Encode(*png) +
              "\"><figcaption>" + HtmlEscape(caption) + "</figcaption></figure>\n");
   }
 };

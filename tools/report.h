@@ -68,7 +68,6 @@ std::optional<double> MeanDomainLoss(const nlohmann::json& eval, const std::vect
 // staleness values, columns clients.
 std::vector<std::vector<int64_t>> StalenessTable(const std::vector<ProcessLog>& clients, int64_t* max_staleness);
 
-std::string Base64(std::string_view data);
 std::string HtmlEscape(std::string_view s);
 
 // The gnuplot executable (see ReportOptions::gnuplot) after checking that it runs and has

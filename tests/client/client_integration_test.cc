@@ -25,7 +25,9 @@
 #include "ps/rounds.h"
 #include "ps/shard_channel.h"
 #include "ps/shard_tls.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/process.h"
+#include "tests/testing/real_text.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/temp_dir.h"
 
@@ -36,38 +38,6 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::ProcessOptions;
 using testing::ScopedProcess;
-
-std::string Bin(const std::string& name) { return testing::BinaryDir() + "/bin/" + name; }
-
-int Ctl(const std::string& args, const std::string& log) {
-  std::string cmd = Bin("fedps-ctl") + " " + args + " > " + log + " 2>&1";
-  int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-int CopyCorpus(const std::string& from, const std::string& ext, const std::string& to, int max_files) {
-  fs::create_directories(to);
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(from)) {
-    if (e.is_regular_file() && (ext.empty() || e.path().extension() == ext) && e.file_size() < 150000)
-      files.push_back(e.path());
-  }
-  std::sort(files.begin(), files.end());
-  int n = 0;
-  for (const auto& f : files) {
-    if (n >= max_files) break;
-    fs::copy_file(f, fs::path(to) / (f.filename().string() + ".txt"), fs::copy_options::overwrite_existing);
-    ++n;
-  }
-  return n;
-}
-
-std::string PythonLib() {
-  for (const char* v : {"/usr/lib/python3.11", "/usr/lib/python3.12", "/usr/lib/python3.13", "/usr/lib/python3.10"}) {
-    if (fs::exists(std::string(v) + "/os.py")) return v;
-  }
-  return "";
-}
 
 std::vector<nlohmann::json> Records(const std::string& path, const std::string& event) {
   std::vector<nlohmann::json> out;
@@ -82,24 +52,12 @@ std::vector<nlohmann::json> Records(const std::string& path, const std::string& 
 class ClientIntegration : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* b : {"fedps-ctl", "fedps-shard", "fedps-client"}) {
-      if (!fs::exists(Bin(b))) GTEST_SKIP() << Bin(b) << " is not built";
+    for (const std::string& missing :
+         {testing::MissingBinaries({"fedps-ctl", "fedps-shard", "fedps-client"}), testing::RealTextMissing()}) {
+      if (!missing.empty()) GTEST_SKIP() << missing;
     }
-    std::string pylib = PythonLib();
-    if (pylib.empty() || !fs::exists("/usr/share/common-licenses")) {
-      GTEST_SKIP() << "needs Debian's /usr/lib/python3.X and /usr/share/common-licenses as real text";
-    }
-    ASSERT_GT(CopyCorpus(pylib, ".py", dir_.File("corpus/code"), 60), 20);
-    ASSERT_GT(CopyCorpus("/usr/share/common-licenses", "", dir_.File("corpus/licenses"), 40), 5);
-    ASSERT_EQ(Ctl("prepare --input code=" + dir_.File("corpus/code") + " --input licenses=" +
-                      dir_.File("corpus/licenses") + " --vocab-size 1024 --out " + dir_.File("data"),
-                  dir_.File("prepare.log")),
-              0)
-        << testing::ReadLogTail(dir_.File("prepare.log"));
-    ASSERT_EQ(Ctl("partition --data " + dir_.File("data") + " --clients 3 --by iid --out " + dir_.File("clients"),
-                  dir_.File("partition.log")),
-              0)
-        << testing::ReadLogTail(dir_.File("partition.log"));
+    Status prepared = testing::PrepareRealText(dir_.path(), /*iid_clients=*/3);
+    ASSERT_TRUE(prepared.ok()) << prepared.ToString();
     ASSERT_TRUE(redis_.Start().ok());
   }
 
@@ -127,7 +85,7 @@ class ClientIntegration : public ::testing::Test {
       ASSERT_TRUE(port.ok());
       shard_ports_[i] = *port;
       ProcessOptions o;
-      o.argv = {Bin("fedps-shard"), "--config", config, "--shard", std::to_string(i), "--port",
+      o.argv = {testing::BinPath("fedps-shard"), "--config", config, "--shard", std::to_string(i), "--port",
                 std::to_string(*port), "--dir", dir_.File("shard-" + std::to_string(i))};
       if (!ca_.empty()) {
         const std::vector<std::string> tls = TlsFlags("shard-" + std::to_string(i));
@@ -193,7 +151,7 @@ class ClientIntegration : public ::testing::Test {
 
   ScopedProcess StartClient(const std::string& config, const std::string& name, const std::vector<std::string>& extra) {
     ProcessOptions o;
-    o.argv = {Bin("fedps-client"), "--config", config, "--name", name};
+    o.argv = {testing::BinPath("fedps-client"), "--config", config, "--name", name};
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
     std::string log = name;
     std::replace(log.begin(), log.end(), '/', '_');

@@ -9,6 +9,8 @@
 
 #include "compression/codec.h"
 #include "compression/hash64.h"
+#include "common/env.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fedps {
 namespace {
@@ -55,8 +57,8 @@ class GuardedBuffer {
 // What a forger who knows the format does: rewrites the checksum after a change.
 void Reseal(std::string& frame) {
   if (frame.size() < kFrameHeaderBytes) return;
-  const uint64_t payload_hash = Hash64(std::string_view(frame).substr(kFrameHeaderBytes));
-  const uint64_t sum = Hash64(frame.data(), 56, payload_hash);
+  const std::string_view f = frame;
+  const uint64_t sum = Hash64({f.substr(0, 56), f.substr(kFrameHeaderBytes)});
   std::memcpy(frame.data() + 56, &sum, 8);
 }
 
@@ -137,6 +139,43 @@ TEST_F(CorruptionTest, EveryBitFlipFails) {
   ExpectFailure(payload_flip, StatusCode::kDataLoss, "checksum mismatch");
 }
 
+// A frame written by the build before the XXH3-64 checksum (format version 1: int8,
+// values [4096, 6000) of a 6000-value slice, in testdata/) is refused, saying why.
+TEST(FrameFormatTest, VersionOneFramesAreRefusedWithTheReason) {
+  auto frame = Env::Default()->ReadFile(JoinPath(testing::SourceDir(), "tests/compression/testdata/int8-v1.frame"));
+  ASSERT_TRUE(frame.ok()) << frame.status().ToString();
+  ASSERT_EQ(frame->substr(0, 6), std::string("FPSZ\x01\x00", 6));
+  auto header = Codec::PeekHeader(*frame);
+  EXPECT_EQ(header.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(header.status().message(), HasSubstr("frame format version 1"));
+  EXPECT_THAT(header.status().message(), HasSubstr("this build reads version 2"));
+  auto codec = MakeCodec(CodecKind::kInt8, 4096);
+  std::vector<float> out(6000);
+  Status s = codec->DecodeFrame(*frame, out);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("XXH3-64"));
+}
+
+// The whole frame docs/compression.md gives third parties: its checksum is XXH3-64 of
+// bytes [0, 56) + [64, end), and it decodes to the values the page names.
+TEST(FrameFormatTest, DocumentedFrameDecodes) {
+  const std::string hex =
+      "4650535a02000000000000000000000000000000000000000400000000000000040000000000000019000000"
+      "0000000010000000000000002d963737bb20180328b52ffd20108100003fc03f40800000400000000000000000";
+  std::string frame;
+  for (size_t i = 0; i < hex.size(); i += 2) frame.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  ASSERT_EQ(frame.size(), 89u);
+  const std::string_view f = frame;
+  uint64_t stored = 0;
+  std::memcpy(&stored, frame.data() + 56, 8);
+  EXPECT_EQ(stored, 0x031820BB3737962Dull);
+  EXPECT_EQ(Hash64({f.substr(0, 56), f.substr(kFrameHeaderBytes)}), stored);
+  auto codec = MakeCodec(CodecKind::kBf16, 1024);  // decoding follows the frame's own kind
+  std::vector<float> out(4);
+  ASSERT_TRUE(codec->DecodeFrame(frame, out).ok());
+  EXPECT_EQ(out, (std::vector<float>{1.0f, -2.0f, 0.5f, 3.0f}));
+}
+
 // Header fields that lie, with a valid checksum (so the field checks must catch them).
 TEST_F(CorruptionTest, LyingHeaderFields) {
   auto lie = [&](auto mutate) {
@@ -146,8 +185,8 @@ TEST_F(CorruptionTest, LyingHeaderFields) {
     return f;
   };
   ExpectFailure(lie([](std::string& f) { f[0] = 'X'; }), StatusCode::kDataLoss, "bad magic");
-  ExpectFailure(lie([](std::string& f) { PutField<uint16_t>(f, 4, 2); }), StatusCode::kDataLoss,
-                "unsupported frame format version 2");
+  ExpectFailure(lie([](std::string& f) { PutField<uint16_t>(f, 4, 3); }), StatusCode::kDataLoss,
+                "unsupported frame format version 3");
   ExpectFailure(lie([](std::string& f) { PutField<uint8_t>(f, 6, 7); }), StatusCode::kDataLoss,
                 "unknown codec kind 7");
   ExpectFailure(lie([](std::string& f) { PutField<uint8_t>(f, 7, 1); }), StatusCode::kDataLoss,

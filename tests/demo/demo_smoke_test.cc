@@ -12,6 +12,7 @@
 
 #include "common/env.h"
 #include "common/metrics_log.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 #include "tools/report.h"
@@ -49,7 +50,7 @@ TEST(DemoSmoke, TheDemoPipelineEndsInAReportWithItsPlots) {
   const std::string runs = dir.File("runs");
   const auto start = std::chrono::steady_clock::now();
   // Through `fedps-ctl demo`, which runs scripts/demo.sh against this build.
-  auto st = RunLogged({testing::BinaryDir() + "/bin/fedps-ctl", "demo", "--config",
+  auto st = RunLogged({testing::BinPath("fedps-ctl"), "demo", "--config",
                        SourceDir() + "/configs/demo-smoke.toml", "--runs", runs, "--data", dir.File("data"),
                        "--cache", dir.File("cache")},
                       dir.File("demo.log"), "", std::chrono::seconds(540));

@@ -16,15 +16,6 @@ namespace {
 
 using nlohmann::json;
 
-TEST(ReportHelpers, Base64MatchesRfc4648) {
-  EXPECT_EQ(Base64(""), "");
-  EXPECT_EQ(Base64("f"), "Zg==");
-  EXPECT_EQ(Base64("fo"), "Zm8=");
-  EXPECT_EQ(Base64("foo"), "Zm9v");
-  EXPECT_EQ(Base64("foobar"), "Zm9vYmFy");
-  EXPECT_EQ(Base64(std::string("\x89PNG\r\n\x1a\n", 8)), "iVBORw0KGgo=");
-}
-
 TEST(ReportHelpers, HtmlEscape) { EXPECT_EQ(HtmlEscape("<a href=\"x\">&'</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"); }
 
 TEST(ReportHelpers, ClassifiesMetricsByTheirRecords) {

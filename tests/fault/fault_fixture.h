@@ -23,14 +23,14 @@
 #include "common/env.h"
 #include "ps/registry.h"
 #include "ps/shard_channel.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/process.h"
+#include "tests/testing/real_text.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/temp_dir.h"
 
-
 namespace fedps {
 namespace fault_testing {
-
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -41,41 +41,7 @@ using testing::ScopedProcess;
 inline constexpr int kShards = 2;
 inline constexpr const char* kRunId = "fault-it";
 
-inline std::string FaultBin(const std::string& name) { return testing::BinaryDir() + "/bin/" + name; }
-
 inline double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-inline int RunCtl(const std::string& args, const std::string& log) {
-  std::string cmd = FaultBin("fedps-ctl") + " " + args + " > " + log + " 2>&1";
-  int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-// Copies up to `max_files` small files of `from` (with extension `ext`, "" = any) to `to`.
-inline int CopyText(const std::string& from, const std::string& ext, const std::string& to, int max_files) {
-  fs::create_directories(to);
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(from)) {
-    if (e.is_regular_file() && (ext.empty() || e.path().extension() == ext) && e.file_size() < 150000) {
-      files.push_back(e.path());
-    }
-  }
-  std::sort(files.begin(), files.end());
-  int n = 0;
-  for (const auto& f : files) {
-    if (n >= max_files) break;
-    fs::copy_file(f, fs::path(to) / (f.filename().string() + ".txt"), fs::copy_options::overwrite_existing);
-    ++n;
-  }
-  return n;
-}
-
-inline std::string DebianPythonLib() {
-  for (const char* v : {"/usr/lib/python3.11", "/usr/lib/python3.12", "/usr/lib/python3.13", "/usr/lib/python3.10"}) {
-    if (fs::exists(std::string(v) + "/os.py")) return v;
-  }
-  return "";
-}
 
 inline std::string ReadText(const std::string& path) {
   auto t = Env::Default()->ReadFile(path);
@@ -119,24 +85,12 @@ class FaultTest : public ::testing::Test {
   };
 
   void SetUp() override {
-    for (const char* b : {"fedps-ctl", "fedps-shard", "fedps-client"}) {
-      if (!fs::exists(FaultBin(b))) GTEST_SKIP() << FaultBin(b) << " is not built";
+    for (const std::string& missing :
+         {testing::MissingBinaries({"fedps-ctl", "fedps-shard", "fedps-client"}), testing::RealTextMissing()}) {
+      if (!missing.empty()) GTEST_SKIP() << missing;
     }
-    std::string pylib = DebianPythonLib();
-    if (pylib.empty() || !fs::exists("/usr/share/common-licenses")) {
-      GTEST_SKIP() << "needs Debian's /usr/lib/python3.X and /usr/share/common-licenses as real text";
-    }
-    ASSERT_GT(CopyText(pylib, ".py", dir_.File("corpus/code"), 60), 20);
-    ASSERT_GT(CopyText("/usr/share/common-licenses", "", dir_.File("corpus/licenses"), 40), 5);
-    ASSERT_EQ(RunCtl("prepare --input code=" + dir_.File("corpus/code") + " --input licenses=" +
-                         dir_.File("corpus/licenses") + " --vocab-size 1024 --out " + dir_.File("data"),
-                     dir_.File("prepare.log")),
-              0)
-        << testing::ReadLogTail(dir_.File("prepare.log"));
-    ASSERT_EQ(RunCtl("partition --data " + dir_.File("data") + " --clients 3 --by iid --out " + dir_.File("clients"),
-                     dir_.File("partition.log")),
-              0)
-        << testing::ReadLogTail(dir_.File("partition.log"));
+    Status prepared = testing::PrepareRealText(dir_.path(), /*iid_clients=*/3);
+    ASSERT_TRUE(prepared.ok()) << prepared.ToString();
     testing::RedisServerOptions ro;
     ro.persistence = true;  // appendonly yes, appendfsync always: a kill -9 loses nothing acknowledged
     redis_ = std::make_unique<testing::ScopedRedisServer>(ro);
@@ -170,7 +124,7 @@ class FaultTest : public ::testing::Test {
     ASSERT_TRUE(port.ok());
     shard_ports_[i] = *port;
     ProcessOptions o;
-    o.argv = {FaultBin("fedps-shard"), "--config", config, "--shard", std::to_string(i), "--port",
+    o.argv = {testing::BinPath("fedps-shard"), "--config", config, "--shard", std::to_string(i), "--port",
               std::to_string(*port)};  // --dir: <run.dir>/shard-<i>, beside its metrics.jsonl
     o.log_path = dir_.File("shard-" + std::to_string(i) + ".log");
     auto p = ScopedProcess::Start(o);
@@ -216,7 +170,7 @@ class FaultTest : public ::testing::Test {
   ScopedProcess StartClient(const std::string& config, const std::string& name, int part,
                             const std::vector<std::string>& extra = {}) {
     ProcessOptions o;
-    o.argv = {FaultBin("fedps-client"), "--config", config, "--name", name, "--data",
+    o.argv = {testing::BinPath("fedps-client"), "--config", config, "--name", name, "--data",
               dir_.File("clients/client-" + std::to_string(part))};
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
     o.log_path = ClientLog(name);

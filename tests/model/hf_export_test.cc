@@ -1,35 +1,32 @@
 // Hugging Face export: files and their contents, the no-half-export / overwrite rules, the
-// tokenizer conversion's errors, and the end-to-end check that transformers'
-// LlamaForCausalLM reproduces fedps's logits (and AutoTokenizer SentencePiece's ids) by
-// running tests/model/hf_export_check.py with $FEDPS_PYTHON.
+// tokenizer conversion's errors, and the end-to-end checks, by running
+// tests/model/hf_export_check.py with $FEDPS_PYTHON: transformers' LlamaForCausalLM
+// reproduces fedps's logits (and AutoTokenizer SentencePiece's ids), and with transformers'
+// defaults tokenizer(text) gives fedps's ids and generate() / pipeline("text-generation")
+// with do_sample=False the ids and text of `fedps-ctl generate` (greedy by default).
 #include "model/hf_export.h"
 
-#include <sys/wait.h>
-
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <sentencepiece_trainer.h>
 
 #include "common/env.h"
+#include "model/checkpoint.h"
 #include "model/safetensors.h"
+#include "model/tokenizer.h"
+#include "tests/testing/ctl.h"
+#include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
 namespace {
-
-int RunCommand(const std::string& cmd, std::string* out) {
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out->append(buf, n);
-  int rc = ::pclose(p);
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
 
 // Trains a small BPE SentencePiece model the way fedps's tokenizer is configured (identity
 // normalisation, whitespace kept, byte fallback) and returns its path.
@@ -119,7 +116,89 @@ TEST(HfExportTest, MatchesTransformers) {
   std::string output;
   const std::string cmd =
       std::string(py) + " " + testing::SourceDir() + "/tests/model/hf_export_check.py" + args + " 2>&1";
-  const int rc = RunCommand(cmd, &output);
+  const int rc = testing::RunShellCapturing(cmd, &output);
+  std::printf("%s", output.c_str());
+  if (rc == 77) GTEST_SKIP() << "python check skipped: " << output;
+  EXPECT_EQ(rc, 0) << cmd << "\n" << output;
+}
+
+std::string Corpus() {
+  std::string corpus;
+  for (int i = 0; i < 300; ++i) {
+    corpus += "def f" + std::to_string(i % 17) + "(x):\n    return x * " + std::to_string(i) + "\n";
+    corpus += "The quick brown fox jumps over the lazy dog.  Twice  spaced; naïve café résumé.\n";
+    corpus += "Und dann sagte er: »Guten Tag!« — und ging.\n";
+  }
+  return corpus;
+}
+
+// A user's path: a fedps tokenizer (Tokenizer::Train, as `fedps-ctl tokenizer train`), a
+// checkpoint, `fedps-ctl export` and `fedps-ctl generate` with their defaults; then
+// transformers must give the same ids (tokenizer(text), generate()) and greedy text
+// (pipeline with do_sample=False: the pipeline itself samples by default).
+TEST(HfExportTest, TransformersDefaultsReproduceFedps) {
+  const char* py = std::getenv("FEDPS_PYTHON");
+  if (py == nullptr || *py == '\0') GTEST_SKIP() << "FEDPS_PYTHON not set (run through ctest)";
+  testing::ScopedTempDir dir;
+  ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("corpus.txt"), Corpus()).ok());
+  TokenizerTrainOptions topt;
+  topt.inputs = {dir.File("corpus.txt")};
+  topt.vocab_size = 400;
+  topt.output_path = dir.File("tokenizer.model");
+  auto tok = Tokenizer::Train(topt);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  // The model's vocabulary is the tokenizer's, so every id a random model picks is a piece.
+  auto m = MakeModel(Custom("tiny", (*tok)->vocab_size(), 0, 0, 0, 0, -1, 0, 0), 11);
+  ASSERT_TRUE(m);
+  CheckpointSaveOptions copt;
+  copt.tokenizer_path = topt.output_path;
+  copt.tokenizer_sha256 = (*tok)->sha256();
+  ASSERT_TRUE(SaveCheckpoint(dir.File("checkpoints"), *m, copt).ok());
+
+  const std::string ctl = testing::BinPath("fedps-ctl");
+  auto run = [&](std::vector<std::string> argv, const std::string& log) {
+    argv.insert(argv.begin(), ctl);
+    auto st = testing::RunLogged(argv, dir.File(log), "", std::chrono::minutes(3));
+    EXPECT_TRUE(st.ok() && st->success()) << argv[1] << ": " << (st.ok() ? st->ToString() : st.status().ToString())
+                                          << "\n" << testing::ReadLogTail(dir.File(log));
+    auto text = Env::Default()->ReadFile(dir.File(log));
+    return text.ok() ? *text : std::string();
+  };
+  run({"export", "--checkpoint", dir.File("checkpoints"), "--out", dir.File("hf")}, "export.log");
+  const std::vector<std::string> prompts = {"The quick brown", "def f3(x):\n    return", "Und dann sagte",
+                                            "  two spaces", "naïve café"};
+  const int64_t new_tokens = 12;
+  std::vector<std::string> generate = {"generate", "--checkpoint", dir.File("checkpoints"), "-n",
+                                       std::to_string(new_tokens), "--json"};
+  for (const std::string& p : prompts) {
+    generate.push_back("-p");
+    generate.push_back(p);
+  }
+  const std::string generated = run(generate, "generate.json");
+  nlohmann::json samples;
+  ASSERT_NO_THROW(samples = nlohmann::json::parse(generated)) << generated;
+  ASSERT_EQ(samples["samples"].size(), prompts.size()) << generated;
+
+  nlohmann::json expect = {{"max_new_tokens", new_tokens}, {"encode", nlohmann::json::array()},
+                           {"generate", nlohmann::json::array()}};
+  for (const std::string& t : {std::string("The quick brown fox jumps over the lazy dog."),
+                               std::string("def f3(x):\n    return x * 12\n"), std::string("  two  spaces  "),
+                               std::string(" "), std::string(""), std::string("unseen: 日本語 ∑ 🙂\t\n\n")}) {
+    expect["encode"].push_back({{"text", t}, {"ids", (*tok)->Encode(t)}});
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto& sample = samples["samples"][i];
+    ASSERT_EQ(sample["prompt"], prompts[i]);
+    std::vector<int32_t> ids = (*tok)->Encode(prompts[i]);
+    for (const auto& id : sample["completion_ids"]) ids.push_back(id.get<int32_t>());
+    expect["generate"].push_back(
+        {{"prompt", prompts[i]}, {"ids", ids}, {"text", prompts[i] + sample["completion"].get<std::string>()}});
+  }
+  ASSERT_TRUE(Env::Default()->WriteFileAtomic(dir.File("expect.json"), expect.dump(2)).ok());
+  std::string output;
+  const std::string cmd = std::string(py) + " " + testing::SourceDir() + "/tests/model/hf_export_check.py --defaults " +
+                          dir.File("hf") + " " + dir.File("expect.json") + " 2>&1";
+  const int rc = testing::RunShellCapturing(cmd, &output);
   std::printf("%s", output.c_str());
   if (rc == 77) GTEST_SKIP() << "python check skipped: " << output;
   EXPECT_EQ(rc, 0) << cmd << "\n" << output;

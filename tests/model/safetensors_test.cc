@@ -4,19 +4,17 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
-
-#include <sys/wait.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "common/env.h"
 #include "model/safetensors.h"
+#include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -326,17 +324,6 @@ TEST(SafetensorsTest, TorchGlueRoundTrip) {
   EXPECT_FALSE(TensorRefFromTorch(torch::randn({2}, torch::kComplexFloat)).ok());
 }
 
-// Runs `cmd`, returns its exit code and output.
-int RunCommand(const std::string& cmd, std::string* out) {
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out->append(buf, n);
-  int rc = ::pclose(p);
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
 TEST(SafetensorsTest, InteropWithPythonSafetensors) {
   const char* py = std::getenv("FEDPS_PYTHON");
   if (py == nullptr || *py == '\0') GTEST_SKIP() << "FEDPS_PYTHON not set (run through ctest)";
@@ -361,7 +348,7 @@ TEST(SafetensorsTest, InteropWithPythonSafetensors) {
       "    print('python read ok')\n";
   const std::string script_path = dir.File("st.py");
   WriteRaw(script_path, script);
-  int rc = RunCommand(std::string(py) + " " + script_path + " write " + from_py + " 2>&1", &out);
+  int rc = testing::RunShellCapturing(std::string(py) + " " + script_path + " write " + from_py + " 2>&1", &out);
   if (rc == 77 || rc == 127) GTEST_SKIP() << "python safetensors unavailable: " << out;
   ASSERT_EQ(rc, 0) << out;
   std::map<std::string, std::string> meta;
@@ -379,7 +366,7 @@ TEST(SafetensorsTest, InteropWithPythonSafetensors) {
                                   {"i32", torch::tensor({7, -7}, torch::kInt)}})
                   .ok());
   out.clear();
-  rc = RunCommand(std::string(py) + " " + script_path + " read " + to_py + " 2>&1", &out);
+  rc = testing::RunShellCapturing(std::string(py) + " " + script_path + " read " + to_py + " 2>&1", &out);
   EXPECT_EQ(rc, 0) << out;
 }
 

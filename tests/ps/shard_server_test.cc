@@ -24,7 +24,9 @@
 #include "ps/registry.h"
 #include "ps/rpc/shard_types.h"
 #include "ps/shard_channel.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/process.h"
+#include "tests/testing/pseudo_words.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
@@ -43,26 +45,6 @@ constexpr int kShards = 2;
 constexpr int64_t kFrame = 16384;
 constexpr uint64_t kSeed = 7;
 
-// Pseudo-words, enough for a small BPE vocabulary.
-std::string Corpus() {
-  std::string text;
-  uint64_t x = 12345;
-  const char* letters = "etaoinshrdlucmfwypvbgkqjxz";
-  for (int line = 0; line < 3000; ++line) {
-    for (int w = 0; w < 12; ++w) {
-      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-      int len = 2 + static_cast<int>((x >> 33) % 7);
-      for (int c = 0; c < len; ++c) {
-        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-        text += letters[(x >> 35) % (c == 0 ? 10 : 26)];
-      }
-      text += ' ';
-    }
-    text += '\n';
-  }
-  return text;
-}
-
 std::vector<float> Delta(int k, int shard, int64_t n) {
   std::vector<float> v(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i)
@@ -74,7 +56,7 @@ class ShardServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     tokdir_ = new ScopedTempDir();
-    ASSERT_OK(Env::Default()->WriteFileAtomic(tokdir_->File("corpus.txt"), Corpus()));
+    ASSERT_OK(Env::Default()->WriteFileAtomic(tokdir_->File("corpus.txt"), testing::PseudoWordLines(12345, 3000)));
     TokenizerTrainOptions t;
     t.inputs = {tokdir_->File("corpus.txt")};
     t.vocab_size = 400;
@@ -113,7 +95,7 @@ class ShardServerTest : public ::testing::Test {
     auto port = testing::PickFreePort();
     EXPECT_TRUE(port.ok());
     ProcessOptions po;
-    po.argv = {testing::BinaryDir() + "/bin/fedps-shard",
+    po.argv = {testing::BinPath("fedps-shard"),
                "--config",
                config,
                "--shard",

@@ -103,6 +103,10 @@ class ScopedProcess {
 StatusOr<ExitStatus> RunLogged(const std::vector<std::string>& argv, const std::string& log,
                                const std::string& cwd, std::chrono::milliseconds timeout);
 
+// Runs `shell_command` with /bin/sh (popen), appends what it writes to stdout to `out`
+// and returns its exit code (-1 when it did not exit normally or could not start).
+int RunShellCapturing(const std::string& shell_command, std::string* out);
+
 // A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close).
 // Another process may take it before the caller binds it; starters retry on a clash.
 StatusOr<int> PickFreePort();

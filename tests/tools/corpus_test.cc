@@ -16,9 +16,11 @@
 
 #include "common/env.h"
 #include "common/sha256.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 #include "tools/corpus.h"
+#include "tools/inflate.h"
 
 namespace fedps::tools {
 namespace {
@@ -38,6 +40,15 @@ uint32_t TestCrc32(std::string_view s) {
     for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
   }
   return c ^ 0xffffffffu;
+}
+
+uint32_t TestAdler32(std::string_view s) {
+  uint32_t a = 1, b = 0;
+  for (unsigned char ch : s) {
+    a = (a + ch) % 65521;
+    b = (b + a) % 65521;
+  }
+  return (b << 16) | a;
 }
 
 void PutLe(std::string& out, uint64_t v, int bytes) {
@@ -62,7 +73,11 @@ std::string StoredDeflate(std::string_view data) {
   } while (pos < data.size());
   return out;
 }
-std::string StoredZlib(std::string_view data) { return std::string("\x78\x01", 2) + StoredDeflate(data) + "ADLR"; }
+std::string StoredZlib(std::string_view data) {
+  std::string out = std::string("\x78\x01", 2) + StoredDeflate(data);
+  PutBe32(out, TestAdler32(data));
+  return out;
+}
 std::string StoredGzip(std::string_view data) {
   std::string out("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", 10);
   out += StoredDeflate(data);
@@ -93,6 +108,18 @@ TEST(InflateTest, DynamicHuffmanBlock) {
   EXPECT_EQ(out->rfind("seven jumps quietly jumping", 0), 0u);
   EXPECT_EQ(Sha256Hex(*out), "dddbb6ae11bdda98b7fdc5e571eddb0a181f49c7ce8f6059c7bf867c267509dd");
   EXPECT_EQ(consumed, z.size());
+  // Data after the stream is not part of it (R lazy-load objects follow one another).
+  ASSERT_TRUE(ZlibInflate(z + "next object", &consumed).ok());
+  EXPECT_EQ(consumed, z.size());
+}
+
+TEST(InflateTest, ZlibChecksumAndTruncationAreDataLoss) {
+  std::string z = FromHex("78dacb48cdc9c957c84027b90070be08bb");
+  std::string bad = z;
+  bad.back() ^= 1;  // the Adler-32
+  EXPECT_EQ(ZlibInflate(bad).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ZlibInflate(z.substr(0, z.size() - 2)).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ZlibInflate("not zlib at all").status().code(), StatusCode::kDataLoss);
 }
 
 TEST(InflateTest, GzipMembersAreConcatenatedAndCrcChecked) {
@@ -364,7 +391,7 @@ TEST(CorpusIntegrationTest, SmokeCorpusBuildsCachesAndPrepares) {
     GTEST_SKIP() << "apt-get download cannot fetch packages here (no mirror reachable?): "
                  << testing::ReadLogTail(dir.File("probe.log"), 400);
   }
-  const std::string ctl = testing::BinaryDir() + "/bin/fedps-ctl";
+  const std::string ctl = testing::BinPath("fedps-ctl");
   const std::string out = dir.File("corpus"), cache = dir.File("cache");
   std::vector<std::string> build = {ctl,     "corpus", "build", "--out", out, "--cache", cache,
                                     "--sources", "jargon-text,libpython3.11-stdlib", "--max-mb-per-domain", "1",

@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <span>
@@ -22,7 +21,9 @@
 #include "ps/registry.h"
 #include "ps/rpc/shard_types.h"
 #include "ps/shard_channel.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/process.h"
+#include "tests/testing/pseudo_words.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/status_assert.h"
 #include "tests/testing/temp_dir.h"
@@ -41,26 +42,11 @@ constexpr int kShards = 2;
 constexpr uint64_t kSeed = 11;
 constexpr const char* kRun = "shards-ctl";
 
-std::string Bin(const std::string& name) { return testing::BinaryDir() + "/bin/" + name; }
-
-struct Result {
-  int code = -1;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
-
-Result Ctl(const std::string& args, const std::string& dir) {
+// fedps-ctl with stdout and stderr in files of their own under `dir`.
+testing::CtlResult Ctl(const std::string& args, const std::string& dir) {
   static int n = 0;
-  const std::string out = dir + "/ctl-" + std::to_string(++n) + ".out";
-  const std::string err = dir + "/ctl-" + std::to_string(n) + ".err";
-  int rc = std::system((Bin("fedps-ctl") + " " + args + " > " + out + " 2> " + err).c_str());
-  Result r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  auto o = Env::Default()->ReadFile(out);
-  auto e = Env::Default()->ReadFile(err);
-  r.out = o.ok() ? *o : "";
-  r.err = e.ok() ? *e : "";
-  return r;
+  ++n;
+  return testing::RunCtl(args, dir + "/ctl-" + std::to_string(n) + ".out", dir + "/ctl-" + std::to_string(n) + ".err");
 }
 
 // Lines of `text` that contain `needle`.
@@ -76,26 +62,17 @@ int CountLines(const std::string& text, const std::string& needle) {
   return n;
 }
 
-// Pseudo-word documents, enough for a small BPE vocabulary and a validation split.
+// Pseudo-word documents (40 of 80 lines), enough for a small BPE vocabulary and a
+// validation split.
 void WriteCorpus(const std::string& dir) {
   fs::create_directories(dir);
-  uint64_t x = 2024;
-  const char* letters = "etaoinshrdlucmfwypvbgkqjxz";
+  const std::string text = testing::PseudoWordLines(2024, 40 * 80);
+  size_t begin = 0;
   for (int doc = 0; doc < 40; ++doc) {
-    std::string text;
-    for (int line = 0; line < 80; ++line) {
-      for (int w = 0; w < 12; ++w) {
-        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-        int len = 2 + static_cast<int>((x >> 33) % 7);
-        for (int c = 0; c < len; ++c) {
-          x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-          text += letters[(x >> 35) % (c == 0 ? 10 : 26)];
-        }
-        text += ' ';
-      }
-      text += '\n';
-    }
-    std::ofstream(dir + "/doc-" + std::to_string(doc) + ".txt") << text;
+    size_t end = begin;
+    for (int line = 0; line < 80; ++line) end = text.find('\n', end) + 1;
+    std::ofstream(dir + "/doc-" + std::to_string(doc) + ".txt") << text.substr(begin, end - begin);
+    begin = end;
   }
 }
 
@@ -104,7 +81,7 @@ class ShardCommandsTest : public ::testing::Test {
   static void SetUpTestSuite() {
     data_ = new ScopedTempDir();
     WriteCorpus(data_->File("corpus/words"));
-    Result r = Ctl("prepare --input words=" + data_->File("corpus/words") +
+    testing::CtlResult r = Ctl("prepare --input words=" + data_->File("corpus/words") +
                        " --vocab-size 400 --val-fraction 0.2 --out " + data_->File("data"),
                    data_->path());
     ASSERT_EQ(r.code, 0) << r.out << r.err;
@@ -116,7 +93,7 @@ class ShardCommandsTest : public ::testing::Test {
 
   void SetUp() override {
     for (const char* b : {"fedps-ctl", "fedps-shard"}) {
-      if (!fs::exists(Bin(b))) GTEST_SKIP() << Bin(b) << " is not built";
+      if (!fs::exists(testing::BinPath(b))) GTEST_SKIP() << testing::BinPath(b) << " is not built";
     }
     ASSERT_TRUE(fs::exists(data_->File("data/tokenizer.model")));
     ASSERT_OK(redis_.Start());
@@ -135,7 +112,7 @@ class ShardCommandsTest : public ::testing::Test {
       auto port = testing::PickFreePort();
       ASSERT_OK(port.status());
       ProcessOptions po;
-      po.argv = {Bin("fedps-shard"), "--config",           config_, "--shard", std::to_string(i),
+      po.argv = {testing::BinPath("fedps-shard"), "--config",           config_, "--shard", std::to_string(i),
                  "--port",           std::to_string(*port)};
       po.log_path = dir_.File("shard-" + std::to_string(i) + ".log");
       auto p = ScopedProcess::Start(po);
@@ -220,7 +197,7 @@ ScopedTempDir* ShardCommandsTest::data_ = nullptr;
 
 TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
   // checkpoint: both shards, version 0, a folder that exists.
-  Result ck = Ctl("checkpoint --json --config " + config_, dir_.path());
+  auto ck = Ctl("checkpoint --json --config " + config_, dir_.path());
   ASSERT_EQ(ck.code, 0) << ck.out << ck.err;
   auto j = nlohmann::json::parse(ck.out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << ck.out;
@@ -234,7 +211,7 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
     ASSERT_TRUE(s["path"].is_string()) << s.dump();
     EXPECT_TRUE(fs::is_directory(s["path"].get<std::string>())) << s.dump();
   }
-  Result table =
+  auto table =
       Ctl("checkpoint --redis 127.0.0.1:" + std::to_string(redis_.port()) + " --run " + kRun,
           dir_.path());
   ASSERT_EQ(table.code, 0) << table.out << table.err;
@@ -242,7 +219,7 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
 
   // pull-model at version 0: the initial model, bit for bit; eval and a HF export work.
   const std::string out = dir_.File("pulled");
-  Result pm =
+  auto pm =
       Ctl("pull-model --json --config " + config_ + " --out " + out + " --hf " + dir_.File("hf"),
           dir_.path());
   ASSERT_EQ(pm.code, 0) << pm.out << pm.err;
@@ -264,7 +241,7 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
   }
   EXPECT_TRUE(fs::exists(dir_.File("hf/model.safetensors")));
   EXPECT_TRUE(fs::exists(dir_.File("hf/config.json")));
-  Result ev = Ctl("eval --json --checkpoint " + out + " --data " + data_->File("data") +
+  auto ev = Ctl("eval --json --checkpoint " + out + " --data " + data_->File("data") +
                       " --device cpu --batches 1 --batch 2 --seq-len 32",
                   dir_.path());
   ASSERT_EQ(ev.code, 0) << ev.out << ev.err;
@@ -292,7 +269,7 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
       id, "alice", *epoch, {{"base_version", 0}, {"tokens", 1000}, {"local_steps", 1}}, kShards);
   ASSERT_OK(seq.status());
   ASSERT_EQ(*seq, 1);
-  Result pm1 =
+  auto pm1 =
       Ctl("pull-model --config " + config_ + " --out " + out + " --version-min 1 --wait-s 60",
           dir_.path());
   ASSERT_EQ(pm1.code, 0) << pm1.out << pm1.err;
@@ -309,7 +286,7 @@ TEST_F(ShardCommandsTest, CheckpointAndPullModelOfALiveFederation) {
 
   // A tokenizer that is not the run's is refused.
   ASSERT_OK(Env::Default()->WriteFileAtomic(dir_.File("other.model"), "not the tokenizer"));
-  Result bad = Ctl("pull-model --config " + config_ + " --out " + dir_.File("x") + " --tokenizer " +
+  auto bad = Ctl("pull-model --config " + config_ + " --out " + dir_.File("x") + " --tokenizer " +
                        dir_.File("other.model"),
                    dir_.path());
   EXPECT_EQ(bad.code, 1);
@@ -321,7 +298,7 @@ TEST_F(ShardCommandsTest, AKilledShardFailsBothCommandsWithOneLineNamingIt) {
   ASSERT_OK(procs_[1].Kill());
   const std::string dead = "127.0.0.1:" + std::to_string(channels_[1]->options().port);
 
-  Result ck = Ctl("checkpoint --config " + config_, dir_.path());
+  auto ck = Ctl("checkpoint --config " + config_, dir_.path());
   EXPECT_EQ(ck.code, 1) << ck.out << ck.err;
   EXPECT_EQ(CountLines(ck.err, "error"), 1) << ck.err;
   EXPECT_NE(ck.err.find("fedps-ctl checkpoint: error: checkpoint failed on 1 shard: shard 1 (" +
@@ -333,7 +310,7 @@ TEST_F(ShardCommandsTest, AKilledShardFailsBothCommandsWithOneLineNamingIt) {
       << ck.out;  // the table still shows shard 0's checkpoint
   EXPECT_EQ(CountLines(ck.out, "checkpoints"), 1) << ck.out;
 
-  Result js = Ctl("checkpoint --json --config " + config_, dir_.path());
+  auto js = Ctl("checkpoint --json --config " + config_, dir_.path());
   EXPECT_EQ(js.code, 1);
   auto j = nlohmann::json::parse(js.out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << js.out;
@@ -342,7 +319,7 @@ TEST_F(ShardCommandsTest, AKilledShardFailsBothCommandsWithOneLineNamingIt) {
   EXPECT_FALSE(j["shards"][1]["ok"].get<bool>());
   EXPECT_TRUE(j["shards"][1]["error"].is_string());
 
-  Result pm = Ctl("pull-model --config " + config_ + " --out " + dir_.File("pulled"), dir_.path());
+  auto pm = Ctl("pull-model --config " + config_ + " --out " + dir_.File("pulled"), dir_.path());
   EXPECT_EQ(pm.code, 1) << pm.out << pm.err;
   EXPECT_EQ(CountLines(pm.err, "error"), 1) << pm.err;
   EXPECT_NE(
@@ -360,7 +337,7 @@ TEST_F(ShardCommandsTest, AKilledShardFailsBothCommandsWithOneLineNamingIt) {
         return shards.ok() && shards->size() == 2 && !(*shards)[1].alive;
       },
       std::chrono::seconds(20), std::chrono::milliseconds(200)));
-  Result late =
+  auto late =
       Ctl("pull-model --config " + config_ + " --out " + dir_.File("pulled"), dir_.path());
   EXPECT_EQ(late.code, 1);
   EXPECT_NE(late.err.find("shard 1 (" + dead + "): lease expired"), std::string::npos) << late.err;

@@ -2,10 +2,10 @@
 // redis-server whose registry holds shards, members and committed updates.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 
 #include "common/env.h"
 #include "ps/registry.h"
+#include "tests/testing/ctl.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/temp_dir.h"
 
@@ -14,20 +14,9 @@ namespace {
 
 using std::chrono::milliseconds;
 
-struct Result {
-  int code = -1;
-  std::string out;
-};
-
-Result Ctl(const std::string& args, const std::string& dir) {
-  std::string out = dir + "/out.txt";
-  std::string cmd = testing::BinaryDir() + "/bin/fedps-ctl " + args + " > " + out + " 2>&1";
-  int rc = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  auto text = Env::Default()->ReadFile(out);
-  r.out = text.ok() ? *text : "";
-  return r;
+// fedps-ctl with stdout and stderr into <dir>/out.txt.
+testing::CtlResult Ctl(const std::string& args, const std::string& dir) {
+  return testing::RunCtl(args, dir + "/out.txt");
 }
 
 class StatusCommandTest : public ::testing::Test {

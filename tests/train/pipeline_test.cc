@@ -2,12 +2,13 @@
 // Python standard library and the licence texts that every Debian machine has.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include "common/env.h"
 #include "common/metrics_log.h"
+#include "tests/testing/ctl.h"
+#include "tests/testing/real_text.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedps {
@@ -15,62 +16,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code = -1;
-  std::string output;   // what fedps-ctl printed
-  std::string context;  // the command, its status and its output
-};
-
-Result Ctl(const std::string& args, const std::string& log) {
-  std::string cmd = testing::BinaryDir() + "/bin/fedps-ctl " + args + " > " + log + " 2>&1";
-  int rc = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  auto text = Env::Default()->ReadFile(log);
-  r.output = text.ok() ? *text : "(no log: " + text.status().message() + ")";
-  // For failure messages: what ran and how it ended, so a CI log is enough to diagnose it.
-  r.context = "$ " + cmd + "\n[system() status " + std::to_string(rc) + "]\n" + r.output;
-  return r;
-}
-
-// Copies up to `max_files` files of `from` matching `ext` into `to`, renamed *.txt.
-int CopyCorpus(const std::string& from, const std::string& ext, const std::string& to, int max_files) {
-  fs::create_directories(to);
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(from)) {
-    if (e.is_regular_file() && (ext.empty() || e.path().extension() == ext) && e.file_size() < 150000)
-      files.push_back(e.path());
-  }
-  std::sort(files.begin(), files.end());
-  int n = 0;
-  for (const auto& f : files) {
-    if (n >= max_files) break;
-    fs::copy_file(f, fs::path(to) / (f.filename().string() + ".txt"), fs::copy_options::overwrite_existing);
-    ++n;
-  }
-  return n;
-}
-
-std::string PythonLib() {
-  for (const char* v : {"/usr/lib/python3.11", "/usr/lib/python3.12", "/usr/lib/python3.13", "/usr/lib/python3.10"}) {
-    if (fs::exists(std::string(v) + "/os.py")) return v;
-  }
-  return "";
-}
+using testing::RunCtl;
 
 class PipelineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string pylib = PythonLib();
-    if (pylib.empty() || !fs::exists("/usr/share/common-licenses")) {
-      GTEST_SKIP() << "needs Debian's /usr/lib/python3.X and /usr/share/common-licenses as real text";
-    }
-    ASSERT_GT(CopyCorpus(pylib, ".py", dir_.File("corpus/code"), 60), 20);
-    ASSERT_GT(CopyCorpus("/usr/share/common-licenses", "", dir_.File("corpus/licenses"), 40), 5);
-    auto r = Ctl("prepare --input code=" + dir_.File("corpus/code") + " --input licenses=" +
-                     dir_.File("corpus/licenses") + " --vocab-size 1024 --out " + dir_.File("data"),
-                 dir_.File("prepare.log"));
-    ASSERT_EQ(r.code, 0) << r.context;
+    if (std::string missing = testing::RealTextMissing(); !missing.empty()) GTEST_SKIP() << missing;
+    Status prepared = testing::PrepareRealText(dir_.path());
+    ASSERT_TRUE(prepared.ok()) << prepared.ToString();
   }
 
   // A config for the tiny preset on the prepared data.
@@ -100,9 +53,9 @@ TEST_F(PipelineTest, TrainingLowersValidationPerplexity) {
   std::string cfg = WriteConfig("a.toml", dir_.File("run"),
                                 "steps = 300\nlr = 3e-3\nwarmup_steps = 20\neval_every = 150\n"
                                 "checkpoint_every = 150\nlog_every = 50\neval_batches = 8\n");
-  auto r = Ctl("train --config " + cfg, dir_.File("train.log"));
+  auto r = RunCtl("train --config " + cfg, dir_.File("train.log"));
   ASSERT_EQ(r.code, 0) << r.context;
-  EXPECT_NE(r.output.find("ETA"), std::string::npos) << "no progress line";
+  EXPECT_NE(r.out.find("ETA"), std::string::npos) << "no progress line";
   auto evals = Events(dir_.File("run/metrics.jsonl"), "eval");
   ASSERT_GE(evals.size(), 3u);  // step 0, 150, 300
   double first = evals.front()["perplexity"], last = evals.back()["perplexity"];
@@ -114,35 +67,35 @@ TEST_F(PipelineTest, TrainingLowersValidationPerplexity) {
     EXPECT_GT(evals.back()["domains"][d]["bits_per_byte"].get<double>(), 0);
   }
   // eval and export work on the final checkpoint.
-  auto e = Ctl("eval --checkpoint " + dir_.File("run/checkpoints") + " --data " + dir_.File("data") + " --json",
+  auto e = RunCtl("eval --checkpoint " + dir_.File("run/checkpoints") + " --data " + dir_.File("data") + " --json",
                dir_.File("eval.log"));
   ASSERT_EQ(e.code, 0) << e.context;
-  EXPECT_NE(e.output.find("bits_per_byte"), std::string::npos);
-  auto x = Ctl("export --checkpoint " + dir_.File("run/checkpoints") + " --out " + dir_.File("hf"), dir_.File("x.log"));
+  EXPECT_NE(e.out.find("bits_per_byte"), std::string::npos);
+  auto x = RunCtl("export --checkpoint " + dir_.File("run/checkpoints") + " --out " + dir_.File("hf"), dir_.File("x.log"));
   ASSERT_EQ(x.code, 0) << x.context;
   EXPECT_TRUE(fs::exists(dir_.File("hf/config.json")));
   EXPECT_TRUE(fs::exists(dir_.File("hf/model.safetensors")));
-  auto g = Ctl("generate --checkpoint " + dir_.File("run/checkpoints") + " --prompt 'def ' -n 20 --json",
+  auto g = RunCtl("generate --checkpoint " + dir_.File("run/checkpoints") + " --prompt 'def ' -n 20 --json",
                dir_.File("g.log"));
   ASSERT_EQ(g.code, 0) << g.context;
-  EXPECT_NE(g.output.find("completion"), std::string::npos);
+  EXPECT_NE(g.out.find("completion"), std::string::npos);
 }
 
 TEST_F(PipelineTest, ResumeIsBitExact) {
   const std::string train = "steps = 40\nlr = 3e-3\nwarmup_steps = 5\neval_every = 20\ncheckpoint_every = 10\n"
                             "log_every = 10\neval_batches = 2\nkeep_checkpoints = 10\n";
-  auto straight = Ctl("train --config " + WriteConfig("s.toml", dir_.File("straight"), train), dir_.File("s.log"));
+  auto straight = RunCtl("train --config " + WriteConfig("s.toml", dir_.File("straight"), train), dir_.File("s.log"));
   ASSERT_EQ(straight.code, 0) << straight.context;
   std::string cfg = WriteConfig("r.toml", dir_.File("resumed"), train);
-  auto half = Ctl("train --config " + cfg + " --stop-at-step 20", dir_.File("h.log"));
+  auto half = RunCtl("train --config " + cfg + " --stop-at-step 20", dir_.File("h.log"));
   ASSERT_EQ(half.code, 0) << half.context;
   EXPECT_FALSE(fs::exists(dir_.File("resumed/checkpoints/step-00000040")));
-  auto again = Ctl("train --config " + cfg, dir_.File("again.log"));
+  auto again = RunCtl("train --config " + cfg, dir_.File("again.log"));
   EXPECT_NE(again.code, 0) << "a fresh run over existing checkpoints must be refused";
-  EXPECT_NE(again.output.find("--resume"), std::string::npos) << again.context;
-  auto rest = Ctl("train --config " + cfg + " --resume", dir_.File("rest.log"));
+  EXPECT_NE(again.out.find("--resume"), std::string::npos) << again.context;
+  auto rest = RunCtl("train --config " + cfg + " --resume", dir_.File("rest.log"));
   ASSERT_EQ(rest.code, 0) << rest.context;
-  EXPECT_NE(rest.output.find("resumed from"), std::string::npos);
+  EXPECT_NE(rest.out.find("resumed from"), std::string::npos);
   for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
     auto a = Env::Default()->ReadFile(dir_.File(std::string("straight/checkpoints/step-00000040/") + f));
     auto b = Env::Default()->ReadFile(dir_.File(std::string("resumed/checkpoints/step-00000040/") + f));
@@ -154,15 +107,15 @@ TEST_F(PipelineTest, ResumeIsBitExact) {
 TEST_F(PipelineTest, BadInputGetsOneClearErrorAndKeepsGoodFiles) {
   // Config typo: names the key and the file.
   std::string typo = WriteConfig("typo.toml", dir_.File("run"), "stpes = 10\n");
-  auto r = Ctl("train --config " + typo, dir_.File("typo.log"));
+  auto r = RunCtl("train --config " + typo, dir_.File("typo.log"));
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find("train.stpes"), std::string::npos) << r.context;
-  EXPECT_NE(r.output.find("typo.toml"), std::string::npos) << r.context;
+  EXPECT_NE(r.out.find("train.stpes"), std::string::npos) << r.context;
+  EXPECT_NE(r.out.find("typo.toml"), std::string::npos) << r.context;
 
   // A good run with two checkpoints.
   std::string cfg = WriteConfig("ok.toml", dir_.File("run"),
                                 "steps = 20\neval_every = 0\ncheckpoint_every = 10\nlog_every = 10\n");
-  ASSERT_EQ(Ctl("train --config " + cfg, dir_.File("ok.log")).code, 0);
+  ASSERT_EQ(RunCtl("train --config " + cfg, dir_.File("ok.log")).code, 0);
   std::string ckpt = dir_.File("run/checkpoints/step-00000020");
   ASSERT_TRUE(fs::exists(ckpt + "/model.safetensors"));
 
@@ -172,32 +125,32 @@ TEST_F(PipelineTest, BadInputGetsOneClearErrorAndKeepsGoodFiles) {
     f.seekp(200);
     f.put('\x7f');
   }
-  auto e = Ctl("eval --checkpoint " + ckpt + " --data " + dir_.File("data"), dir_.File("e.log"));
+  auto e = RunCtl("eval --checkpoint " + ckpt + " --data " + dir_.File("data"), dir_.File("e.log"));
   EXPECT_EQ(e.code, 1);
-  EXPECT_NE(e.output.find("checksum"), std::string::npos) << e.context;
-  EXPECT_EQ(e.output.find("terminate"), std::string::npos) << "crashed: " << e.context;
+  EXPECT_NE(e.out.find("checksum"), std::string::npos) << e.context;
+  EXPECT_EQ(e.out.find("terminate"), std::string::npos) << "crashed: " << e.context;
   // ...and resume falls back to the newest checkpoint that verifies.
-  auto resume = Ctl("train --config " + cfg + " --resume", dir_.File("resume.log"));
+  auto resume = RunCtl("train --config " + cfg + " --resume", dir_.File("resume.log"));
   EXPECT_EQ(resume.code, 0) << resume.context;
-  EXPECT_NE(resume.output.find("step-00000010"), std::string::npos) << resume.context;
+  EXPECT_NE(resume.out.find("step-00000010"), std::string::npos) << resume.context;
 
   // A tokenizer that does not match the prepared data.
-  auto t = Ctl("tokenizer train --input " + dir_.File("corpus/licenses") + " --vocab-size 600 --out " +
+  auto t = RunCtl("tokenizer train --input " + dir_.File("corpus/licenses") + " --vocab-size 600 --out " +
                    dir_.File("other.model"),
                dir_.File("tok.log"));
   ASSERT_EQ(t.code, 0) << t.context;
   std::string mismatch = dir_.File("mismatch.toml");
   std::ofstream(mismatch) << "[run]\ndir = \"" << dir_.File("run2") << "\"\n[data]\nprepared = \"" << dir_.File("data")
                           << "\"\ntokenizer = \"" << dir_.File("other.model") << "\"\n[train]\nseq_len = 64\n";
-  auto m = Ctl("train --config " + mismatch, dir_.File("m.log"));
+  auto m = RunCtl("train --config " + mismatch, dir_.File("m.log"));
   EXPECT_EQ(m.code, 1);
-  EXPECT_NE(m.output.find("tokenizer"), std::string::npos) << m.context;
+  EXPECT_NE(m.out.find("tokenizer"), std::string::npos) << m.context;
   EXPECT_FALSE(fs::exists(dir_.File("run2/checkpoints")));
 
   // Missing input for prepare.
-  auto p = Ctl("prepare --input " + dir_.File("nope") + " --vocab-size 600 --out " + dir_.File("d2"), dir_.File("p.log"));
+  auto p = RunCtl("prepare --input " + dir_.File("nope") + " --vocab-size 600 --out " + dir_.File("d2"), dir_.File("p.log"));
   EXPECT_EQ(p.code, 1);
-  EXPECT_NE(p.output.find("nope"), std::string::npos) << p.context;
+  EXPECT_NE(p.out.find("nope"), std::string::npos) << p.context;
 }
 
 }  // namespace
