@@ -636,7 +636,7 @@ TEST_F(ClientIntegration, ASecondProcessUnderALiveNameIsRefusedAndTheFirstGoesOn
   // The same name from another state folder (another machine, say): it waits for the
   // name's lease to lapse, sees it renewed for 2 x lease_ms and exits 1 naming the holder.
   ProcessOptions o;
-  o.argv = {Bin("fedps-client"), "--config", config, "--name", "twin", "--state", dir_.File("twin-2"),
+  o.argv = {testing::BinPath("fedps-client"), "--config", config, "--name", "twin", "--state", dir_.File("twin-2"),
             "--data", dir_.File("clients/client-1")};
   o.log_path = dir_.File("twin-2.log");
   auto second = ScopedProcess::Start(o);

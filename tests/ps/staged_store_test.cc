@@ -18,7 +18,7 @@ Status Stage(const StagedStore& store, const std::string& id, const std::vector<
   const nlohmann::json record = {{"base_version", 0}, {"tokens", 10}, {"local_steps", 1}};
   ASSIGN_OR_RETURN(auto writer, store.Begin(id, "alice", record, static_cast<int64_t>(frames.size())));
   for (size_t i = 0; i < frames.size(); ++i) RETURN_IF_ERROR(writer->AddFrame(static_cast<int64_t>(i), frames[i]));
-  return writer->Finish(checksums);
+  return writer->Finish(checksums, /*sum_squares=*/0.0);
 }
 
 // Two real fp32 frames of 4 values each, all `v`.
