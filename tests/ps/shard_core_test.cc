@@ -5,6 +5,7 @@
 #include "tests/ps/shard_core_fixture.h"
 
 #include <fstream>
+#include <future>
 
 namespace fedps {
 namespace {
@@ -346,6 +347,28 @@ std::string CheckpointFolder(ShardCore& core, int64_t version) {
 ino_t Inode(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+// Drain returned only once the apply loop had caught up, which a fenced shard never does
+// (it applies nothing while fenced): it must return at once, without a final checkpoint.
+TEST_F(ShardCoreTest, DrainOfAFencedShardBehindTheLogReturnsWithoutACheckpoint) {
+  auto c0 = StartCore(Options(0));
+  auto c1 = StartCore(Options(1));
+  ASSERT_TRUE(c0 && c1);
+  PushResult r;
+  for (int s = 0; s < kShards; ++s) {
+    ASSERT_CORE_OK(PushAll(s == 0 ? *c0 : *c1, s, "alice/1/1", 0, Delta(1, s), &r));
+  }
+  c0->Fence("test: another process took the index");
+  ASSERT_OK(Commit("alice/1/1", 0).status());
+  ASSERT_TRUE(c1->WaitForVersion(1, 10000));
+  EXPECT_EQ(c0->GetStatus().version, 0);  // behind the log, and stays there
+  auto drained = std::async(std::launch::async, [&] { return c0->Drain(); });
+  ASSERT_EQ(drained.wait_for(std::chrono::seconds(30)), std::future_status::ready) << "Drain hung on a fenced shard";
+  Status st = drained.get();
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
+  EXPECT_THAT(st.message(), HasSubstr("fenced"));
+  EXPECT_FALSE(Env::Default()->Exists(CheckpointFolder(*c0, 1)));
 }
 
 // fedps-shard crashed in Drain when the checkpoint of its version already existed. Now a
