@@ -58,6 +58,12 @@ bool IsFinalState(int state) {
          state == rpc::UpdateState::APPLIED || state == rpc::UpdateState::SKIPPED;
 }
 
+std::string HostName() {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
+  return host;
+}
+
 }  // namespace
 
 StatusOr<std::pair<std::string, int>> ParseHostPort(const std::string& address) {
@@ -243,8 +249,7 @@ bool FederatedClient::SleepMs(int64_t ms) const {
 // ---- membership -------------------------------------------------------------------------
 
 Status FederatedClient::JoinFresh() {
-  char host[256] = {0};
-  if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
+  const std::string host = HostName();
   // A name whose lease is live belongs to another process: wait until it lapses (a killed
   // predecessor's lease runs out within client.lease_ms); a holder that keeps renewing it
   // for 2 x client.lease_ms is alive, and this process gives up.
@@ -283,9 +288,7 @@ Status FederatedClient::JoinFresh() {
 Status FederatedClient::Rejoin(RegistryLink* registry, int64_t fenced_epoch) {
   std::lock_guard<std::mutex> lock(membership_mu_);
   if (epoch_ != fenced_epoch) return Status::Ok();  // someone else already joined again
-  char host[256] = {0};
-  if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
-  auto epoch = registry->Join(options_.name, host, member_domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
+  auto epoch = registry->Join(options_.name, HostName(), member_domains_, std::chrono::milliseconds(cfg_.client.lease_ms));
   if (epoch.status().code() == StatusCode::kAlreadyExists) {
     // Another process joined under this name after this one's lease lapsed: it owns the
     // name now. This one stops (its pending update stays in its state folder).
